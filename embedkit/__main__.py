@@ -1,0 +1,4 @@
+from embedkit.cli import main
+import sys
+
+sys.exit(main())

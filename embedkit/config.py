@@ -1,0 +1,161 @@
+"""Training recipes: frozen dataclasses read from TOML, with ``section.key=value`` overrides.
+
+A recipe has the sections ``[model]``, ``[data]``, ``[loss]``, ``[train]`` and ``[eval]``. Every key of
+``[loss]`` other than ``name`` is a parameter of that loss. Unknown sections and keys are errors that list
+the valid ones, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embedkit.encoders.sentence_transformer import DEFAULT_MODEL
+from embedkit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which encoder to start from and how to run it (see :func:`embedkit.load_encoder`)."""
+
+    name: str = DEFAULT_MODEL
+    pooling: str | None = None
+    mlp_head: bool = False
+    max_seq_length: int | None = None
+    precision: str = "auto"
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The training file (see :func:`embedkit.read_examples`)."""
+
+    path: str = ""
+    kind: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    format: str | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """A registered loss and its parameters."""
+
+    name: str = "infonce"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and checkpointing (see :func:`embedkit.fit`)."""
+
+    output_dir: str = "runs/run"
+    batch_size: int = 64
+    lr: float = 3e-5
+    epochs: int = 1
+    max_steps: int | None = None
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    seed: int = 42
+    save_steps: int = 250
+    log_steps: int = 10
+    resume: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Dev evaluation during training: the best checkpoint by its primary metric is kept."""
+
+    sts: str | None = None
+    steps: int = 125
+    at_start: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "loss": LossConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Build a :class:`RunConfig` from nested dicts, as read from TOML."""
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown recipe section {', '.join(unknown)}; valid sections: {', '.join(_SECTIONS)}")
+    sections = {}
+    for name in _SECTIONS:
+        values = dict(raw.get(name, {}))
+        if not isinstance(values, dict):
+            raise ConfigError(f"recipe section [{name}] must be a table")
+        cls = _SECTIONS[name]
+        if cls is LossConfig:
+            loss_name = values.pop("name", LossConfig.name)
+            params = values.pop("params", {})
+            values = {"name": loss_name, "params": {**params, **values}}
+        valid = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(values) - valid)
+        if bad:
+            raise ConfigError(f"unknown key {', '.join(f'{name}.{k}' for k in bad)}; valid keys: {', '.join(sorted(valid))}")
+        sections[name] = cls(**values)
+    return RunConfig(**sections)
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The nested dict of a config, with loss parameters flattened into ``[loss]`` as in a recipe."""
+    raw = dataclasses.asdict(config)
+    raw["loss"] = {"name": config.loss.name, **config.loss.params}
+    return raw
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-5"`` -> ``(["train", "lr"], 1e-5)``; values are TOML literals, else plain strings."""
+    key, sep, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(f"an override must look like section.key=value, got {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return parts, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``section.key=value`` in a copy of ``raw``."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw.setdefault(parts[0], {})
+        for part in parts[1:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML recipe and apply ``overrides``."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"recipe not found: {path}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    return config_from_dict(apply_overrides(raw, overrides or []))

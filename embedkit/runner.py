@@ -1,0 +1,78 @@
+"""Run a training recipe: the glue between a :class:`~embedkit.config.RunConfig` and :func:`embedkit.fit`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from embedkit.config import RunConfig, config_to_dict
+from embedkit.data import as_kind, infer_kind, read_examples
+from embedkit.encoders import load_encoder
+from embedkit.errors import ConfigError
+from embedkit.eval import STSEvaluator
+from embedkit.fsutil import atomic_write_bytes
+from embedkit.losses import LOSSES
+from embedkit.train import FitResult, FitSettings, fit
+
+
+def run_training(config: RunConfig, show_progress: bool = True) -> FitResult:
+    """Load the model and data a recipe names, train, and keep the best and final models.
+
+    The resolved recipe is written to ``<output_dir>/recipe.json`` so a run records how it was made.
+    """
+    if not config.data.path:
+        raise ConfigError("the recipe names no training data: set data.path")
+    spec = LOSSES.get(config.loss.name)
+    loss = spec.build(**config.loss.params)
+    examples = read_examples(
+        config.data.path,
+        kind=config.data.kind,
+        columns=config.data.columns or None,
+        format=config.data.format,
+        limit=config.data.limit,
+    )
+    kind = as_kind(config.data.kind) if config.data.kind else _kind_of(config)
+    if kind not in spec.kinds:
+        raise ConfigError(
+            f"loss {spec.name!r} takes {', '.join(k.value for k in spec.kinds)} data, "
+            f"but {config.data.path} is {kind.value}"
+        )
+    evaluator = STSEvaluator(config.eval.sts) if config.eval.sts else None
+    encoder = load_encoder(
+        config.model.name,
+        pooling=config.model.pooling,
+        mlp_head=config.model.mlp_head,
+        max_seq_length=config.model.max_seq_length,
+        device=config.model.device,
+        precision=config.model.precision,
+    )
+    train = config.train
+    settings = FitSettings(
+        output_dir=train.output_dir,
+        batch_size=train.batch_size,
+        lr=train.lr,
+        epochs=train.epochs,
+        max_steps=train.max_steps,
+        warmup_ratio=train.warmup_ratio,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        seed=train.seed,
+        save_steps=train.save_steps,
+        log_steps=train.log_steps,
+        eval_steps=config.eval.steps,
+        eval_at_start=config.eval.at_start,
+        resume=train.resume,
+        show_progress=show_progress,
+    )
+    output_dir = Path(train.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(output_dir / "recipe.json", (json.dumps(config_to_dict(config), indent=2) + "\n").encode())
+    return fit(encoder, examples, loss, settings, kind=kind, evaluator=evaluator)
+
+
+def _kind_of(config: RunConfig):
+    """The kind of the first row of the training file (the reader already validated every row as that kind)."""
+    from embedkit.data import read_rows, remap
+
+    line, row = next(iter(read_rows(config.data.path, format=config.data.format)))
+    return infer_kind(remap(row, config.data.columns or None), path=config.data.path, line=line)

@@ -1,0 +1,299 @@
+"""``fit()``: a plain PyTorch training loop for contrastive objectives.
+
+AdamW with linear warmup and decay, gradient clipping, autocast in the encoder's precision, evaluation on a
+dev set every N steps with the best model kept (as SimCSE does), periodic checkpoints and exact resume: an
+interrupted run restarted with the same settings ends with the same weights as one that never stopped.
+
+Layout of ``output_dir``::
+
+    log.jsonl       one JSON object per logged step or evaluation
+    checkpoint/     the latest checkpoint: encoder.safetensors + trainer_state.pt
+    best/           the best model by the evaluator's primary metric (sentence-transformers folder)
+    final/          the model at the end of training
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+from tqdm.auto import tqdm
+
+from embedkit.data import collate
+from embedkit.encoders.sentence_transformer import Encoder
+from embedkit.errors import ConfigError
+from embedkit.fsutil import atomic_directory, atomic_write_bytes
+from embedkit.precision import autocast
+from embedkit.types import EmbeddedBatch, Example, Kind, TextBatch
+
+Evaluator = Callable[[Encoder], dict[str, float]]
+StepCallback = Callable[[int, dict[str, float]], None]
+
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "trainer_state.pt"
+WEIGHTS_FILE = "encoder.safetensors"
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Optimisation settings; the fields mirror the ``[train]`` and ``[eval]`` recipe sections."""
+
+    output_dir: str | Path = "runs/run"
+    batch_size: int = 64
+    lr: float = 3e-5
+    epochs: int = 1
+    max_steps: int | None = None
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    seed: int = 42
+    save_steps: int = 250
+    log_steps: int = 10
+    eval_steps: int = 125
+    eval_at_start: bool = True
+    resume: bool = True
+    show_progress: bool = True
+
+
+@dataclass
+class FitResult:
+    """What a training run produced."""
+
+    steps: int
+    output_dir: Path
+    best_score: float | None = None
+    best_step: int | None = None
+    first_eval: dict[str, float] | None = None
+    last_eval: dict[str, float] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def embed_batch(encoder: Encoder, batch: TextBatch) -> EmbeddedBatch:
+    """Encode anchors and candidates in one forward pass (so each text gets its own dropout mask)."""
+    texts = [*batch.anchors, *batch.candidates]
+    embeddings = encoder(texts)
+    b = len(batch)
+    return EmbeddedBatch(
+        anchors=embeddings[:b],
+        candidates=embeddings[b:],
+        anchor_groups=batch.anchor_groups.to(embeddings.device),
+        candidate_groups=batch.candidate_groups.to(embeddings.device),
+        scores=None if batch.scores is None else batch.scores.to(embeddings.device),
+    )
+
+
+def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear warmup from 0 to 1, then linear decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+class _Run:
+    """The mutable state of one ``fit()`` call; split out so that checkpointing has one home."""
+
+    def __init__(self, encoder: Encoder, loss: nn.Module, settings: FitSettings, total_steps: int) -> None:
+        self.encoder = encoder
+        self.loss = loss
+        self.settings = settings
+        self.output_dir = Path(settings.output_dir)
+        params = [p for p in [*encoder.parameters(), *loss.parameters()] if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        warmup = int(settings.warmup_ratio * total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(warmup, total_steps))
+        dtype = encoder.compute_dtype()
+        self.dtype = dtype
+        self.scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        self.step = 0
+        self.best_score: float | None = None
+        self.best_step: int | None = None
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        state = {
+            "step": self.step,
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        with atomic_directory(self.output_dir / CHECKPOINT_DIR) as tmp:
+            save_model(self.encoder, str(tmp / WEIGHTS_FILE))
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            atomic_write_bytes(tmp / STATE_FILE, buffer.getvalue())
+
+    def load_checkpoint(self) -> bool:
+        folder = self.output_dir / CHECKPOINT_DIR
+        if not (folder / STATE_FILE).is_file():
+            return False
+        load_model(self.encoder, str(folder / WEIGHTS_FILE))
+        state = torch.load(folder / STATE_FILE, weights_only=True)
+        self.step = int(state["step"])
+        self.best_score = state["best_score"]
+        self.best_step = state["best_step"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return True
+
+    # -- one optimisation step ---------------------------------------------------------------------------
+    def train_step(self, batch: TextBatch) -> float:
+        self.encoder.train()
+        with autocast(self.dtype, self.encoder.device):
+            embedded = embed_batch(self.encoder, batch)
+        value = self.loss(embedded)
+        if not torch.isfinite(value):
+            raise FloatingPointError(f"the loss is {value.item()} at step {self.step + 1}")
+        if self.scaler is not None:
+            self.scaler.scale(value).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            value.backward()
+        if self.settings.max_grad_norm is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.settings.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return float(value.detach())
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled row order of an epoch: a function of the seed and the epoch alone, so resume can replay it."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def _truncate_log(path: Path, after_step: int) -> None:
+    """Drop log lines written after the checkpoint a resumed run restarts from."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= after_step]
+    atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+
+
+def fit(
+    encoder: Encoder,
+    examples: Sequence[Example],
+    loss: nn.Module,
+    settings: FitSettings = FitSettings(),
+    *,
+    kind: Kind | str,
+    evaluator: Evaluator | None = None,
+    callbacks: Sequence[StepCallback] = (),
+) -> FitResult:
+    """Train ``encoder`` on ``examples`` with ``loss``.
+
+    Args:
+        encoder: the model to train, in place.
+        examples: training rows (see :func:`embedkit.read_examples`), all of kind ``kind``.
+        loss: a loss from :mod:`embedkit.losses` (``EmbeddedBatch -> scalar``).
+        settings: optimisation, evaluation and checkpoint settings.
+        kind: the data kind of ``examples``.
+        evaluator: ``evaluator(encoder) -> metrics`` with a ``primary_metric`` attribute (default
+            ``"spearman"``); run every ``settings.eval_steps`` steps and at the end, keeping the best model.
+        callbacks: called as ``callback(step, metrics)`` after every optimisation step.
+
+    Returns:
+        A :class:`FitResult`; the models are in ``settings.output_dir`` (``best/`` and ``final/``).
+    """
+    kind = Kind(kind)
+    if settings.batch_size < 2:
+        raise ConfigError("batch_size must be at least 2 for in-batch negatives")
+    steps_per_epoch = len(examples) // settings.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{len(examples)} examples do not fill one batch of {settings.batch_size}")
+    total_steps = settings.max_steps or settings.epochs * steps_per_epoch
+    run = _Run(encoder, loss, settings, total_steps)
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run.output_dir / "log.jsonl"
+    result = FitResult(steps=total_steps, output_dir=run.output_dir)
+
+    resumed = settings.resume and run.load_checkpoint()
+    if resumed:
+        _truncate_log(log_path, run.step)
+        result.history = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+        evals = [record["eval"] for record in result.history if "eval" in record]
+        result.first_eval = evals[0] if evals else None
+        result.last_eval = evals[-1] if evals else None
+    else:
+        torch.manual_seed(settings.seed)
+        log_path.unlink(missing_ok=True)
+
+    def log(record: dict[str, Any]) -> None:
+        result.history.append(record)
+        with log_path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    primary = getattr(evaluator, "primary_metric", "spearman")
+
+    def evaluate() -> dict[str, float]:
+        metrics = evaluator(encoder)
+        log({"step": run.step, "eval": metrics})
+        score = metrics[primary]
+        if result.first_eval is None:
+            result.first_eval = metrics
+        result.last_eval = metrics
+        if run.best_score is None or score > run.best_score:
+            run.best_score, run.best_step = score, run.step
+            encoder.save(run.output_dir / "best")
+        return metrics
+
+    if evaluator is not None and settings.eval_at_start and run.step == 0:
+        evaluate()
+
+    progress = tqdm(
+        total=total_steps, initial=run.step, desc="train", unit="step", disable=not settings.show_progress
+    )
+    started = time.perf_counter()
+    last_eval_step = 0 if settings.eval_at_start else -1
+    while run.step < total_steps:
+        epoch, position = divmod(run.step, steps_per_epoch)
+        order = _epoch_order(len(examples), settings.seed, epoch)
+        rows = order[position * settings.batch_size : (position + 1) * settings.batch_size]
+        value = run.train_step(collate([examples[i] for i in rows], kind))
+        metrics = {"loss": value, "lr": run.scheduler.get_last_lr()[0]}
+        progress.update(1)
+        progress.set_postfix(loss=f"{value:.4f}", lr=f"{metrics['lr']:.2e}")
+        if run.step % settings.log_steps == 0 or run.step == total_steps:
+            log({"step": run.step, "epoch": epoch, **metrics, "elapsed_s": time.perf_counter() - started})
+        if evaluator is not None and run.step % settings.eval_steps == 0:
+            evaluate()
+            last_eval_step = run.step
+        if run.step % settings.save_steps == 0 and run.step < total_steps:
+            run.save_checkpoint()
+        for callback in callbacks:
+            callback(run.step, metrics)
+    progress.close()
+
+    if evaluator is not None and last_eval_step != run.step:
+        evaluate()
+    encoder.save(run.output_dir / "final")
+    run.save_checkpoint()
+    result.best_score, result.best_step = run.best_score, run.best_step
+    return result

@@ -1,0 +1,153 @@
+"""The data types shared by every part of embedkit.
+
+Every data kind becomes the same :class:`TextBatch`: ``B`` anchors, ``B`` positives and ``N`` hard negatives
+per anchor. Encoding it gives an :class:`EmbeddedBatch`; scoring anchors against candidates gives a
+:class:`Scores` table ``[B, C]`` that filter steps shrink or re-weight and that every InfoNCE-family loss
+reduces with a cross-entropy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+class Kind(str, enum.Enum):
+    """The data kinds of DESIGN.md; each becomes (anchor, positive, negatives[, score])."""
+
+    SENTENCES = "sentences"  # text -> anchor = positive = text (two dropout views)
+    PAIRS = "pairs"  # anchor, positive
+    TRIPLETS = "triplets"  # anchor, positive, negative | negatives
+    SCORED = "scored"  # sentence1, sentence2, score
+    PREFERENCE = "preference"  # prompt, chosen, rejected -> anchor, positive, hard negative
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training or evaluation row, whatever its kind.
+
+    ``source`` is ``(path, line)`` of the row in its file, kept so that later errors can point at it.
+    """
+
+    anchor: str
+    positive: str
+    negatives: tuple[str, ...] = ()
+    score: float | None = None
+    source: tuple[str, int] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class TextBatch:
+    """A collated batch of texts.
+
+    Candidates are the ``B`` positives followed by the negatives column by column (the first negative of
+    every row, then the second, ...), so candidate ``i`` is the positive of row ``i`` and the whole candidate
+    list has ``C = B * (1 + N)`` texts.
+
+    Attributes:
+        kind: the data kind the rows came from.
+        anchors: ``B`` anchor texts.
+        positives: ``B`` positive texts.
+        negatives: ``N`` columns of ``B`` texts each (``negatives[k][i]`` is row ``i``'s k-th negative).
+        scores: ``[B]`` float gold scores for the scored kind, else ``None``.
+        anchor_groups: ``[B]`` long, one id per distinct text in the batch.
+        candidate_groups: ``[C]`` long, ids from the same numbering as ``anchor_groups``.
+    """
+
+    kind: Kind
+    anchors: list[str]
+    positives: list[str]
+    negatives: list[list[str]]
+    scores: Tensor | None
+    anchor_groups: Tensor
+    candidate_groups: Tensor
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    @property
+    def candidates(self) -> list[str]:
+        """``C`` candidate texts: positives, then each column of negatives."""
+        return [*self.positives, *(text for column in self.negatives for text in column)]
+
+
+@dataclass(frozen=True)
+class EmbeddedBatch:
+    """Embeddings of a :class:`TextBatch`.
+
+    Attributes:
+        anchors: ``[B, D]`` anchor embeddings.
+        candidates: ``[C, D]`` candidate embeddings, in :attr:`TextBatch.candidates` order.
+        anchor_groups: ``[B]`` long text ids.
+        candidate_groups: ``[C]`` long text ids.
+        scores: ``[B]`` gold scores (scored kind) or ``None``.
+    """
+
+    anchors: Tensor
+    candidates: Tensor
+    anchor_groups: Tensor
+    candidate_groups: Tensor
+    scores: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.anchors.shape[0]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A score table of ``B`` anchors against ``C`` candidates, with what the loss needs to reduce it.
+
+    Filter steps return a new :class:`Scores` whose ``valid`` mask is a subset of the old one or whose
+    ``log_weights`` changed; the target column of each row always stays valid.
+
+    Attributes:
+        values: ``[B, C]`` similarities (cosine unless stated otherwise), not yet divided by a temperature.
+        targets: ``[B]`` long, the column of each row's positive.
+        valid: ``[B, C]`` bool, candidates that may serve as negatives (and the targets).
+        log_weights: ``[B, C]`` float added to the logits; ``0`` is weight 1.
+        anchor_groups: ``[B]`` long text ids of the anchors, or ``None``.
+        candidate_groups: ``[C]`` long text ids of the candidates, or ``None``.
+    """
+
+    values: Tensor
+    targets: Tensor
+    valid: Tensor
+    log_weights: Tensor
+    anchor_groups: Tensor | None = None
+    candidate_groups: Tensor | None = None
+
+    @classmethod
+    def from_values(
+        cls,
+        values: Tensor,
+        targets: Tensor,
+        anchor_groups: Tensor | None = None,
+        candidate_groups: Tensor | None = None,
+    ) -> Scores:
+        """A table where every candidate is valid and every weight is 1."""
+        return cls(
+            values=values,
+            targets=targets,
+            valid=torch.ones_like(values, dtype=torch.bool),
+            log_weights=torch.zeros_like(values),
+            anchor_groups=anchor_groups,
+            candidate_groups=candidate_groups,
+        )
+
+    def replace(self, **changes: Tensor | None) -> Scores:
+        return dataclasses.replace(self, **changes)
+
+    def target_mask(self) -> Tensor:
+        """``[B, C]`` bool, true at each row's target column."""
+        mask = torch.zeros_like(self.valid)
+        mask[torch.arange(self.values.shape[0], device=self.values.device), self.targets] = True
+        return mask
+
+    def positive_values(self) -> Tensor:
+        """``[B]`` the score of each row's positive."""
+        return self.values.gather(1, self.targets[:, None]).squeeze(1)

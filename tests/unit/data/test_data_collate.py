@@ -1,0 +1,74 @@
+"""Tests of embedkit.data.collate: batch shape, candidate order, group ids and scores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from embedkit.data import collate
+from embedkit.errors import DataError
+from embedkit.types import Example, Kind
+
+
+def test_pairs_batch_keeps_order_and_numbers_distinct_texts() -> None:
+    batch = collate([Example("q1", "d1"), Example("q2", "d2"), Example("q3", "d3")], Kind.PAIRS)
+    assert batch.kind is Kind.PAIRS
+    assert len(batch) == 3
+    assert (batch.anchors, batch.positives, batch.negatives) == (["q1", "q2", "q3"], ["d1", "d2", "d3"], [])
+    assert batch.candidates == ["d1", "d2", "d3"]
+    assert batch.anchor_groups.tolist() == [0, 1, 2]
+    assert batch.candidate_groups.tolist() == [3, 4, 5]
+    assert batch.anchor_groups.dtype == batch.candidate_groups.dtype == torch.long
+    assert batch.scores is None
+
+
+def test_sentences_with_the_same_text_share_a_group() -> None:
+    examples = [Example(text, text) for text in ["a cat", "a dog", "a cat", "a bird"]]
+    batch = collate(examples, Kind.SENTENCES)
+    assert batch.anchor_groups.tolist() == [0, 1, 0, 2]
+    assert torch.equal(batch.candidate_groups, batch.anchor_groups)
+
+
+def test_triplet_candidates_are_positives_then_negatives_column_by_column() -> None:
+    examples = [Example("q1", "d1", ("n1a", "n1b")), Example("q2", "d2", ("n2a", "d1"))]
+    batch = collate(examples, Kind.TRIPLETS)
+    assert batch.negatives == [["n1a", "n2a"], ["n1b", "d1"]]
+    assert batch.candidates == ["d1", "d2", "n1a", "n2a", "n1b", "d1"]
+    assert batch.anchor_groups.tolist() == [0, 1]
+    assert batch.candidate_groups.tolist() == [2, 3, 4, 5, 6, 2]  # row 2's second negative is row 1's positive
+
+
+def test_an_anchor_repeated_as_a_candidate_shares_its_group() -> None:
+    batch = collate([Example("a", "b"), Example("b", "c")], Kind.PAIRS)
+    assert batch.anchor_groups.tolist() == [0, 1]
+    assert batch.candidate_groups.tolist() == [1, 2]
+
+
+def test_scores_are_a_float_tensor_when_every_row_has_one() -> None:
+    batch = collate([Example("a", "b", score=1.5), Example("c", "d", score=4)], Kind.SCORED)
+    assert batch.scores is not None
+    assert batch.scores.dtype == torch.float32
+    assert batch.scores.tolist() == [1.5, 4.0]
+    assert collate([Example("a", "b", score=1.5), Example("c", "d")], Kind.SCORED).scores is None
+
+
+def test_unequal_negatives_name_the_first_offending_row() -> None:
+    examples = [
+        Example("q1", "d1", ("n1",), source=("t.jsonl", 1)),
+        Example("q2", "d2", ("n2",), source=("t.jsonl", 2)),
+        Example("q3", "d3", ("n3", "n4"), source=("t.jsonl", 5)),
+        Example("q4", "d4", (), source=("t.jsonl", 9)),
+    ]
+    with pytest.raises(DataError) as caught:
+        collate(examples, Kind.TRIPLETS)
+    assert str(caught.value).startswith("t.jsonl:5: a row with 2 negatives in a batch whose first row has 1")
+
+
+def test_unequal_negatives_without_a_source_still_fail() -> None:
+    with pytest.raises(DataError, match="same number of negatives"):
+        collate([Example("q1", "d1"), Example("q2", "d2", ("n",))], Kind.TRIPLETS)
+
+
+def test_empty_batch_is_refused() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        collate([], Kind.PAIRS)

@@ -1,0 +1,282 @@
+"""Tests of embedkit.data.io: every format, gzip, Hugging Face names and the errors of bad files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from embedkit.data.io import FORMATS, is_hf_name, read_rows
+from embedkit.errors import DataError, UnknownNameError
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def rows_of(path: Path | str, **options: str) -> list[tuple[int, dict[str, Any]]]:
+    return list(read_rows(path, **options))
+
+
+def error_of(path: Path | str, **options: str) -> DataError:
+    with pytest.raises(DataError) as caught:
+        rows_of(path, **options)
+    return caught.value
+
+
+def test_jsonl_lines_are_physical_and_blank_lines_skipped(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.jsonl", '{"text": "one"}\n\n   \n{"text": "two"}\r\n{"text": "three"}')
+    assert rows_of(path) == [(1, {"text": "one"}), (4, {"text": "two"}), (5, {"text": "three"})]
+
+
+def test_a_leading_byte_order_mark_is_dropped(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.jsonl", '\ufeff{"text": "one"}\n')
+    assert rows_of(path) == [(1, {"text": "one"})]
+
+
+def test_invalid_json_line_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.jsonl", '{"text": "one"}\n{"text": "two"}\n{"text": \n')
+    error = error_of(path)
+    assert str(error).startswith(f"{path}:3: invalid JSON")
+    assert (error.path, error.line) == (str(path), 3)
+
+
+def test_json_line_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "list.jsonl", '{"text": "one"}\n["text", "two"]\n')
+    error = error_of(path)
+    assert str(error).startswith(f"{path}:2:")
+    assert "object" in str(error)
+
+
+def test_json_array_rows_carry_the_line_they_start_on(tmp_path: Path) -> None:
+    text = '[\n  {"text": "one"},\n  {\n    "text": "two"\n  }, {"text": "three"}\n]\n'
+    path = write(tmp_path, "a.json", text)
+    assert rows_of(path) == [(2, {"text": "one"}), (3, {"text": "two"}), (5, {"text": "three"})]
+
+
+def test_empty_json_array_has_no_rows(tmp_path: Path) -> None:
+    assert rows_of(write(tmp_path, "a.json", " [ ]\n")) == []
+
+
+def test_json_file_holding_json_lines_is_read_as_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.json", '{"text": "one"}\n{"text": "two"}\n')
+    assert rows_of(path) == [(1, {"text": "one"}), (2, {"text": "two"})]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "reason"),
+    [
+        ('[\n{"text": "one"},\n{"text": }\n]', 3, "invalid JSON"),
+        ('[\n{"text": "one"}\n{"text": "two"}\n]', 3, "expected ','"),
+        ('[\n{"text": "one"},\n"two"\n]', 3, "object"),
+        ('[\n{"text": "one"}\n]\n\n{"text": "two"}', 5, "extra data"),
+        ('[\n{"text": "one"},\n', 3, "invalid JSON"),
+    ],
+)
+def test_malformed_json_array_names_the_line(tmp_path: Path, text: str, line: int, reason: str) -> None:
+    path = write(tmp_path, "bad.json", text)
+    error = error_of(path)
+    assert str(error).startswith(f"{path}:{line}:")
+    assert reason in str(error)
+
+
+def test_csv_data_starts_on_line_two_and_quoted_newlines_keep_lines_physical(tmp_path: Path) -> None:
+    text = 'anchor,positive\n"a, b","multi\nline"\n\nc,d\n'
+    path = write(tmp_path, "a.csv", text)
+    assert rows_of(path) == [(2, {"anchor": "a, b", "positive": "multi\nline"}), (5, {"anchor": "c", "positive": "d"})]
+
+
+def test_csv_row_with_wrong_field_count_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.csv", "anchor,positive\na,b\nc,d,e\n")
+    error = error_of(path)
+    assert str(error).startswith(f"{path}:3:")
+    assert "expected 2 fields" in str(error)
+
+
+def test_csv_with_broken_quoting_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.csv", 'anchor,positive\na,b\n"c"x,d\n')
+    assert str(error_of(path)).startswith(f"{path}:3: malformed csv record")
+
+
+def test_csv_header_with_duplicate_columns_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.csv", "anchor,anchor\na,b\n")
+    error = error_of(path)
+    assert str(error).startswith(f"{path}:1:")
+    assert "anchor" in str(error)
+
+
+def test_tsv_keeps_quote_characters_as_text(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.tsv", 'sentence1\tsentence2\tscore\n"quoted" start\tsay "hi\t4.5\r\n')
+    assert rows_of(path) == [(2, {"sentence1": '"quoted" start', "sentence2": 'say "hi', "score": "4.5"})]
+
+
+def test_tsv_row_with_wrong_field_count_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.tsv", "anchor\tpositive\na\tb\nc\td\ne\n")
+    assert str(error_of(path)).startswith(f"{path}:4: expected 2 fields")
+
+
+def test_txt_strips_only_the_line_ending_and_skips_blank_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.txt", "  one  \r\n\n \t \ntwo\t\nthree")
+    assert rows_of(path) == [(1, {"text": "  one  "}), (4, {"text": "two\t"}), (5, {"text": "three"})]
+
+
+def test_txt_keeps_a_lone_carriage_return_inside_a_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.txt", "one\rstill one\ntwo\n")
+    assert rows_of(path) == [(1, {"text": "one\rstill one"}), (2, {"text": "two"})]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "lines"),
+    [
+        ("a.jsonl.gz", '{"text": "one"}\n\n{"text": "two"}\n', (1, 3)),
+        ("a.json.gz", '[{"text": "one"},\n\n{"text": "two"}]', (1, 3)),
+        ("a.csv.gz", "text\none\n\ntwo\n", (2, 4)),
+        ("a.tsv.gz", "text\none\n\ntwo\n", (2, 4)),
+        ("a.txt.gz", "one\n\ntwo\n", (1, 3)),
+    ],
+)
+def test_gzipped_files_are_read_transparently(tmp_path: Path, name: str, text: str, lines: tuple[int, int]) -> None:
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode("utf-8")))
+    assert rows_of(path) == [(lines[0], {"text": "one"}), (lines[1], {"text": "two"})]
+
+
+def test_gzipped_file_with_bad_json_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"text": "one"}\n{oops}\n'))
+    assert str(error_of(path)).startswith(f"{path}:2: invalid JSON")
+
+
+def test_corrupt_gzip_is_a_data_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.jsonl.gz", '{"text": "not compressed"}\n')
+    error = error_of(path)
+    assert str(error).startswith(f"{path}:")
+
+
+def test_parquet_lines_are_row_index_plus_one(tmp_path: Path) -> None:
+    path = tmp_path / "a.parquet"
+    table = pa.table({"anchor": ["a", "b", "c"], "negatives": [["x"], ["y", "z"], []], "score": [1.0, 2.5, None]})
+    pq.write_table(table, path, row_group_size=2)
+    assert rows_of(path) == [
+        (1, {"anchor": "a", "negatives": ["x"], "score": 1.0}),
+        (2, {"anchor": "b", "negatives": ["y", "z"], "score": 2.5}),
+        (3, {"anchor": "c", "negatives": [], "score": None}),
+    ]
+
+
+def test_unreadable_parquet_is_a_data_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.parquet", "not parquet")
+    assert str(error_of(path)).startswith(f"{path}: cannot read parquet")
+
+
+def test_format_argument_overrides_the_suffix(tmp_path: Path) -> None:
+    path = write(tmp_path, "rows.data", '{"text": "one"}\n')
+    assert rows_of(path, format="jsonl") == [(1, {"text": "one"})]
+    assert rows_of(path, format="txt") == [(1, {"text": '{"text": "one"}'})]
+
+
+def test_unknown_suffix_lists_the_supported_formats(tmp_path: Path) -> None:
+    path = write(tmp_path, "rows.xml", "<rows/>")
+    error = error_of(path)
+    assert str(error).startswith(f"{path}:")
+    assert all(name in str(error) for name in FORMATS)
+
+
+def test_unknown_format_name_lists_the_valid_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, "rows.jsonl", '{"text": "one"}\n')
+    with pytest.raises(UnknownNameError) as caught:
+        read_rows(path, format="xml")
+    assert all(name in str(caught.value) for name in FORMATS)
+
+
+def test_missing_file_is_named_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "missing.jsonl"
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == f"{path}: no such file"
+
+
+def test_missing_relative_file_is_not_mistaken_for_a_dataset_name() -> None:
+    with pytest.raises(DataError, match="no such file"):
+        read_rows("no_such_folder/train.jsonl")
+
+
+def test_folder_is_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not a file"):
+        read_rows(tmp_path)
+
+
+def test_non_utf8_file_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\xe9\n".encode("latin-1"))
+    assert "UTF-8" in str(error_of(path))
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("hf:org/name", True),
+        ("org/name", True),
+        ("sentence-transformers/stsb", True),
+        ("org/name.jsonl", False),
+        ("org/name.csv.gz", False),
+        ("a/b/c", False),
+        ("name", False),
+    ],
+)
+def test_dataset_names_are_told_from_paths(name: str, expected: bool) -> None:
+    assert is_hf_name(name) is expected
+
+
+@pytest.fixture
+def fake_datasets(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """A stand-in ``datasets`` module that records its calls."""
+    calls: dict[str, object] = {}
+
+    def load_dataset(name: str, split: str) -> list[dict[str, str]]:
+        calls.update(name=name, split=split)
+        if name == "org/missing":
+            raise FileNotFoundError("Dataset 'org/missing' doesn't exist on the Hub\nor cannot be accessed.")
+        return [{"text": "one"}, {"text": "two"}]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    return calls
+
+
+@pytest.mark.parametrize("name", ["hf:org/name", "org/name"])
+def test_hugging_face_rows_are_numbered_from_one(fake_datasets: dict[str, object], name: str) -> None:
+    assert rows_of(name, split="test") == [(1, {"text": "one"}), (2, {"text": "two"})]
+    assert fake_datasets == {"name": "org/name", "split": "test"}
+
+
+def test_hugging_face_failure_is_one_line_naming_the_dataset(fake_datasets: dict[str, object]) -> None:
+    with pytest.raises(DataError) as caught:
+        read_rows("hf:org/missing")
+    message = str(caught.value)
+    assert message.startswith("hf:org/missing: cannot load Hugging Face dataset")
+    assert "doesn't exist" in message
+    assert "\n" not in message
+
+
+def test_hugging_face_without_the_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(DataError, match=r"org/name: .*'datasets'"):
+        read_rows("org/name")
+
+
+def test_path_object_is_always_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="no such file"):
+        read_rows(Path("org/name"))
+    (tmp_path / "org").mkdir()
+    write(tmp_path / "org", "name", json.dumps({"text": "one"}))
+    assert rows_of("org/name", format="jsonl") == [(1, {"text": "one"})]
