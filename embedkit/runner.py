@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from embedkit.config import RunConfig, config_to_dict
-from embedkit.data import as_kind, infer_kind, read_examples
+from embedkit.data import read_examples
 from embedkit.encoders import load_encoder
 from embedkit.errors import ConfigError
 from embedkit.eval import STSEvaluator
@@ -31,7 +31,7 @@ def run_training(config: RunConfig, show_progress: bool = True) -> FitResult:
         format=config.data.format,
         limit=config.data.limit,
     )
-    kind = as_kind(config.data.kind) if config.data.kind else _kind_of(config)
+    kind = examples.kind
     if kind not in spec.kinds:
         raise ConfigError(
             f"loss {spec.name!r} takes {', '.join(k.value for k in spec.kinds)} data, "
@@ -69,10 +69,3 @@ def run_training(config: RunConfig, show_progress: bool = True) -> FitResult:
     atomic_write_bytes(output_dir / "recipe.json", (json.dumps(config_to_dict(config), indent=2) + "\n").encode())
     return fit(encoder, examples, loss, settings, kind=kind, evaluator=evaluator)
 
-
-def _kind_of(config: RunConfig):
-    """The kind of the first row of the training file (the reader already validated every row as that kind)."""
-    from embedkit.data import read_rows, remap
-
-    line, row = next(iter(read_rows(config.data.path, format=config.data.format)))
-    return infer_kind(remap(row, config.data.columns or None), path=config.data.path, line=line)

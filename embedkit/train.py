@@ -203,7 +203,7 @@ def fit(
     loss: nn.Module,
     settings: FitSettings = FitSettings(),
     *,
-    kind: Kind | str,
+    kind: Kind | str | None = None,
     evaluator: Evaluator | None = None,
     callbacks: Sequence[StepCallback] = (),
 ) -> FitResult:
@@ -214,7 +214,7 @@ def fit(
         examples: training rows (see :func:`embedkit.read_examples`), all of kind ``kind``.
         loss: a loss from :mod:`embedkit.losses` (``EmbeddedBatch -> scalar``).
         settings: optimisation, evaluation and checkpoint settings.
-        kind: the data kind of ``examples``.
+        kind: the data kind of ``examples``; default: ``examples.kind`` (set by :func:`embedkit.read_examples`).
         evaluator: ``evaluator(encoder) -> metrics`` with a ``primary_metric`` attribute (default
             ``"spearman"``); run every ``settings.eval_steps`` steps and at the end, keeping the best model.
         callbacks: called as ``callback(step, metrics)`` after every optimisation step.
@@ -222,7 +222,9 @@ def fit(
     Returns:
         A :class:`FitResult`; the models are in ``settings.output_dir`` (``best/`` and ``final/``).
     """
-    kind = Kind(kind)
+    kind = Kind(kind) if kind is not None else getattr(examples, "kind", None)
+    if kind is None:
+        raise ConfigError("fit() needs kind= when the examples do not come from read_examples()")
     if settings.batch_size < 2:
         raise ConfigError("batch_size must be at least 2 for in-batch negatives")
     steps_per_epoch = len(examples) // settings.batch_size

@@ -19,3 +19,23 @@ def shared_data() -> Path:
             f"shared data folder {folder} not found; set EMBEDKIT_SHARED_DATA to the folder holding MANIFEST.md"
         )
     return folder
+
+
+TINY_TEXTS = [
+    "the cat sat on the mat",
+    "a dog runs in the park",
+    "the sun rises in the east",
+    "rain falls on the green hills",
+    "she plays the piano every evening",
+    "he reads a book about old ships",
+    "the train leaves at noon",
+    "children build a castle of sand",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random sentence-transformers model (2 layers, hidden size 32) built from a config, no download."""
+    from embedkit.encoders import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", TINY_TEXTS, seed=0)

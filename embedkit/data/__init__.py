@@ -16,6 +16,7 @@ __all__ = [
     "FORMATS",
     "KIND_COLUMNS",
     "Example",
+    "Examples",
     "Kind",
     "as_kind",
     "collate",
@@ -26,6 +27,14 @@ __all__ = [
 ]
 
 
+class Examples(list[Example]):
+    """A list of :class:`Example` rows that remembers their data kind."""
+
+    def __init__(self, rows: list[Example], kind: Kind) -> None:
+        super().__init__(rows)
+        self.kind = kind
+
+
 def read_examples(
     path: str | os.PathLike[str],
     kind: Kind | str | None = None,
@@ -33,7 +42,7 @@ def read_examples(
     format: str | None = None,
     split: str = "train",
     limit: int | None = None,
-) -> list[Example]:
+) -> Examples:
     """The examples of a file or Hugging Face dataset (see :func:`read_rows` for what ``path`` may be).
 
     Args:
@@ -58,6 +67,6 @@ def read_examples(
         if wanted is None:
             wanted = infer_kind(remap(row, columns), path=name, line=line)
         examples.append(to_example(row, wanted, name, line, columns))
-    if not examples:
+    if not examples or wanted is None:
         raise DataError("no rows", name)
-    return examples
+    return Examples(examples, wanted)

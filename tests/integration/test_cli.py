@@ -1,0 +1,100 @@
+"""The embedkit command line, end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from embedkit.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_losses_lists_every_registered_loss(capsys) -> None:
+    code, out, _ = run(capsys, "losses", "--json")
+    entries = {e["name"]: e for e in json.loads(out)}
+    assert code == 0 and {"infonce", "simcse-unsup", "simcse-sup"} <= set(entries)
+    assert entries["simcse-unsup"]["parameters"]["temperature"] == 0.05
+    assert "Gao et al., 2021" in entries["simcse-sup"]["reference"]
+    code, out, _ = run(capsys, "losses")
+    assert code == 0 and "simcse-unsup" in out
+
+
+def test_encode_txt_and_jsonl(capsys, tiny_model_path, tmp_path) -> None:
+    (tmp_path / "s.txt").write_text("the cat sat\na dog runs\n")
+    code, out, _ = run(capsys, "encode", "--model", str(tiny_model_path), "--input", str(tmp_path / "s.txt"),
+                       "--output", str(tmp_path / "e.npy"), "--normalize", "--json")
+    embeddings = np.load(tmp_path / "e.npy")
+    assert code == 0 and json.loads(out)["shape"] == [2, 32] and embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1, rtol=1e-5)
+
+    (tmp_path / "s.jsonl").write_text('{"body": "the cat sat"}\n{"body": ""}\n')
+    code, _, err = run(capsys, "encode", "--model", str(tiny_model_path), "--input", str(tmp_path / "s.jsonl"),
+                       "--output", str(tmp_path / "f.npy"), "--column", "body")
+    assert code == 2 and "s.jsonl:2:" in err and "body" in err
+
+
+def test_eval_sts_json(capsys, tiny_model_path, tmp_path) -> None:
+    rows = [("the cat sat", "the cat sat", 5.0), ("a dog runs", "the train leaves", 0.5), ("the sun", "the sun rises", 4)]
+    (tmp_path / "sts.jsonl").write_text("".join(json.dumps({"sentence1": a, "sentence2": b, "score": s}) + "\n"
+                                                for a, b, s in rows))
+    code, out, _ = run(capsys, "eval", "sts", "--model", str(tiny_model_path), "--data", str(tmp_path / "sts.jsonl"),
+                       "--json")
+    result = json.loads(out)
+    assert code == 0 and result["task"] == "sts" and -100 <= result["metrics"]["spearman"] <= 100
+
+
+def test_train_from_recipe_with_overrides(capsys, tiny_model_path, tmp_path) -> None:
+    (tmp_path / "s.txt").write_text("".join(f"sentence number {i} about the cat\n" for i in range(12)))
+    (tmp_path / "dev.jsonl").write_text("".join(
+        json.dumps({"sentence1": f"sentence {i}", "sentence2": "the cat", "score": i}) + "\n" for i in range(5)))
+    (tmp_path / "r.toml").write_text('[loss]\nname = "simcse-unsup"\n[train]\nbatch_size = 4\nlog_steps = 1\n')
+    code, out, _ = run(capsys, "train", str(tmp_path / "r.toml"), "--json",
+                       "--set", f"model.name={json.dumps(str(tiny_model_path))}",
+                       "--set", f"data.path={json.dumps(str(tmp_path / 's.txt'))}",
+                       "--set", f"eval.sts={json.dumps(str(tmp_path / 'dev.jsonl'))}",
+                       "--set", f"train.output_dir={json.dumps(str(tmp_path / 'run'))}",
+                       "--set", "model.precision=fp32")
+    summary = json.loads(out)
+    assert code == 0 and summary["steps"] == 3 and summary["first_eval"] is not None
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["loss"]["name"] == "simcse-unsup"
+    assert (tmp_path / "run" / "best" / "modules.json").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["losses-typo"], None),
+    (["train", "missing.toml"], "recipe not found: missing.toml"),
+])
+def test_usage_errors(capsys, argv, message) -> None:
+    if message is None:
+        with pytest.raises(SystemExit):
+            main(argv)
+        return
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err
+
+
+def test_loss_and_data_kind_mismatch(capsys, tmp_path) -> None:
+    (tmp_path / "p.jsonl").write_text('{"anchor": "a", "positive": "b"}\n')
+    (tmp_path / "r.toml").write_text(f'[data]\npath = {json.dumps(str(tmp_path / "p.jsonl"))}\n[loss]\nname = "simcse-sup"\n')
+    code, _, err = run(capsys, "train", str(tmp_path / "r.toml"))
+    assert code == 2 and "takes triplets, preference data" in err and "pairs" in err
+
+
+def test_bad_data_is_one_line_without_traceback(tmp_path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"sentence1": "a", "sentence2": "b", "score": 1}\n{"sentence1": "a", "sentence2": "b", "score": "NaN"}\n')
+    done = subprocess.run([sys.executable, "-m", "embedkit", "eval", "sts", "--data", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{bad}:2:" in lines[0]

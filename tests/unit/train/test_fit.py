@@ -1,0 +1,129 @@
+"""fit(): optimisation, logging, best-model selection and exact resume, on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from embedkit.data import Examples
+from embedkit.encoders import load_encoder
+from embedkit.errors import ConfigError
+from embedkit.losses import build_loss
+from embedkit.train import FitSettings, fit, linear_schedule
+from embedkit.types import Example, Kind
+
+SENTENCES = [
+    "the cat sat on the mat", "a dog runs in the park", "the sun rises in the east",
+    "rain falls on the green hills", "she plays the piano every evening", "he reads a book about old ships",
+    "the train leaves at noon", "children build a castle of sand", "the cat runs", "a dog sat on the hills",
+]
+
+
+def sentence_examples() -> Examples:
+    return Examples([Example(anchor=s, positive=s) for s in SENTENCES], Kind.SENTENCES)
+
+
+def settings(tmp_path, **changes) -> FitSettings:
+    base = dict(output_dir=tmp_path, batch_size=4, lr=1e-3, epochs=3, save_steps=2, log_steps=1,
+                show_progress=False, warmup_ratio=0.2, seed=7)
+    return FitSettings(**{**base, **changes})
+
+
+class CountingEvaluator:
+    """A dev 'metric' that is deterministic in the weights: minus the norm of the first layer's weights."""
+
+    primary_metric = "score"
+
+    def __call__(self, encoder) -> dict[str, float]:
+        weight = next(encoder.model.parameters())
+        return {"score": -float(weight.detach().norm())}
+
+
+def weights(encoder) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+
+
+def test_fit_trains_logs_and_saves(tiny_model_path, tmp_path) -> None:
+    encoder = load_encoder(tiny_model_path, precision="fp32", mlp_head=True)
+    before = weights(encoder)
+    result = fit(encoder, sentence_examples(), build_loss("simcse-unsup"), settings(tmp_path),
+                 evaluator=CountingEvaluator())
+    assert result.steps == 6  # 10 rows, batch 4, drop the last partial batch: 2 steps x 3 epochs
+    after = weights(encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    evals = [r for r in records if "eval" in r]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 6
+    assert result.best_score == max(r["eval"]["score"] for r in evals)
+    assert (tmp_path / "best" / "modules.json").exists() and (tmp_path / "final" / "modules.json").exists()
+
+
+def test_best_model_is_the_best_evaluation(tiny_model_path, tmp_path) -> None:
+    encoder = load_encoder(tiny_model_path, precision="fp32")
+    result = fit(encoder, sentence_examples(), build_loss("simcse-unsup"), settings(tmp_path, eval_steps=2),
+                 evaluator=CountingEvaluator())
+    best = load_encoder(tmp_path / "best", precision="fp32")
+    assert CountingEvaluator()(best)["score"] == pytest.approx(result.best_score, rel=1e-6)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tiny_model_path, tmp_path) -> None:
+    examples = sentence_examples()
+    straight = load_encoder(tiny_model_path, precision="fp32", mlp_head=True)
+    fit(straight, examples, build_loss("simcse-unsup"), settings(tmp_path / "straight"))
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_5(step: int, metrics: dict) -> None:
+        if step == 5:  # after the checkpoint of step 4, mid-epoch 3
+            raise Crash
+
+    interrupted = load_encoder(tiny_model_path, precision="fp32", mlp_head=True)
+    with pytest.raises(Crash):
+        fit(interrupted, examples, build_loss("simcse-unsup"), settings(tmp_path / "resumed"),
+            callbacks=[crash_at_step_5])
+    resumed = load_encoder(tiny_model_path, precision="fp32", mlp_head=True)  # a fresh process would start here
+    result = fit(resumed, examples, build_loss("simcse-unsup"), settings(tmp_path / "resumed"))
+
+    assert result.steps == 6
+    expected, actual = weights(straight), weights(resumed)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_uses_safe_formats(tiny_model_path, tmp_path) -> None:
+    encoder = load_encoder(tiny_model_path, precision="fp32")
+    fit(encoder, sentence_examples(), build_loss("simcse-unsup"), settings(tmp_path))
+    state = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 6
+    assert load_file(str(tmp_path / "checkpoint" / "encoder.safetensors"))
+
+
+def test_triplets_train_with_hard_negatives(tiny_model_path, tmp_path) -> None:
+    rows = [Example(anchor=a, positive=b, negatives=(c,)) for a, b, c in zip(SENTENCES, SENTENCES[1:], SENTENCES[2:])]
+    encoder = load_encoder(tiny_model_path, precision="bf16")
+    result = fit(encoder, rows, build_loss("simcse-sup"), settings(tmp_path, epochs=1), kind="triplets")
+    assert result.steps == 2
+    assert all(r["loss"] > 0 for r in result.history)
+
+
+def test_linear_schedule() -> None:
+    factor = linear_schedule(warmup_steps=2, total_steps=10)
+    assert [round(factor(s), 3) for s in (0, 1, 2, 6, 10)] == [0.333, 0.667, 1.0, 0.5, 0.0]
+
+
+def test_bad_settings(tiny_model_path, tmp_path) -> None:
+    encoder = load_encoder(tiny_model_path, precision="fp32")
+    loss = build_loss("simcse-unsup")
+    with pytest.raises(ConfigError, match="fill one batch"):
+        fit(encoder, sentence_examples(), loss, settings(tmp_path, batch_size=64))
+    with pytest.raises(ConfigError, match="at least 2"):
+        fit(encoder, sentence_examples(), loss, settings(tmp_path, batch_size=1))
+    with pytest.raises(ConfigError, match="kind="):
+        fit(encoder, list(sentence_examples()), loss, settings(tmp_path))
