@@ -112,6 +112,7 @@ class Scores:
         log_weights: ``[B, C]`` float added to the logits; ``0`` is weight 1.
         anchor_groups: ``[B]`` long text ids of the anchors, or ``None``.
         candidate_groups: ``[C]`` long text ids of the candidates, or ``None``.
+        guide: ``[B, C]`` similarities of the same pairs under a frozen guide model (GISTEmbed), or ``None``.
     """
 
     values: Tensor
@@ -120,6 +121,7 @@ class Scores:
     log_weights: Tensor
     anchor_groups: Tensor | None = None
     candidate_groups: Tensor | None = None
+    guide: Tensor | None = None
 
     @classmethod
     def from_values(

@@ -16,7 +16,15 @@ from torch import nn
 
 from embedkit.errors import ConfigError
 from embedkit.losses.infonce import InfoNCELoss, cosine_table, info_nce_from_scores
-from embedkit.losses.steps import MaskDuplicates, Step, apply_steps
+from embedkit.losses.steps import (
+    MarginFilter,
+    MaskDuplicates,
+    RankWindow,
+    ScoreCeiling,
+    Step,
+    TopKHardest,
+    apply_steps,
+)
 from embedkit.registry import Registry
 from embedkit.types import Kind
 
@@ -102,8 +110,12 @@ __all__ = [
     "LOSSES",
     "InfoNCELoss",
     "LossSpec",
+    "MarginFilter",
     "MaskDuplicates",
+    "RankWindow",
+    "ScoreCeiling",
     "Step",
+    "TopKHardest",
     "apply_steps",
     "build_loss",
     "cosine_table",

@@ -3,21 +3,48 @@
 A step only shrinks the ``valid`` mask or changes ``log_weights``; it never touches a row's target. The same
 steps run in-batch during training and offline when mining hard negatives from an index, so every filter
 rule is written once, here.
+
+Filters that judge "too similar to be a true negative" (margins, ceilings) compare against either the
+table's own ``values`` or, when ``source="guide"``, the similarities of a frozen guide model stored in
+``Scores.guide`` (GISTEmbed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor
 
 from embedkit.errors import ConfigError
 from embedkit.types import Scores
+
+MarginMode = Literal["absolute", "relative"]
+ScoreSource = Literal["values", "guide"]
+MARGIN_MODES = ("absolute", "relative")
+SCORE_SOURCES = ("values", "guide")
 
 
 class Step(Protocol):
     """A transformation of a score table that keeps every row's target valid."""
 
     def __call__(self, scores: Scores) -> Scores: ...
+
+
+def _negatives_only(scores: Scores, drop: Tensor) -> Scores:
+    """Invalidate ``drop`` ``[B, C]`` except at the targets."""
+    return scores.replace(valid=scores.valid & ~(drop & ~scores.target_mask()))
+
+
+def _table(scores: Scores, source: str) -> Tensor:
+    if source not in SCORE_SOURCES:
+        raise ConfigError(f"unknown score source {source!r}; valid: {', '.join(SCORE_SOURCES)}")
+    if source == "guide":
+        if scores.guide is None:
+            raise ConfigError("this step reads guide scores, but the score table has none (no guide model set)")
+        return scores.guide
+    return scores.values
 
 
 class MaskDuplicates:
@@ -34,8 +61,116 @@ class MaskDuplicates:
         positive_groups = scores.candidate_groups[scores.targets]  # [B]
         candidates = scores.candidate_groups[None, :]  # [1, C]
         same_text = (candidates == scores.anchor_groups[:, None]) | (candidates == positive_groups[:, None])
-        drop = same_text & ~scores.target_mask()
-        return scores.replace(valid=scores.valid & ~drop)
+        return _negatives_only(scores, same_text)
+
+
+class MarginFilter:
+    """Drop negatives that score too close to (or above) the row's positive: likely false negatives.
+
+    With ``p`` the positive's score and ``s`` a negative's score (from ``source``):
+
+    - ``absolute``: drop when ``s > p - margin`` (sentence-transformers' ``absolute_margin``; GISTEmbed's
+      ``margin_strategy="absolute"``);
+    - ``relative``: drop when ``s > p * (1 - margin)`` (``relative_margin``; GISTEmbed's ``"relative"``).
+
+    Args:
+        margin: the margin; ``0`` drops negatives that score above the positive.
+        mode: ``"absolute"`` or ``"relative"``.
+        source: ``"values"`` (the trained model's scores) or ``"guide"`` (a frozen guide model's, GISTEmbed).
+    """
+
+    def __init__(self, margin: float = 0.0, mode: MarginMode = "absolute", source: ScoreSource = "values") -> None:
+        if mode not in MARGIN_MODES:
+            raise ConfigError(f"unknown margin mode {mode!r}; valid: {', '.join(MARGIN_MODES)}")
+        if source not in SCORE_SOURCES:
+            raise ConfigError(f"unknown score source {source!r}; valid: {', '.join(SCORE_SOURCES)}")
+        if mode == "relative" and not 0 <= margin < 1:
+            raise ConfigError(f"a relative margin must be in [0, 1), got {margin}")
+        self.margin = margin
+        self.mode = mode
+        self.source = source
+
+    def __call__(self, scores: Scores) -> Scores:
+        table = _table(scores, self.source)
+        positive = table.gather(1, scores.targets[:, None])  # [B, 1]
+        if self.mode == "absolute":
+            limit = positive - self.margin
+        else:
+            limit = positive * (1 - self.margin)
+        return _negatives_only(scores, table > limit)
+
+    def __repr__(self) -> str:
+        return f"MarginFilter(margin={self.margin}, mode={self.mode!r}, source={self.source!r})"
+
+
+class ScoreCeiling:
+    """Drop negatives scoring above ``max_score``: so similar that they are probably paraphrases.
+
+    Args:
+        max_score: the highest score a negative may have (cosine: at most 1).
+        source: ``"values"`` or ``"guide"``.
+    """
+
+    def __init__(self, max_score: float, source: ScoreSource = "values") -> None:
+        if source not in SCORE_SOURCES:
+            raise ConfigError(f"unknown score source {source!r}; valid: {', '.join(SCORE_SOURCES)}")
+        self.max_score = max_score
+        self.source = source
+
+    def __call__(self, scores: Scores) -> Scores:
+        return _negatives_only(scores, _table(scores, self.source) > self.max_score)
+
+    def __repr__(self) -> str:
+        return f"ScoreCeiling(max_score={self.max_score}, source={self.source!r})"
+
+
+def _negative_ranks(scores: Scores) -> Tensor:
+    """``[B, C]`` long: the rank (0 = hardest) of each valid negative among the row's valid negatives.
+
+    Targets and invalid candidates get a rank of ``C`` (beyond any window). Ties break by column index.
+    """
+    negative = scores.valid & ~scores.target_mask()
+    keyed = scores.values.detach().masked_fill(~negative, float("-inf"))
+    order = keyed.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return ranks.masked_fill(~negative, order.shape[1])
+
+
+class TopKHardest:
+    """Keep only the ``k`` highest-scoring valid negatives of each row (after any earlier filters)."""
+
+    def __init__(self, k: int) -> None:
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        self.k = k
+
+    def __call__(self, scores: Scores) -> Scores:
+        return _negatives_only(scores, _negative_ranks(scores) >= self.k)
+
+    def __repr__(self) -> str:
+        return f"TopKHardest(k={self.k})"
+
+
+class RankWindow:
+    """Keep the negatives ranked ``start <= rank < end`` by score (0 = hardest), as in hard-negative mining's
+    ``--range 10:100``: skipping the very top ranks avoids most unlabelled positives."""
+
+    def __init__(self, start: int = 0, end: int | None = None) -> None:
+        if start < 0 or (end is not None and end <= start):
+            raise ConfigError(f"a rank window needs 0 <= start < end, got {start}:{end}")
+        self.start = start
+        self.end = end
+
+    def __call__(self, scores: Scores) -> Scores:
+        ranks = _negative_ranks(scores)
+        drop = ranks < self.start
+        if self.end is not None:
+            drop |= ranks >= self.end
+        return _negatives_only(scores, drop)
+
+    def __repr__(self) -> str:
+        return f"RankWindow(start={self.start}, end={self.end})"
 
 
 def apply_steps(scores: Scores, steps: Sequence[Step]) -> Scores:
