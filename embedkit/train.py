@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -31,6 +31,7 @@ from embedkit.data import collate
 from embedkit.encoders.sentence_transformer import Encoder
 from embedkit.errors import ConfigError
 from embedkit.fsutil import atomic_directory, atomic_write_bytes
+from embedkit.losses.objective import Objective
 from embedkit.precision import autocast
 from embedkit.types import EmbeddedBatch, Example, Kind, TextBatch
 
@@ -40,6 +41,7 @@ StepCallback = Callable[[int, dict[str, float]], None]
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "trainer_state.pt"
 WEIGHTS_FILE = "encoder.safetensors"
+LOSS_STATE_FILE = "loss.safetensors"
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,9 @@ class _Run:
         }
         with atomic_directory(self.output_dir / CHECKPOINT_DIR) as tmp:
             save_model(self.encoder, str(tmp / WEIGHTS_FILE))
+            loss_state = _trainable_state(self.loss)
+            if loss_state:
+                save_file(loss_state, str(tmp / LOSS_STATE_FILE))
             buffer = io.BytesIO()
             torch.save(state, buffer)
             atomic_write_bytes(tmp / STATE_FILE, buffer.getvalue())
@@ -143,6 +148,8 @@ class _Run:
         if not (folder / STATE_FILE).is_file():
             return False
         load_model(self.encoder, str(folder / WEIGHTS_FILE))
+        if (folder / LOSS_STATE_FILE).is_file():
+            self.loss.load_state_dict(load_file(str(folder / LOSS_STATE_FILE)), strict=False)
         state = torch.load(folder / STATE_FILE, weights_only=True)
         self.step = int(state["step"])
         self.best_score = state["best_score"]
@@ -159,9 +166,14 @@ class _Run:
     # -- one optimisation step ---------------------------------------------------------------------------
     def train_step(self, batch: TextBatch) -> float:
         self.encoder.train()
-        with autocast(self.dtype, self.encoder.device):
-            embedded = embed_batch(self.encoder, batch)
-        value = self.loss(embedded)
+        self.loss.train()
+        if isinstance(self.loss, Objective):
+            with autocast(self.dtype, self.encoder.device):
+                value = self.loss(self.encoder, batch)
+        else:
+            with autocast(self.dtype, self.encoder.device):
+                embedded = embed_batch(self.encoder, batch)
+            value = self.loss(embedded)
         if not torch.isfinite(value):
             raise FloatingPointError(f"the loss is {value.item()} at step {self.step + 1}")
         if self.scaler is not None:
@@ -181,6 +193,19 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return float(value.detach())
+
+
+def _trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state of ``module`` that training changes: trainable parameters and buffers (queues, statistics).
+
+    Frozen parameters (a guide model, a generator) are left out: they are reloaded from where they came from.
+    """
+    frozen = {name for name, param in module.named_parameters() if not param.requires_grad}
+    return {
+        name: tensor.detach().contiguous().clone()
+        for name, tensor in module.state_dict().items()
+        if name not in frozen
+    }
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -212,7 +237,8 @@ def fit(
     Args:
         encoder: the model to train, in place.
         examples: training rows (see :func:`embedkit.read_examples`), all of kind ``kind``.
-        loss: a loss from :mod:`embedkit.losses` (``EmbeddedBatch -> scalar``).
+        loss: a loss from :mod:`embedkit.losses` (``EmbeddedBatch -> scalar``), or an
+            :class:`~embedkit.losses.objective.Objective` (``(encoder, TextBatch) -> scalar``).
         settings: optimisation, evaluation and checkpoint settings.
         kind: the data kind of ``examples``; default: ``examples.kind`` (set by :func:`embedkit.read_examples`).
         evaluator: ``evaluator(encoder) -> metrics`` with a ``primary_metric`` attribute (default

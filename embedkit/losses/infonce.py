@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from embedkit.errors import ConfigError
 from embedkit.losses.steps import MaskDuplicates, Step, apply_steps
-from embedkit.types import EmbeddedBatch, Scores
+from embedkit.losses.registry import CONTRASTIVE_KINDS, LOSSES, LossSpec
+from embedkit.types import EmbeddedBatch, Kind, Scores
 
 
 def cosine_table(anchors: Tensor, candidates: Tensor) -> Tensor:
@@ -104,3 +105,37 @@ class InfoNCELoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, symmetric={self.symmetric}"
+
+
+LOSSES.register(
+    "infonce",
+    LossSpec(
+        name="infonce",
+        factory=InfoNCELoss,
+        summary="InfoNCE over in-batch negatives plus any hard negatives; optional symmetric term",
+        kinds=CONTRASTIVE_KINDS,
+        reference="van den Oord et al., 2018, Representation Learning with Contrastive Predictive Coding",
+    ),
+)
+LOSSES.register(
+    "simcse-unsup",
+    LossSpec(
+        name="simcse-unsup",
+        factory=InfoNCELoss,
+        summary="unsupervised SimCSE: two dropout views of each sentence are positives, temperature 0.05",
+        kinds=(Kind.SENTENCES,),
+        reference="Gao et al., 2021, SimCSE: Simple Contrastive Learning of Sentence Embeddings",
+        presets={"temperature": 0.05, "symmetric": False},
+    ),
+)
+LOSSES.register(
+    "simcse-sup",
+    LossSpec(
+        name="simcse-sup",
+        factory=InfoNCELoss,
+        summary="supervised SimCSE: entailment positive, contradiction hard negative, temperature 0.05",
+        kinds=(Kind.TRIPLETS, Kind.PREFERENCE),
+        reference="Gao et al., 2021, SimCSE: Simple Contrastive Learning of Sentence Embeddings",
+        presets={"temperature": 0.05, "symmetric": False},
+    ),
+)

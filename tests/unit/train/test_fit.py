@@ -12,7 +12,8 @@ from embedkit.data import Examples
 from embedkit.encoders import load_encoder
 from embedkit.errors import ConfigError
 from embedkit.losses import build_loss
-from embedkit.train import FitSettings, fit, linear_schedule
+from embedkit.losses.objective import Objective
+from embedkit.train import FitSettings, embed_batch, fit, linear_schedule
 from embedkit.types import Example, Kind
 
 SENTENCES = [
@@ -127,3 +128,29 @@ def test_bad_settings(tiny_model_path, tmp_path) -> None:
         fit(encoder, sentence_examples(), loss, settings(tmp_path, batch_size=1))
     with pytest.raises(ConfigError, match="kind="):
         fit(encoder, list(sentence_examples()), loss, settings(tmp_path))
+
+
+class CountingObjective(Objective):
+    """An objective with a trainable scale and a buffer that counts calls: both must survive a resume."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.inner = build_loss("simcse-unsup")
+
+    def forward(self, encoder, batch) -> torch.Tensor:
+        self.calls += 1
+        return self.scale * self.inner(embed_batch(encoder, batch))
+
+
+def test_objectives_get_encoder_and_batch_and_their_state_is_checkpointed(tiny_model_path, tmp_path) -> None:
+    encoder = load_encoder(tiny_model_path, precision="fp32")
+    objective = CountingObjective()
+    fit(encoder, sentence_examples(), objective, settings(tmp_path))
+    assert int(objective.calls) == 6 and objective.scale.item() != 1.0
+
+    restored = CountingObjective()
+    fit(load_encoder(tiny_model_path, precision="fp32"), sentence_examples(), restored, settings(tmp_path))
+    assert int(restored.calls) == 6  # resumed from the final checkpoint: no step repeated
+    assert restored.scale.item() == objective.scale.item()

@@ -1,0 +1,30 @@
+"""The escape hatch of the score-table design: objectives that need the encoder and the tokens.
+
+Most losses take embeddings (``loss(EmbeddedBatch) -> scalar``). A few cannot: DiffCSE's replaced-token
+detection reads the token ids, DCLR optimises noise negatives by gradient ascent, a guide model must embed
+the same texts. Those subclass :class:`Objective` and :func:`embedkit.fit` calls them with the encoder and the
+text batch instead.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import Tensor, nn
+
+from embedkit.types import TextBatch
+
+if TYPE_CHECKING:
+    from embedkit.encoders import Encoder
+
+
+class Objective(nn.Module):
+    """``objective(encoder, batch) -> scalar``: a training objective with access to the model and the texts.
+
+    The trainer runs it under the encoder's autocast; implementations compute their reductions in float32.
+    Parameters of the objective (heads, discriminators) are trained with the encoder; frozen parts should set
+    ``requires_grad=False`` and are then neither optimised nor checkpointed.
+    """
+
+    def forward(self, encoder: Encoder, batch: TextBatch) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
