@@ -1,6 +1,7 @@
 """Training recipes: frozen dataclasses read from TOML, with ``section.key=value`` overrides.
 
-A recipe has the sections ``[model]``, ``[data]``, ``[loss]``, ``[train]`` and ``[eval]``. Every key of
+A recipe has the sections ``[model]``, ``[data]``, ``[loss]``, ``[train]`` (the fields of
+:class:`embedkit.train.FitSettings`) and ``[eval]``. Every key of
 ``[loss]`` other than ``name`` is a parameter of that loss. Unknown sections and keys are errors that list
 the valid ones, so a typo never silently falls back to a default.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from embedkit.encoders.sentence_transformer import DEFAULT_MODEL
 from embedkit.errors import ConfigError
+from embedkit.train import FitSettings
 
 
 @dataclass(frozen=True)
@@ -50,30 +52,10 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation and checkpointing (see :func:`embedkit.fit`)."""
-
-    output_dir: str = "runs/run"
-    batch_size: int = 64
-    lr: float = 3e-5
-    epochs: int = 1
-    max_steps: int | None = None
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    seed: int = 42
-    save_steps: int = 250
-    log_steps: int = 10
-    resume: bool = True
-
-
-@dataclass(frozen=True)
 class EvalConfig:
-    """Dev evaluation during training: the best checkpoint by its primary metric is kept."""
+    """The dev set evaluated during training (how often: ``train.eval_steps``); the best model is kept."""
 
     sts: str | None = None
-    steps: int = 125
-    at_start: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,7 +63,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: FitSettings = field(default_factory=FitSettings)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -89,7 +71,7 @@ _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
     "loss": LossConfig,
-    "train": TrainConfig,
+    "train": FitSettings,
     "eval": EvalConfig,
 }
 

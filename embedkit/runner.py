@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from embedkit.errors import ConfigError
 from embedkit.eval import STSEvaluator
 from embedkit.fsutil import atomic_write_bytes
 from embedkit.losses import LOSSES
-from embedkit.train import FitResult, FitSettings, fit
+from embedkit.train import FitResult, fit
 
 
 def run_training(config: RunConfig, show_progress: bool = True) -> FitResult:
@@ -46,25 +47,8 @@ def run_training(config: RunConfig, show_progress: bool = True) -> FitResult:
         device=config.model.device,
         precision=config.model.precision,
     )
-    train = config.train
-    settings = FitSettings(
-        output_dir=train.output_dir,
-        batch_size=train.batch_size,
-        lr=train.lr,
-        epochs=train.epochs,
-        max_steps=train.max_steps,
-        warmup_ratio=train.warmup_ratio,
-        weight_decay=train.weight_decay,
-        max_grad_norm=train.max_grad_norm,
-        seed=train.seed,
-        save_steps=train.save_steps,
-        log_steps=train.log_steps,
-        eval_steps=config.eval.steps,
-        eval_at_start=config.eval.at_start,
-        resume=train.resume,
-        show_progress=show_progress,
-    )
-    output_dir = Path(train.output_dir)
+    settings = dataclasses.replace(config.train, show_progress=show_progress and config.train.show_progress)
+    output_dir = Path(settings.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output_dir / "recipe.json", (json.dumps(config_to_dict(config), indent=2) + "\n").encode())
     return fit(encoder, examples, loss, settings, kind=kind, evaluator=evaluator)

@@ -46,7 +46,7 @@ LOSS_STATE_FILE = "loss.safetensors"
 
 @dataclass(frozen=True)
 class FitSettings:
-    """Optimisation settings; the fields mirror the ``[train]`` and ``[eval]`` recipe sections."""
+    """Optimisation, evaluation and checkpoint settings: the ``[train]`` section of a recipe."""
 
     output_dir: str | Path = "runs/run"
     batch_size: int = 64

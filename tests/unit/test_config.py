@@ -61,4 +61,4 @@ def test_shipped_recipes_load(name: str) -> None:
 def test_simcse_unsup_recipe_has_the_paper_settings() -> None:
     config = load_config(REPO / "recipes" / "simcse-unsup.toml")
     assert (config.train.batch_size, config.train.lr, config.model.max_seq_length) == (64, 3e-5, 32)
-    assert config.model.mlp_head and config.eval.steps == 125
+    assert config.model.mlp_head and config.train.eval_steps == 125
