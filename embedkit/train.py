@@ -31,6 +31,7 @@ from embedkit.data import collate
 from embedkit.encoders.sentence_transformer import Encoder
 from embedkit.errors import ConfigError
 from embedkit.fsutil import atomic_directory, atomic_write_bytes
+from embedkit.gradcache import grad_cache_backward
 from embedkit.losses.objective import Objective
 from embedkit.precision import autocast
 from embedkit.types import EmbeddedBatch, Example, Kind, TextBatch
@@ -46,7 +47,13 @@ LOSS_STATE_FILE = "loss.safetensors"
 
 @dataclass(frozen=True)
 class FitSettings:
-    """Optimisation, evaluation and checkpoint settings: the ``[train]`` section of a recipe."""
+    """Optimisation, evaluation and checkpoint settings: the ``[train]`` section of a recipe.
+
+    ``max_steps`` overrides ``epochs``; ``warmup_ratio`` is the share of steps with a linear warmup;
+    ``max_grad_norm`` clips the global gradient norm (``None``: no clipping); ``eval_steps`` and
+    ``save_steps`` count optimisation steps; ``mini_batch_size`` turns on gradient caching
+    (:mod:`embedkit.gradcache`): the loss sees ``batch_size`` rows, the encoder at most that many texts at once.
+    """
 
     output_dir: str | Path = "runs/run"
     batch_size: int = 64
@@ -60,6 +67,7 @@ class FitSettings:
     save_steps: int = 250
     log_steps: int = 10
     eval_steps: int = 125
+    mini_batch_size: int | None = None
     eval_at_start: bool = True
     resume: bool = True
     show_progress: bool = True
@@ -167,20 +175,24 @@ class _Run:
     def train_step(self, batch: TextBatch) -> float:
         self.encoder.train()
         self.loss.train()
-        if isinstance(self.loss, Objective):
-            with autocast(self.dtype, self.encoder.device):
-                value = self.loss(self.encoder, batch)
+        scale = self.scaler.scale if self.scaler is not None else (lambda value: value)
+        if self.settings.mini_batch_size is not None:
+            value = grad_cache_backward(
+                self.encoder, self.loss, batch, self.settings.mini_batch_size, self.dtype, scale
+            )
         else:
             with autocast(self.dtype, self.encoder.device):
-                embedded = embed_batch(self.encoder, batch)
-            value = self.loss(embedded)
+                if isinstance(self.loss, Objective):
+                    value = self.loss(self.encoder, batch)
+                else:
+                    embedded = embed_batch(self.encoder, batch)
+            if not isinstance(self.loss, Objective):
+                value = self.loss(embedded)
+            scale(value).backward()
         if not torch.isfinite(value):
             raise FloatingPointError(f"the loss is {value.item()} at step {self.step + 1}")
         if self.scaler is not None:
-            self.scaler.scale(value).backward()
             self.scaler.unscale_(self.optimizer)
-        else:
-            value.backward()
         if self.settings.max_grad_norm is not None:
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.settings.max_grad_norm)
@@ -248,6 +260,14 @@ def fit(
     Returns:
         A :class:`FitResult`; the models are in ``settings.output_dir`` (``best/`` and ``final/``).
     """
+    if settings.mini_batch_size is not None:
+        if settings.mini_batch_size < 1:
+            raise ConfigError(f"mini_batch_size must be at least 1, got {settings.mini_batch_size}")
+        if isinstance(loss, Objective):
+            raise ConfigError(
+                f"{type(loss).__name__} needs the tokens of the whole batch at once, so it cannot be split into "
+                "mini-batches (gradient caching works with embedding losses only); unset mini_batch_size"
+            )
     kind = Kind(kind) if kind is not None else getattr(examples, "kind", None)
     if kind is None:
         raise ConfigError("fit() needs kind= when the examples do not come from read_examples()")
