@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -13,8 +14,9 @@ from embedkit.types import Example, Kind, TextBatch
 def collate(examples: Sequence[Example], kind: Kind) -> TextBatch:
     """One batch of ``examples``: candidates are the positives, then the negatives column by column.
 
-    Every distinct text of the batch (anchor, positive or negative) gets one integer id, so that rows sharing a
-    text share a group and never serve as each other's negatives.
+    Every text gets the id :func:`text_id` gives it, so that rows sharing a text share a group and never serve
+    as each other's negatives, also across processes and against texts kept from earlier batches (a memory
+    queue), since the id depends on the text alone.
 
     Raises:
         ValueError: ``examples`` is empty.
@@ -26,9 +28,8 @@ def collate(examples: Sequence[Example], kind: Kind) -> TextBatch:
     anchors = [example.anchor for example in examples]
     positives = [example.positive for example in examples]
     negatives = [[example.negatives[column] for example in examples] for column in range(width)]
-    ids: dict[str, int] = {}
-    anchor_groups = _group_ids(anchors, ids)
-    candidate_groups = _group_ids([*positives, *(text for column in negatives for text in column)], ids)
+    anchor_groups = text_ids(anchors)
+    candidate_groups = text_ids([*positives, *(text for column in negatives for text in column)])
     return TextBatch(
         kind=kind,
         anchors=anchors,
@@ -50,9 +51,14 @@ def _negative_count(examples: Sequence[Example]) -> int:
     return width
 
 
-def _group_ids(texts: list[str], ids: dict[str, int]) -> torch.Tensor:
-    """``[len(texts)]`` long ids, numbering texts not yet in ``ids`` in order of first appearance."""
-    return torch.tensor([ids.setdefault(text, len(ids)) for text in texts], dtype=torch.long)
+def text_id(text: str) -> int:
+    """A stable signed 64-bit id of ``text`` (BLAKE2b): equal texts get equal ids in every process and run."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+def text_ids(texts: Sequence[str]) -> torch.Tensor:
+    """``[len(texts)]`` long: :func:`text_id` of each text."""
+    return torch.tensor([text_id(text) for text in texts], dtype=torch.long)
 
 
 def _scores(examples: Sequence[Example]) -> torch.Tensor | None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from embedkit.data import collate
+from embedkit.data.collate import text_id, text_ids
 from embedkit.errors import DataError
 from embedkit.types import Example, Kind
 
@@ -16,8 +17,9 @@ def test_pairs_batch_keeps_order_and_numbers_distinct_texts() -> None:
     assert len(batch) == 3
     assert (batch.anchors, batch.positives, batch.negatives) == (["q1", "q2", "q3"], ["d1", "d2", "d3"], [])
     assert batch.candidates == ["d1", "d2", "d3"]
-    assert batch.anchor_groups.tolist() == [0, 1, 2]
-    assert batch.candidate_groups.tolist() == [3, 4, 5]
+    assert batch.anchor_groups.tolist() == text_ids(["q1", "q2", "q3"]).tolist()
+    assert batch.candidate_groups.tolist() == text_ids(["d1", "d2", "d3"]).tolist()
+    assert len(set(batch.anchor_groups.tolist() + batch.candidate_groups.tolist())) == 6
     assert batch.anchor_groups.dtype == batch.candidate_groups.dtype == torch.long
     assert batch.scores is None
 
@@ -25,7 +27,8 @@ def test_pairs_batch_keeps_order_and_numbers_distinct_texts() -> None:
 def test_sentences_with_the_same_text_share_a_group() -> None:
     examples = [Example(text, text) for text in ["a cat", "a dog", "a cat", "a bird"]]
     batch = collate(examples, Kind.SENTENCES)
-    assert batch.anchor_groups.tolist() == [0, 1, 0, 2]
+    ids = batch.anchor_groups.tolist()
+    assert ids[0] == ids[2] and len(set(ids)) == 3
     assert torch.equal(batch.candidate_groups, batch.anchor_groups)
 
 
@@ -34,14 +37,13 @@ def test_triplet_candidates_are_positives_then_negatives_column_by_column() -> N
     batch = collate(examples, Kind.TRIPLETS)
     assert batch.negatives == [["n1a", "n2a"], ["n1b", "d1"]]
     assert batch.candidates == ["d1", "d2", "n1a", "n2a", "n1b", "d1"]
-    assert batch.anchor_groups.tolist() == [0, 1]
-    assert batch.candidate_groups.tolist() == [2, 3, 4, 5, 6, 2]  # row 2's second negative is row 1's positive
+    groups = batch.candidate_groups.tolist()
+    assert groups[5] == groups[0] and len(set(groups)) == 5  # row 2's second negative is row 1's positive
 
 
 def test_an_anchor_repeated_as_a_candidate_shares_its_group() -> None:
     batch = collate([Example("a", "b"), Example("b", "c")], Kind.PAIRS)
-    assert batch.anchor_groups.tolist() == [0, 1]
-    assert batch.candidate_groups.tolist() == [1, 2]
+    assert batch.anchor_groups[1] == batch.candidate_groups[0] == text_id("b")
 
 
 def test_scores_are_a_float_tensor_when_every_row_has_one() -> None:
@@ -72,3 +74,11 @@ def test_unequal_negatives_without_a_source_still_fail() -> None:
 def test_empty_batch_is_refused() -> None:
     with pytest.raises(ValueError, match="empty"):
         collate([], Kind.PAIRS)
+
+
+def test_text_ids_are_stable_signed_64_bit_values() -> None:
+    # Fixed values: ids must not change between processes or releases (checkpointed queues keep them).
+    assert text_id("a cat") == -6711169336525982361
+    assert text_id("a cat") != text_id("a cat ")
+    assert -(2**63) <= text_id("") < 2**63
+    assert text_ids(["x", "y"]).dtype == torch.long
