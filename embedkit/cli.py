@@ -47,11 +47,15 @@ def _load(args: argparse.Namespace):
 
 # -- commands ------------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
+    from embedkit import distributed
     from embedkit.config import load_config
     from embedkit.runner import run_training
 
     config = load_config(args.recipe, args.set)
+    distributed.init_from_environment()  # under torchrun: one process per device, gradients averaged
     result = run_training(config, show_progress=not args.json)
+    if not distributed.is_main_process():
+        return 0
     summary = {
         "output_dir": str(result.output_dir),
         "steps": result.steps,

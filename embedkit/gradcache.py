@@ -6,7 +6,8 @@ Setup"): the loss sees the whole batch while the encoder only ever holds one min
 3. Re-embed each mini-batch with gradients under its remembered RNG state (same dropout masks, same
    embeddings) and backpropagate the cached embedding gradients through the encoder.
 
-Loss and gradients equal a full-batch step; memory is that of one mini-batch plus the ``[N, D]`` embeddings.
+Under ``torchrun`` the candidates are gathered from every rank before the loss, as in a plain step. Loss and
+gradients equal a full-batch step; memory is that of one mini-batch plus the ``[N, D]`` embeddings.
 Objectives that need the tokens of the whole batch at once (:class:`~embedkit.losses.objective.Objective`)
 cannot be split this way.
 """
@@ -18,6 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from embedkit import distributed
 from embedkit.encoders import Encoder
 from embedkit.precision import autocast
 from embedkit.types import EmbeddedBatch, TextBatch
@@ -74,7 +76,7 @@ def grad_cache_backward(
         candidate_groups=batch.candidate_groups.to(device),
         scores=None if batch.scores is None else batch.scores.to(device),
     )
-    value = loss(embedded)
+    value = loss(distributed.gather_candidates(embedded))
     scale(value).backward()
     cached = embeddings.grad.split([len(chunk) for chunk in chunks])
     for chunk, state, grad in zip(chunks, states, cached):

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
+from embedkit import distributed
 from embedkit.data import collate
 from embedkit.encoders.sentence_transformer import Encoder
 from embedkit.errors import ConfigError
@@ -139,17 +140,22 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # One RNG state per rank: each rank draws its own dropout masks.
+            "torch_rng": distributed.gather_objects(torch.get_rng_state()),
+            "cuda_rng": distributed.gather_objects(
+                torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.zeros(0, dtype=torch.uint8)
+            ),
         }
-        with atomic_directory(self.output_dir / CHECKPOINT_DIR) as tmp:
-            save_model(self.encoder, str(tmp / WEIGHTS_FILE))
-            loss_state = _trainable_state(self.loss)
-            if loss_state:
-                save_file(loss_state, str(tmp / LOSS_STATE_FILE))
-            buffer = io.BytesIO()
-            torch.save(state, buffer)
-            atomic_write_bytes(tmp / STATE_FILE, buffer.getvalue())
+        if distributed.is_main_process():
+            with atomic_directory(self.output_dir / CHECKPOINT_DIR) as tmp:
+                save_model(self.encoder, str(tmp / WEIGHTS_FILE))
+                loss_state = _trainable_state(self.loss)
+                if loss_state:
+                    save_file(loss_state, str(tmp / LOSS_STATE_FILE))
+                buffer = io.BytesIO()
+                torch.save(state, buffer)
+                (tmp / STATE_FILE).write_bytes(buffer.getvalue())
+        distributed.barrier()
 
     def load_checkpoint(self) -> bool:
         folder = self.output_dir / CHECKPOINT_DIR
@@ -166,9 +172,15 @@ class _Run:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        rank = distributed.rank()
+        if len(state["torch_rng"]) != distributed.world_size():
+            raise ConfigError(
+                f"the checkpoint in {folder} was written by {len(state['torch_rng'])} processes; "
+                f"resume it with as many (this run has {distributed.world_size()})"
+            )
+        torch.set_rng_state(state["torch_rng"][rank])
+        if state["cuda_rng"][rank].numel():
+            torch.cuda.set_rng_state(state["cuda_rng"][rank])
         return True
 
     # -- one optimisation step ---------------------------------------------------------------------------
@@ -187,8 +199,9 @@ class _Run:
                 else:
                     embedded = embed_batch(self.encoder, batch)
             if not isinstance(self.loss, Objective):
-                value = self.loss(embedded)
+                value = self.loss(distributed.gather_candidates(embedded))
             scale(value).backward()
+        distributed.average_gradients([p for group in self.optimizer.param_groups for p in group["params"]])
         if not torch.isfinite(value):
             raise FloatingPointError(f"the loss is {value.item()} at step {self.step + 1}")
         if self.scaler is not None:
@@ -273,35 +286,47 @@ def fit(
         raise ConfigError("fit() needs kind= when the examples do not come from read_examples()")
     if settings.batch_size < 2:
         raise ConfigError("batch_size must be at least 2 for in-batch negatives")
-    steps_per_epoch = len(examples) // settings.batch_size
+    # Under torchrun every optimisation step consumes one batch per rank: rank r takes the r-th slice.
+    world, rank = distributed.world_size(), distributed.rank()
+    global_batch = settings.batch_size * world
+    steps_per_epoch = len(examples) // global_batch
     if steps_per_epoch == 0:
-        raise ConfigError(f"{len(examples)} examples do not fill one batch of {settings.batch_size}")
+        raise ConfigError(f"{len(examples)} examples do not fill one batch of {settings.batch_size} x {world} processes")
     total_steps = settings.max_steps or settings.epochs * steps_per_epoch
     run = _Run(encoder, loss, settings, total_steps)
-    run.output_dir.mkdir(parents=True, exist_ok=True)
+    main_process = distributed.is_main_process()
+    if main_process:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
     log_path = run.output_dir / "log.jsonl"
     result = FitResult(steps=total_steps, output_dir=run.output_dir)
 
     resumed = settings.resume and run.load_checkpoint()
     if resumed:
-        _truncate_log(log_path, run.step)
+        if main_process:
+            _truncate_log(log_path, run.step)
+        distributed.barrier()
         result.history = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
         evals = [record["eval"] for record in result.history if "eval" in record]
         result.first_eval = evals[0] if evals else None
         result.last_eval = evals[-1] if evals else None
     else:
-        torch.manual_seed(settings.seed)
-        log_path.unlink(missing_ok=True)
+        torch.manual_seed(settings.seed + rank)
+        if main_process:
+            log_path.unlink(missing_ok=True)
 
     def log(record: dict[str, Any]) -> None:
         result.history.append(record)
-        with log_path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+        if main_process:
+            with log_path.open("a") as file:
+                file.write(json.dumps(record) + "\n")
 
     primary = getattr(evaluator, "primary_metric", "spearman")
 
-    def evaluate() -> dict[str, float]:
-        metrics = evaluator(encoder)
+    def evaluate() -> None:
+        # Rank 0 evaluates and saves; the others wait and learn the verdict, so all agree on the best step.
+        metrics = evaluator(encoder) if main_process else None
+        metrics = distributed.broadcast_object(metrics)
         log({"step": run.step, "eval": metrics})
         score = metrics[primary]
         if result.first_eval is None:
@@ -309,22 +334,28 @@ def fit(
         result.last_eval = metrics
         if run.best_score is None or score > run.best_score:
             run.best_score, run.best_step = score, run.step
-            encoder.save(run.output_dir / "best")
-        return metrics
+            if main_process:
+                encoder.save(run.output_dir / "best")
+        distributed.barrier()
 
     if evaluator is not None and settings.eval_at_start and run.step == 0:
         evaluate()
 
     progress = tqdm(
-        total=total_steps, initial=run.step, desc="train", unit="step", disable=not settings.show_progress
+        total=total_steps,
+        initial=run.step,
+        desc="train",
+        unit="step",
+        disable=not (settings.show_progress and main_process),
     )
     started = time.perf_counter()
     last_eval_step = 0 if settings.eval_at_start else -1
     while run.step < total_steps:
         epoch, position = divmod(run.step, steps_per_epoch)
         order = _epoch_order(len(examples), settings.seed, epoch)
-        rows = order[position * settings.batch_size : (position + 1) * settings.batch_size]
-        value = run.train_step(collate([examples[i] for i in rows], kind))
+        start = position * global_batch + rank * settings.batch_size
+        rows = order[start : start + settings.batch_size]
+        value = distributed.mean(run.train_step(collate([examples[i] for i in rows], kind)))
         metrics = {"loss": value, "lr": run.scheduler.get_last_lr()[0]}
         progress.update(1)
         progress.set_postfix(loss=f"{value:.4f}", lr=f"{metrics['lr']:.2e}")
@@ -341,7 +372,8 @@ def fit(
 
     if evaluator is not None and last_eval_step != run.step:
         evaluate()
-    encoder.save(run.output_dir / "final")
+    if main_process:
+        encoder.save(run.output_dir / "final")
     run.save_checkpoint()
     result.best_score, result.best_step = run.best_score, run.best_step
     return result

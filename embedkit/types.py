@@ -85,6 +85,12 @@ class EmbeddedBatch:
         anchor_groups: ``[B]`` long text ids.
         candidate_groups: ``[C]`` long text ids.
         scores: ``[B]`` gold scores (scored kind) or ``None``.
+        target_offset: column of row 0's positive among the candidates; ``0`` in one process, the rank's
+            offset when the candidates were gathered from every rank.
+        anchor_pool: ``[W * B, D]`` the anchors of every rank (for the positive-to-anchor direction of a
+            symmetric loss), or ``None`` in one process.
+        anchor_pool_groups: ``[W * B]`` text ids of ``anchor_pool``.
+        anchor_offset: row of this rank's first anchor in ``anchor_pool``.
     """
 
     anchors: Tensor
@@ -92,6 +98,10 @@ class EmbeddedBatch:
     anchor_groups: Tensor
     candidate_groups: Tensor
     scores: Tensor | None = None
+    target_offset: int = 0
+    anchor_pool: Tensor | None = None
+    anchor_pool_groups: Tensor | None = None
+    anchor_offset: int = 0
 
     @property
     def batch_size(self) -> int:

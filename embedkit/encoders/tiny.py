@@ -14,6 +14,11 @@ from pathlib import Path
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+from tokenizers import Tokenizer
+from tokenizers.models import WordPiece
+from tokenizers.normalizers import BertNormalizer
+from tokenizers.pre_tokenizers import BertPreTokenizer
+from tokenizers.processors import TemplateProcessing
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -27,6 +32,27 @@ def tiny_vocabulary(texts: Iterable[str], size: int = 512) -> list[str]:
             counts[token] = counts.get(token, 0) + 1
     words = sorted(counts, key=lambda w: (-counts[w], w))
     return SPECIAL_TOKENS + words[: size - len(SPECIAL_TOKENS)]
+
+
+def _word_piece_tokenizer(vocabulary: list[str]) -> BertTokenizerFast:
+    """A lower-casing BERT-style WordPiece tokenizer over ``vocabulary`` ([CLS] text [SEP])."""
+    ids = {token: i for i, token in enumerate(vocabulary)}
+    backend = Tokenizer(WordPiece(ids, unk_token="[UNK]"))
+    backend.normalizer = BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = BertPreTokenizer()
+    backend.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
+    )
+    return BertTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
 
 
 def build_tiny_model(
@@ -44,13 +70,11 @@ def build_tiny_model(
     path = Path(path)
     transformer_dir = path / "transformer"
     transformer_dir.mkdir(parents=True, exist_ok=True)
-    vocab_file = transformer_dir / "vocab.txt"
-    vocab_file.write_text("\n".join(tiny_vocabulary(texts)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    tokenizer = _word_piece_tokenizer(tiny_vocabulary(texts))
     tokenizer.save_pretrained(str(transformer_dir))
 
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
+        vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=2,

@@ -21,6 +21,7 @@ from embedkit.losses.steps import (
     TopKHardest,
     apply_steps,
 )
+from embedkit.preference import reward as _reward  # noqa: F401  (registers reward-bt)
 
 __all__ = [
     "LOSSES",

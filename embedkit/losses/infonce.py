@@ -35,8 +35,12 @@ def info_nce_from_scores(scores: Scores, temperature: float) -> Tensor:
 
 
 def batch_scores(batch: EmbeddedBatch) -> Scores:
-    """Anchors against all candidates (positives, then hard negatives); row ``i``'s target is column ``i``."""
-    targets = torch.arange(batch.batch_size, device=batch.anchors.device)
+    """Anchors against all candidates (positives, then hard negatives).
+
+    Row ``i``'s target is column ``target_offset + i`` (``i`` in one process; the rank's slice when the
+    candidates were gathered from every rank).
+    """
+    targets = torch.arange(batch.batch_size, device=batch.anchors.device) + batch.target_offset
     return Scores.from_values(
         cosine_table(batch.anchors, batch.candidates),
         targets,
@@ -46,14 +50,21 @@ def batch_scores(batch: EmbeddedBatch) -> Scores:
 
 
 def reverse_scores(batch: EmbeddedBatch) -> Scores:
-    """Positives against anchors: the second direction of a symmetric loss (hard negatives take no part)."""
+    """Positives against anchors: the second direction of a symmetric loss (hard negatives take no part).
+
+    Gathered from every rank, the local positives score against the anchors of all ranks.
+    """
     b = batch.batch_size
-    targets = torch.arange(b, device=batch.anchors.device)
+    positives = slice(batch.target_offset, batch.target_offset + b)
+    anchors, anchor_groups = batch.anchors, batch.anchor_groups
+    if batch.anchor_pool is not None:
+        anchors, anchor_groups = batch.anchor_pool, batch.anchor_pool_groups
+    targets = torch.arange(b, device=batch.anchors.device) + batch.anchor_offset
     return Scores.from_values(
-        cosine_table(batch.candidates[:b], batch.anchors),
+        cosine_table(batch.candidates[positives], anchors),
         targets,
-        anchor_groups=batch.candidate_groups[:b],
-        candidate_groups=batch.anchor_groups,
+        anchor_groups=batch.candidate_groups[positives],
+        candidate_groups=anchor_groups,
     )
 
 
