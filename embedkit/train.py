@@ -225,7 +225,8 @@ def _trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
     Frozen parameters (a guide model, a generator) are left out: they are reloaded from where they came from.
     """
-    frozen = {name for name, param in module.named_parameters() if not param.requires_grad}
+    # remove_duplicate=False: a tied weight (a masked LM's decoder) must be recognised as frozen under every name.
+    frozen = {name for name, param in module.named_parameters(remove_duplicate=False) if not param.requires_grad}
     return {
         name: tensor.detach().contiguous().clone()
         for name, tensor in module.state_dict().items()
@@ -293,6 +294,8 @@ def fit(
     if steps_per_epoch == 0:
         raise ConfigError(f"{len(examples)} examples do not fill one batch of {settings.batch_size} x {world} processes")
     total_steps = settings.max_steps or settings.epochs * steps_per_epoch
+    if isinstance(loss, Objective):
+        loss.setup(encoder)
     run = _Run(encoder, loss, settings, total_steps)
     main_process = distributed.is_main_process()
     if main_process:

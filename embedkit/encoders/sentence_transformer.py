@@ -56,9 +56,12 @@ class MLPHead(nn.Module):
     objective but the inference embedding is the pooled output without it.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, seed: int = 0) -> None:
         super().__init__()
-        self.dense = nn.Linear(dim, dim)
+        # A fixed seed: a fresh head is the same in every run, whatever drew random numbers before it.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.dense = nn.Linear(dim, dim)
         self.activation = nn.Tanh()
 
     def forward(self, embeddings: Tensor) -> Tensor:

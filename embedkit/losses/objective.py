@@ -26,5 +26,10 @@ class Objective(nn.Module):
     ``requires_grad=False`` and are then neither optimised nor checkpointed.
     """
 
+    def setup(self, encoder: Encoder) -> None:
+        """Called by :func:`embedkit.fit` once, before the optimizer is built and before a checkpoint is
+        loaded: objectives that copy or inspect the encoder (a discriminator initialised from it, a frozen
+        complementary copy of its starting weights) create those parts here. Must be idempotent."""
+
     def forward(self, encoder: Encoder, batch: TextBatch) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
