@@ -9,8 +9,15 @@ has. Importing a loss module registers its losses.
 from __future__ import annotations
 
 from embedkit.losses import infonce  # noqa: F401  (registers its losses)
+from embedkit.losses.cosent import CoSENTLoss  # noqa: F401  (registers cosent)
+from embedkit.losses.dclr import DCLRObjective  # noqa: F401  (registers dclr)
+from embedkit.losses.debiased import DebiasedInfoNCELoss  # noqa: F401  (registers debiased-infonce)
+from embedkit.losses.diffcse import DiffCSEObjective  # noqa: F401  (registers diffcse)
+from embedkit.losses.filters import STEPS, build_steps  # noqa: F401
+from embedkit.losses.gist import GISTEmbedObjective  # noqa: F401  (registers gist)
 from embedkit.losses.infonce import InfoNCELoss, cosine_table, info_nce_from_scores
 from embedkit.losses.objective import Objective
+from embedkit.losses.queue import MemoryQueue, MomentumQueueObjective  # noqa: F401  (registers infonce-queue)
 from embedkit.losses.registry import LOSSES, LossSpec, build_loss
 from embedkit.losses.steps import (
     MarginFilter,

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from embedkit.errors import ConfigError
 from embedkit.losses.steps import MaskDuplicates, Step, apply_steps
+from embedkit.losses.filters import with_filters
 from embedkit.losses.registry import CONTRASTIVE_KINDS, LOSSES, LossSpec
 from embedkit.types import EmbeddedBatch, Kind, Scores
 
@@ -122,7 +123,7 @@ LOSSES.register(
     "infonce",
     LossSpec(
         name="infonce",
-        factory=InfoNCELoss,
+        factory=with_filters(InfoNCELoss),
         summary="InfoNCE over in-batch negatives plus any hard negatives; optional symmetric term",
         kinds=CONTRASTIVE_KINDS,
         reference="van den Oord et al., 2018, Representation Learning with Contrastive Predictive Coding",
@@ -132,7 +133,7 @@ LOSSES.register(
     "simcse-unsup",
     LossSpec(
         name="simcse-unsup",
-        factory=InfoNCELoss,
+        factory=with_filters(InfoNCELoss),
         summary="unsupervised SimCSE: two dropout views of each sentence are positives, temperature 0.05",
         kinds=(Kind.SENTENCES,),
         reference="Gao et al., 2021, SimCSE: Simple Contrastive Learning of Sentence Embeddings",
@@ -143,7 +144,7 @@ LOSSES.register(
     "simcse-sup",
     LossSpec(
         name="simcse-sup",
-        factory=InfoNCELoss,
+        factory=with_filters(InfoNCELoss),
         summary="supervised SimCSE: entailment positive, contradiction hard negative, temperature 0.05",
         kinds=(Kind.TRIPLETS, Kind.PREFERENCE),
         reference="Gao et al., 2021, SimCSE: Simple Contrastive Learning of Sentence Embeddings",
