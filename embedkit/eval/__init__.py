@@ -2,11 +2,63 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from embedkit.errors import ConfigError
+from embedkit.eval.geometry import GeometryEvaluator, alignment, anisotropy, uniformity
+from embedkit.eval.retrieval import EmptyQuerySetError, RetrievalEvaluator, UnknownIdError, read_beir
 from embedkit.eval.sts import STSEvaluator, sts_spearman
 from embedkit.registry import Registry
 
-EVALUATORS: Registry[type] = Registry("evaluator")
+Evaluator = Callable[[Any], dict[str, float]]
+
+
+class CombinedEvaluator:
+    """Several evaluators run as one: their metrics merged, the primary metric the first evaluator's.
+
+    ``CombinedEvaluator([sts, geometry])`` passed to :func:`embedkit.fit` keeps the best model by STS and logs the
+    geometry at every evaluation. Given a mapping ``{name: evaluator}``, every metric is prefixed ``name/``;
+    given a sequence, metric names are kept and two evaluators reporting the same name are an error.
+    """
+
+    def __init__(self, evaluators: Sequence[Evaluator] | Mapping[str, Evaluator]) -> None:
+        if not evaluators:
+            raise ConfigError("CombinedEvaluator needs at least one evaluator")
+        if isinstance(evaluators, Mapping):
+            self.evaluators: list[tuple[str, Evaluator]] = [(f"{name}/", e) for name, e in evaluators.items()]
+        else:
+            self.evaluators = [("", e) for e in evaluators]
+        prefix, first = self.evaluators[0]
+        self.primary_metric = prefix + getattr(first, "primary_metric", "spearman")
+        self.higher_is_better = getattr(first, "higher_is_better", True)
+
+    def __call__(self, encoder: Any) -> dict[str, float]:
+        merged: dict[str, float] = {}
+        for prefix, evaluator in self.evaluators:
+            for name, value in evaluator(encoder).items():
+                key = prefix + name
+                if key in merged:
+                    raise ConfigError(
+                        f"two evaluators report {key!r}; "
+                        "pass them as a mapping {name: evaluator} to prefix their metrics"
+                    )
+                merged[key] = value
+        return merged
+
+
+def _mteb_evaluator(*args: Any, **kwargs: Any) -> Evaluator:
+    """:class:`~embedkit.eval.mteb_adapter.MtebEvaluator`, imported on use: mteb is an optional dependency."""
+    from embedkit.eval.mteb_adapter import MtebEvaluator
+
+    return MtebEvaluator(*args, **kwargs)
+
+
+EVALUATORS: Registry[Callable[..., Evaluator]] = Registry("evaluator")
 EVALUATORS.register("sts", STSEvaluator)
+EVALUATORS.register("retrieval", RetrievalEvaluator)
+EVALUATORS.register("geometry", GeometryEvaluator)
+EVALUATORS.register("mteb", _mteb_evaluator)
 
 
 def evaluate_sts(encoder, path, columns: dict[str, str] | None = None, batch_size: int = 64) -> dict[str, float]:
@@ -14,4 +66,27 @@ def evaluate_sts(encoder, path, columns: dict[str, str] | None = None, batch_siz
     return STSEvaluator(path, columns=columns, batch_size=batch_size)(encoder)
 
 
-__all__ = ["EVALUATORS", "STSEvaluator", "evaluate_sts", "sts_spearman"]
+def evaluate_retrieval(
+    encoder, folder, split: str = "test", index_spec: str = "torch", k: int = 100
+) -> dict[str, float]:
+    """nDCG@10, MRR@10, recall@k and MAP (x100) on a BEIR folder (see :class:`RetrievalEvaluator`)."""
+    return RetrievalEvaluator(folder, split=split, index_spec=index_spec, k=k)(encoder)
+
+
+__all__ = [
+    "EVALUATORS",
+    "CombinedEvaluator",
+    "EmptyQuerySetError",
+    "Evaluator",
+    "GeometryEvaluator",
+    "RetrievalEvaluator",
+    "STSEvaluator",
+    "UnknownIdError",
+    "alignment",
+    "anisotropy",
+    "evaluate_retrieval",
+    "evaluate_sts",
+    "read_beir",
+    "sts_spearman",
+    "uniformity",
+]

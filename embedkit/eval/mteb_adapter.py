@@ -1,0 +1,243 @@
+"""MTEB for embedkit encoders: an adapter satisfying mteb's ``EncoderProtocol``, and a runner.
+
+The adapter's :class:`mteb.models.ModelMeta` names the model and, as its revision, a fingerprint of the weights
+and inference configuration, so mteb's result files (``results/<name>/<revision>/<task>.json``) of a fine-tuned
+model never land where the base model's are, nor two checkpoints of one run in the same place. A run in a
+precision other than float32 also gets its own experiment folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mteb
+import numpy as np
+import torch
+from mteb.models import ModelMeta
+from mteb.models.abs_encoder import AbsEncoder
+from mteb.models.model_meta import ScoringFunction
+
+from embedkit.encoders import Encoder, load_encoder
+from embedkit.errors import ConfigError, EmbedkitError
+from embedkit.eval.mteb_local import LocalTaskSpec, read_task_file, resolve_tasks
+
+if TYPE_CHECKING:
+    from mteb.abstasks.task_metadata import TaskMetadata
+    from mteb.types import BatchedInput, PromptType
+    from torch.utils.data import DataLoader
+
+LOCAL_ORGANISATION = "local"  # mteb names are "organisation/model"; a folder has no organisation
+
+
+def weights_fingerprint(encoder: Encoder) -> str:
+    """SHA-256 (first 16 hex digits) of the inference model: its weights' fingerprint (the one index manifests
+    record, :func:`embedkit.index.model_fingerprint`) and every module's configuration.
+
+    Pooling mode, normalisation and the maximum sequence length change embeddings without changing weights, so
+    they are part of it; training-only heads are not.
+    """
+    from embedkit.index import model_fingerprint
+
+    model = encoder.model
+    configs = [
+        [type(module).__name__, module.get_config_dict() if hasattr(module, "get_config_dict") else {}]
+        for module in model
+    ]
+    identity = json.dumps([model_fingerprint(model), configs, model.max_seq_length], sort_keys=True, default=str)
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def mteb_model_name(source: str | os.PathLike[str]) -> str:
+    """The mteb name of a model loaded from ``source``: a hub id as it is, a folder as ``local/<folder>``."""
+    source = str(source)
+    path = Path(source)
+    if path.exists():
+        # runs/simcse/best -> local/simcse-best: the last two parts tell checkpoints of different runs apart
+        parts = path.resolve().parts[-2:]
+        return f"{LOCAL_ORGANISATION}/{'-'.join(parts)}"
+    return source if "/" in source else f"{LOCAL_ORGANISATION}/{source}"
+
+
+def build_model_meta(encoder: Encoder, source: str | os.PathLike[str] | None = None) -> ModelMeta:
+    """mteb metadata of ``encoder`` (loaded from ``source``, default: the name it records)."""
+    name = mteb_model_name(source if source is not None else encoder.name)
+    dtype = encoder.compute_dtype()
+    return ModelMeta.create_empty(
+        overwrites=dict(
+            name=name,
+            revision=weights_fingerprint(encoder),
+            n_parameters=sum(p.numel() for p in encoder.model.parameters()),
+            max_tokens=encoder.max_seq_length,
+            embed_dim=encoder.dim,
+            similarity_fn_name=ScoringFunction.COSINE,  # every embedkit evaluation scores by cosine similarity
+            framework=["Sentence Transformers", "PyTorch"],
+            use_instructions=False,
+            open_weights=True,
+            adapted_from=encoder.name if encoder.name != name else None,
+            experiment_kwargs=None if dtype == torch.float32 else {"precision": str(dtype).removeprefix("torch.")},
+        )
+    )
+
+
+class MtebEncoder(AbsEncoder):
+    """Any embedkit :class:`~embedkit.encoders.Encoder` as an mteb encoder (``mteb.EncoderProtocol``).
+
+    Args:
+        model: an encoder, or a model name or folder to load one from.
+        revision: unused (the revision is the weights fingerprint); part of mteb's loader signature.
+        device: where to load a model given by name.
+        model_source: the name or folder the encoder was loaded from, to name it in mteb's results (default: the
+            name the encoder records, which for a fine-tuned model is its base model's).
+        precision: precision of a model given by name.
+    """
+
+    def __init__(
+        self,
+        model: Encoder | str,
+        revision: str | None = None,
+        *,
+        device: str | None = None,
+        model_source: str | os.PathLike[str] | None = None,
+        precision: str = "auto",
+    ) -> None:
+        if isinstance(model, str):
+            model_source = model_source if model_source is not None else model
+            model = load_encoder(model, device=device, precision=precision)
+        self.model = model
+        self.mteb_model_meta = build_model_meta(model, model_source)
+
+    def encode(
+        self,
+        inputs: DataLoader[BatchedInput],
+        *,
+        task_metadata: TaskMetadata,
+        hf_split: str,
+        hf_subset: str,
+        prompt_type: PromptType | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """``[n, D]`` float32 embeddings of the texts of ``inputs`` (embedkit encoders take no prompts)."""
+        texts = [text for batch in inputs for text in batch["text"]]
+        return self.model.encode(
+            texts, batch_size=int(kwargs.get("batch_size", 32)), show_progress=kwargs.get("show_progress_bar")
+        )
+
+
+@dataclass(frozen=True)
+class MtebTaskScore:
+    """One task's outcome: where its data came from, mteb's main score (x100) and every score (x100)."""
+
+    task: str
+    source: str
+    main_score_name: str
+    main_score: float
+    scores: dict[str, float]
+    result_file: str | None
+
+
+def run_mteb(
+    encoder: Encoder | MtebEncoder,
+    tasks: Sequence[str],
+    *,
+    local_tasks: str | os.PathLike[str] | Mapping[str, LocalTaskSpec] | None = None,
+    task_source: str = "auto",
+    model_source: str | os.PathLike[str] | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 64,
+) -> list[MtebTaskScore]:
+    """Evaluate ``encoder`` on mteb tasks.
+
+    Args:
+        encoder: an embedkit encoder, or one already wrapped.
+        tasks: mteb task names, local task names or task paths (see :func:`~embedkit.eval.mteb_local.resolve_tasks`).
+        local_tasks: a task TOML file, or the declarations read from one.
+        task_source: ``"auto"``, ``"hub"`` or ``"local"`` (see :func:`~embedkit.eval.mteb_local.resolve_tasks`).
+        model_source: the name or folder ``encoder`` came from, which names it in the results.
+        output_dir: results are written there in mteb's format (``results/<model>/<revision>/<task>.json``) and
+            reused when the model, its weights and the task's dataset revision are unchanged; ``None``: not kept.
+        batch_size: encoding batch size.
+    """
+    adapter = encoder if isinstance(encoder, MtebEncoder) else MtebEncoder(encoder, model_source=model_source)
+    local = read_task_file(local_tasks) if isinstance(local_tasks, (str, os.PathLike)) else local_tasks
+    if not tasks:
+        raise ConfigError("no mteb tasks given")
+    cache = mteb.ResultCache(str(output_dir)) if output_dir is not None else None
+    outcomes = []
+    for origin, task in resolve_tasks(tasks, local, task_source):
+        name = task.metadata.name
+        cached = cache.load_task_result(name, adapter.mteb_model_meta) if cache else None
+        # mteb's cache key is (model, revision, task name): a local set and the hub set of one name, or an edited
+        # local file, would share it, so results of another dataset revision are recomputed, not reused
+        stale = cached is not None and cached.dataset_revision != task.metadata.revision
+        try:
+            result = mteb.evaluate(
+                adapter,
+                task,
+                cache=cache,
+                overwrite_strategy="always" if stale else "only-missing",
+                encode_kwargs={"batch_size": batch_size, "show_progress_bar": False},
+                show_progress_bar=False,
+                co2_tracker=False,
+            )
+        except OSError as error:  # the hub or a dataset download failed
+            raise EmbedkitError(f"mteb task {name!r} ({origin}) failed: {str(error).splitlines()[0]}") from error
+        task_result = result.task_results[0]
+        # a task may score several splits and subsets (languages): report their mean, as mteb's get_score() does
+        entries = [entry for split in task_result.scores.values() for entry in split]
+        metrics = sorted({k for entry in entries for k, v in entry.items() if _is_number(v)})
+        path = cache.get_task_result_path(name, adapter.mteb_model_meta) if cache else None
+        outcomes.append(
+            MtebTaskScore(
+                task=name,
+                source=origin,
+                main_score_name=task.metadata.main_score,
+                main_score=100 * float(task_result.get_score()),
+                scores={k: 100 * float(np.mean([e[k] for e in entries if k in e])) for k in metrics},
+                result_file=str(path) if path else None,
+            )
+        )
+    return outcomes
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class MtebEvaluator:
+    """``evaluator(encoder) -> {"<task>/<main score>": x100, ..., "mean": ...}`` over mteb tasks.
+
+    The primary metric is ``mean``, the mean main score. Arguments as for :func:`run_mteb`.
+    """
+
+    tasks: Sequence[str]
+    local_tasks: str | os.PathLike[str] | Mapping[str, LocalTaskSpec] | None = None
+    task_source: str = "auto"
+    model_source: str | os.PathLike[str] | None = None
+    output_dir: str | os.PathLike[str] | None = None
+    batch_size: int = 64
+    primary_metric: str = field(default="mean", init=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.local_tasks, (str, os.PathLike)):
+            self.local_tasks = read_task_file(self.local_tasks)  # read now so that a bad file fails early
+
+    def __call__(self, encoder) -> dict[str, float]:
+        outcomes = run_mteb(
+            encoder,
+            self.tasks,
+            local_tasks=self.local_tasks,
+            task_source=self.task_source,
+            model_source=self.model_source,
+            output_dir=self.output_dir,
+            batch_size=self.batch_size,
+        )
+        metrics = {f"{o.task}/{o.main_score_name}": o.main_score for o in outcomes}
+        metrics["mean"] = float(np.mean([o.main_score for o in outcomes]))
+        return metrics

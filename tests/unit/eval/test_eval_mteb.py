@@ -1,0 +1,205 @@
+"""MTEB: the encoder adapter and its metadata, local tasks run by mteb's own classes, results, the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+mteb = pytest.importorskip("mteb")  # the optional 'eval' extra
+
+from conftest import TINY_TEXTS  # noqa: E402
+
+from embedkit.cli import main  # noqa: E402
+from embedkit.encoders import build_tiny_model, load_encoder  # noqa: E402
+from embedkit.errors import ConfigError, DataError, UnknownNameError  # noqa: E402
+from embedkit.eval import STSEvaluator, mteb_local  # noqa: E402
+from embedkit.eval.mteb_adapter import (  # noqa: E402
+    MtebEncoder,
+    MtebEvaluator,
+    build_model_meta,
+    run_mteb,
+    weights_fingerprint,
+)
+from embedkit.eval.mteb_local import (  # noqa: E402
+    LocalTaskSpec,
+    TooFewLabelsError,
+    build_task,
+    read_task_file,
+    resolve_tasks,
+    spec_from_path,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")  # tiny classifiers
+
+
+def write_jsonl(path, rows) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_path):
+    return load_encoder(tiny_model_path, device="cpu", precision="fp32")
+
+
+@pytest.fixture()
+def sts_file(tmp_path):
+    pairs = list(itertools.combinations(TINY_TEXTS, 2))
+    write_jsonl(tmp_path / "sts.jsonl", [
+        {"sentence1": a, "sentence2": b, "score": (i * 7) % 11 / 2} for i, (a, b) in enumerate(pairs)
+    ])
+    return tmp_path / "sts.jsonl"
+
+
+@pytest.fixture()
+def labelled(tmp_path):
+    """A classification folder (train, test) and a one-file set, labels 'animal' and 'other'."""
+    animal = {TINY_TEXTS[0], TINY_TEXTS[1]}
+    rows = [{"text": f"{t} {suffix}", "label": "animal" if t in animal else "other"}
+            for t in TINY_TEXTS for suffix in ("", "in the park", "every evening")]
+    (tmp_path / "cls").mkdir()
+    write_jsonl(tmp_path / "cls" / "train.jsonl", rows[::2])
+    write_jsonl(tmp_path / "cls" / "test.jsonl", rows[1::2])
+    write_jsonl(tmp_path / "all.jsonl", rows)
+    return tmp_path
+
+
+def test_adapter_is_an_mteb_encoder_with_its_own_name_and_revision(tiny, tiny_model_path, tmp_path) -> None:
+    adapter = MtebEncoder(tiny, model_source=tiny_model_path)
+    meta = adapter.mteb_model_meta
+    assert isinstance(adapter, mteb.EncoderProtocol)
+    assert meta.name == f"local/{tiny_model_path.parent.name}-{tiny_model_path.name}"
+    assert meta.revision == weights_fingerprint(tiny) and meta.embed_dim == 32 and meta.similarity_fn_name == "cosine"
+    hub_name = "sentence-transformers/all-MiniLM-L6-v2"
+    assert build_model_meta(tiny, hub_name).name == hub_name
+    assert build_model_meta(tiny, "mymodel").name == "local/mymodel"
+
+    # same weights, same fingerprint; other weights or another pooling, another fingerprint
+    assert weights_fingerprint(load_encoder(tiny_model_path, device="cpu")) == meta.revision
+    other = build_tiny_model(tmp_path / "other", TINY_TEXTS, seed=1)
+    assert weights_fingerprint(load_encoder(other, device="cpu")) != meta.revision
+    assert weights_fingerprint(load_encoder(tiny_model_path, device="cpu", pooling="cls")) != meta.revision
+    # a bf16 run gets its own experiment folder
+    bf16 = load_encoder(tiny_model_path, device="cpu", precision="bf16")
+    assert build_model_meta(bf16).experiment_name == "precision_bfloat16"
+    assert meta.experiment_name is None
+
+
+def test_local_sts_matches_our_sts_evaluator(tiny, sts_file) -> None:
+    [outcome] = run_mteb(tiny, [str(sts_file)])
+    ours = STSEvaluator(sts_file)(tiny)["spearman"]
+    assert outcome.source == "local" and outcome.main_score_name == "cosine_spearman"
+    assert outcome.main_score == pytest.approx(ours, abs=1e-4)
+
+
+def test_results_are_written_in_mteb_format_and_reused_per_dataset_revision(tiny, sts_file, tmp_path) -> None:
+    tasks = {"MySTS": LocalTaskSpec("MySTS", "sts", sts_file)}
+    [first] = run_mteb(tiny, ["MySTS"], local_tasks=tasks, output_dir=tmp_path / "out")
+    result = json.loads(open(first.result_file).read())
+    assert result["task_name"] == "MySTS" and result["dataset_revision"] == mteb_local.content_hash(sts_file)
+    assert "results/local__" in first.result_file and weights_fingerprint(tiny) in first.result_file
+
+    # an edited file is a new dataset revision: scored again, not read back from the old result
+    rows = [json.loads(line) for line in sts_file.read_text().splitlines()]
+    write_jsonl(sts_file, [{**row, "score": 5 - row["score"]} for row in rows])
+    [second] = run_mteb(tiny, ["MySTS"], local_tasks=tasks, output_dir=tmp_path / "out")
+    assert second.main_score == pytest.approx(-first.main_score, abs=1e-3)
+
+
+@pytest.mark.parametrize("layout", ["folder", "file"])
+def test_local_classification(tiny, labelled, layout) -> None:
+    path = labelled / ("cls" if layout == "folder" else "all.jsonl")
+    spec = LocalTaskSpec("Cls", "classification", path, options={"n_experiments": 2})
+    [outcome] = run_mteb(tiny, ["Cls"], local_tasks={"Cls": spec})
+    assert outcome.main_score_name == "accuracy" and 0 <= outcome.main_score <= 100
+
+
+def test_local_clustering(tiny, labelled) -> None:
+    spec = LocalTaskSpec("Clu", "clustering", labelled / "all.jsonl", options={"n_clusters": 2})
+    [outcome] = run_mteb(tiny, ["Clu"], local_tasks={"Clu": spec})
+    assert outcome.main_score_name == "v_measure" and 0 <= outcome.main_score <= 100
+
+
+def test_columns_are_renamed_as_read_examples_does(tmp_path) -> None:
+    write_jsonl(tmp_path / "c.jsonl", [{"sentence": "the cat sat", "y": "b"}, {"sentence": "a dog runs", "y": "a"}])
+    columns = {"sentence": "text", "y": "label"}
+    task = build_task(LocalTaskSpec("C", "clustering", tmp_path / "c.jsonl", columns=columns))
+    task.load_data()
+    split = task.dataset["test"]
+    assert split["sentences"] == ["the cat sat", "a dog runs"] and split["labels"] == [1, 0]
+
+
+def test_classification_bad_inputs(tmp_path, labelled) -> None:
+    write_jsonl(tmp_path / "one.jsonl", [{"text": "the cat sat", "label": "a"}, {"text": "a dog runs", "label": "a"}])
+    with pytest.raises(TooFewLabelsError, match=r"one.jsonl: needs at least 2 distinct labels, found only 'a'"):
+        build_task(LocalTaskSpec("One", "classification", tmp_path / "one.jsonl")).load_data()
+    write_jsonl(labelled / "cls" / "test.jsonl",
+                [{"text": "the cat sat", "label": "plant"}, {"text": "x", "label": "animal"}])
+    with pytest.raises(DataError, match="labels not in the train file: plant"):
+        build_task(LocalTaskSpec("Cls", "classification", labelled / "cls")).load_data()
+    write_jsonl(tmp_path / "nolabel.jsonl", [{"text": "the cat sat"}])
+    with pytest.raises(DataError, match=r"nolabel.jsonl:1: column 'label' is missing"):
+        build_task(LocalTaskSpec("N", "clustering", tmp_path / "nolabel.jsonl")).load_data()
+
+
+def test_task_file_and_path_inference(tmp_path, sts_file, labelled) -> None:
+    (tmp_path / "tasks.toml").write_text(
+        '[tasks.A]\ntype = "sts"\npath = "sts.jsonl"\nmin_score = 0\n'
+        '[tasks.B]\ntype = "classification"\npath = "cls"\nsplit = "test"\nsamples_per_label = 4\n'
+    )
+    tasks = read_task_file(tmp_path / "tasks.toml")
+    assert tasks["A"].path == sts_file.resolve() and tasks["B"].options == {"samples_per_label": 4}
+    assert spec_from_path(sts_file).type == "sts" and spec_from_path(labelled / "all.jsonl").type == "classification"
+    assert spec_from_path(labelled / "cls").type == "classification"
+
+    bad = {
+        '[tasks.A]\ntype = "regression"\npath = "sts.jsonl"\n': (ConfigError, "unknown type 'regression'"),
+        '[tasks.A]\ntype = "sts"\npath = "sts.jsonl"\nk_values = [1]\n': (ConfigError, "unknown keys k_values"),
+        '[tasks.A]\ntype = "sts"\npath = "gone.jsonl"\n': (DataError, "gone.jsonl: task 'A': no such file"),
+        '[tasks.A]\ntype = "sts"\n': (ConfigError, "needs at least type and path"),
+        '[other]\nx = 1\n': (ConfigError, r"declares no \[tasks.NAME\] table"),
+    }
+    for text, (error, message) in bad.items():
+        (tmp_path / "bad.toml").write_text(text)
+        with pytest.raises(error, match=message):
+            read_task_file(tmp_path / "bad.toml")
+    write_jsonl(tmp_path / "odd.jsonl", [{"question": "?"}])
+    with pytest.raises(DataError, match="odd.jsonl: cannot tell the task type"):
+        spec_from_path(tmp_path / "odd.jsonl")
+
+
+def test_hub_or_local(monkeypatch, sts_file) -> None:
+    local = {"STSBenchmark": LocalTaskSpec("STSBenchmark", "sts", sts_file)}
+    monkeypatch.setattr(mteb_local, "hub_reachable", lambda: False)
+    [(origin, task)] = resolve_tasks(["STSBenchmark"], local)
+    assert origin == "local" and task.metadata.dataset["path"] == str(sts_file)
+    with pytest.raises(ConfigError, match="'SciFact' needs the Hugging Face hub, which cannot be reached"):
+        resolve_tasks(["SciFact"], local)
+    with pytest.raises(UnknownNameError, match="unknown mteb task 'NoSuchTask'; valid names: <any name"):
+        resolve_tasks(["NoSuchTask"], local)
+    with pytest.raises(UnknownNameError, match="unknown local mteb task 'SciFact'; valid names: STSBenchmark"):
+        resolve_tasks(["SciFact"], local, source="local")
+
+    monkeypatch.setattr(mteb_local, "hub_reachable", lambda: True)
+    [(origin, task)] = resolve_tasks(["STSBenchmark"], local)
+    assert origin == "hub" and task.metadata.dataset["path"] == "mteb/stsbenchmark-sts"
+    assert resolve_tasks(["STSBenchmark"], local, source="local")[0][0] == "local"
+
+
+def test_evaluator_and_cli(capsys, tiny, tiny_model_path, sts_file, labelled, tmp_path) -> None:
+    evaluator = MtebEvaluator([str(sts_file)])
+    metrics = evaluator(tiny)
+    assert evaluator.primary_metric == "mean" and set(metrics) == {"sts/cosine_spearman", "mean"}
+
+    code = main(["eval", "mteb", "--model", str(tiny_model_path), "--tasks", str(sts_file), "--out",
+                 str(tmp_path / "out"), "--json"])
+    [result] = json.loads(capsys.readouterr().out)["results"]
+    assert code == 0 and result["task"] == "sts" and result["source"] == "local"
+
+    write_jsonl(tmp_path / "one.jsonl", [{"text": "the cat sat", "label": 1}, {"text": "a dog runs", "label": 1}])
+    (tmp_path / "t.toml").write_text('[tasks.One]\ntype = "clustering"\npath = "one.jsonl"\n')
+    code = main(["eval", "mteb", "--model", str(tiny_model_path), "--tasks", "One", "--local-tasks",
+                 str(tmp_path / "t.toml"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "needs at least 2 distinct labels, found only '1'" in err
