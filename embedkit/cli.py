@@ -1,4 +1,6 @@
-"""The ``embedkit`` command line: train | encode | eval | losses.
+"""The ``embedkit`` command line: train | encode | eval | index | search | mine | select-pairs | losses.
+
+The index, evaluation and preference commands live in ``cli_index``, ``cli_eval`` and ``cli_preference``.
 
 User errors (bad data, unknown names, bad recipes) print one line on stderr and exit with status 2.
 """
@@ -164,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     sts.add_argument("--data", required=True, type=Path, help="a scored file or a folder of them")
     sts.add_argument("--json", action="store_true", help="print machine-readable results")
     sts.set_defaults(func=cmd_eval_sts)
+
+    from embedkit.cli_eval import add_eval_tasks
+    from embedkit.cli_index import register as register_index_commands
+    from embedkit.cli_preference import add_eval_preference
+    from embedkit.cli_preference import register as register_preference_commands
+
+    add_eval_tasks(tasks)
+    add_eval_preference(tasks)
+    register_index_commands(commands)
+    register_preference_commands(commands)
 
     losses = commands.add_parser("losses", help="list the registered losses")
     losses.add_argument("--json", action="store_true", help="print as JSON")

@@ -175,7 +175,8 @@ def load_reward_model_encoder(
         # the classification head finds each row's last token through config.pad_token_id
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
-    limit = min(tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", tokenizer.model_max_length))
+    positions = getattr(model.config, "max_position_embeddings", tokenizer.model_max_length)
+    limit = min(tokenizer.model_max_length, positions)
     return RewardModelEncoder(
         model, tokenizer, name, pooling or "last", max_seq_length or int(limit), precision=precision
     )

@@ -1,7 +1,8 @@
 """A reward model on a sentence encoder: a scalar head over pooled ``(prompt, response)`` representations.
 
 Training objective (:class:`RewardModelObjective`, registered as loss ``reward-bt``), for a batch of ``B``
-preference rows with rewards ``r_c = w . h(x, y_chosen) + b`` and ``r_r = w . h(x, y_rejected) + b``:
+preference rows with rewards ``r_c = head(h(x, y_chosen))`` and ``r_r = head(h(x, y_rejected))`` (``h`` the
+pooled representation of the rendered pair, ``head`` a linear layer on it, see :class:`RewardHead`):
 
     L = mean_i -log sigmoid(r_c,i - r_r,i - m_i)                          (Bradley-Terry, with margin m)
         + contrastive_weight * InfoNCE(h'(x, y_c) | h(x, y_c), negatives) (representation term)
@@ -11,9 +12,10 @@ al., 2022, InstructGPT); the margin ``m`` (Touvron et al., 2023, Llama 2) asks f
 the preference is strong.
 
 The representation term follows "Secrets of RLHF in Large Language Models Part II: Reward Modeling" (Wang et
-al., 2024, section 5), which adds an unsupervised contrastive loss (SimCSE or SwAV) on the reward model's
-representations of chosen and rejected responses so that it captures what separates them instead of
-over-fitting to noisy labels. Our choice is the instance-level (SimCSE) variant on single-response
+al., 2024, arXiv:2401.06080), which adds an unsupervised contrastive loss to the ranking loss so that the
+reward model captures what separates chosen from rejected responses instead of over-fitting to noisy labels;
+the paper tries SimCSE (instance-level) and SwAV (cluster-level) losses, on single-response representations
+and on chosen-minus-rejected difference representations. Our choice is SimCSE on single-response
 representations, with supervised SimCSE's hard negative (Gao et al., 2021): each row's rendered
 ``(prompt, chosen)`` is the anchor, a second dropout view of the same text is its positive, and the candidates
 it must out-score are the second views of every other row's chosen text plus every rejected text of the batch,
@@ -27,6 +29,7 @@ alone). Representations are the encoder's training path ``encoder(texts)``; the 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +43,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from embedkit.data.collate import text_ids
+from embedkit.encoders.sentence_transformer import HEADS_DIR
 from embedkit.errors import ConfigError, DataError, EmbedkitError
 from embedkit.fsutil import atomic_directory, atomic_write_bytes
 from embedkit.losses.infonce import InfoNCELoss
@@ -51,7 +55,6 @@ from embedkit.types import EmbeddedBatch, Kind, TextBatch
 if TYPE_CHECKING:
     from embedkit.encoders import Encoder
 
-HEADS_DIR = "embedkit_heads"
 REWARD_WEIGHTS = "reward.safetensors"
 REWARD_CONFIG = "reward.json"
 REWARD_FORMAT = "embedkit-reward-head/1"
@@ -66,7 +69,14 @@ def bradley_terry_loss(chosen: Tensor, rejected: Tensor, margin: float | Tensor 
 
 
 class RewardHead(nn.Module):
-    """``[B, D] -> [B]``: the scalar reward ``w . h + b`` of pooled representations.
+    """``[B, D] -> [B]``: the scalar reward ``w . (sqrt(D) h / |h|) + b`` of pooled representations ``h``.
+
+    The representation is rescaled to unit root-mean-square per coordinate (an RMS norm without gain) before
+    the linear layer: sentence encoders often L2-normalise their output (all-MiniLM-L6-v2 does), and a
+    ``Linear(D, 1)`` over unit vectors starts with rewards within about +-1 that grow only as fast as a
+    fine-tuning learning rate lets the weights grow. At unit RMS the standard ``nn.Linear`` initialisation and
+    the encoder's learning rate suit the head, and the reward depends on the direction of ``h`` only, as cosine
+    similarity does.
 
     Args:
         dim: the representation size ``D``; ``None`` infers it from the first batch (``nn.LazyLinear``), which
@@ -82,7 +92,8 @@ class RewardHead(nn.Module):
         return int(self.linear.in_features)
 
     def forward(self, representations: Tensor) -> Tensor:
-        return self.linear(representations.float()).squeeze(-1)
+        h = representations.float()
+        return self.linear(F.normalize(h, dim=-1) * math.sqrt(h.shape[-1])).squeeze(-1)
 
 
 class RewardModelObjective(Objective):
@@ -145,22 +156,26 @@ class RewardModelObjective(Objective):
             loss = loss + self.contrastive_weight * self.contrastive(views)
         return loss
 
-    def save_heads(self, path: str | os.PathLike[str]) -> None:
-        """Write the reward head into the model folder ``path`` (``embedkit_heads/reward.*``)."""
-        write_reward_head(self.head, Path(path))
+    def save_heads(self, path: str | os.PathLike[str]) -> Path:
+        """Write the reward head beside the model in folder ``path``: ``embedkit_heads/reward.*``."""
+        return write_reward_head(self.head, Path(path))
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, contrastive_weight={self.contrastive_weight}"
 
 
-def write_reward_head(head: RewardHead, folder: Path) -> None:
-    """``folder/embedkit_heads/reward.safetensors`` and ``reward.json`` (format and ``dim``), each atomically."""
+def write_reward_head(head: RewardHead, folder: Path) -> Path:
+    """``folder/embedkit_heads/reward.safetensors`` and ``reward.json`` (format and ``dim``), each atomically.
+
+    Returns the ``embedkit_heads`` folder.
+    """
     heads = folder / HEADS_DIR
     heads.mkdir(parents=True, exist_ok=True)
     weights = {name: tensor.detach().float().contiguous().cpu() for name, tensor in head.state_dict().items()}
     atomic_write_bytes(heads / REWARD_WEIGHTS, safetensors_bytes(weights))
     config = {"format": REWARD_FORMAT, "dim": head.dim}
     atomic_write_bytes(heads / REWARD_CONFIG, (json.dumps(config, indent=2) + "\n").encode())
+    return heads
 
 
 def has_reward_head(path: str | os.PathLike[str]) -> bool:

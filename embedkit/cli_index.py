@@ -1,0 +1,387 @@
+"""Command-line commands for indexes and mining: ``embedkit index ...``, ``embedkit search``, ``embedkit mine``.
+
+:func:`register` adds them to the sub-parser collection that :func:`embedkit.cli.build_parser` makes::
+
+    embedkit index build --model M --corpus corpus.jsonl --out idx/ --spec faiss:IVF1024,Flat [--metric cosine]
+    embedkit index info idx/
+    embedkit index add idx/ --corpus more.jsonl
+    embedkit index remove idx/ --ids ids.txt
+    embedkit search idx/ "how do boundary layers behave at high speed" -k 10
+    embedkit search idx/ --queries queries.jsonl -k 100 --output run.jsonl
+    embedkit mine --model M --pairs pairs.jsonl --corpus corpus.jsonl --out triplets.jsonl \\
+                  --negatives 5 --range 10:100 --margin relative:0.05
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from embedkit.cli import _add_model_options, _load, _print_json
+from embedkit.errors import ConfigError, DataError
+
+TEXT_WIDTH = 100  # characters of a result's text shown by `search`
+
+
+def _add_encoder_options(parser: argparse.ArgumentParser) -> None:
+    """Encoder options for commands on an existing index: the model defaults to the one that built it."""
+    from embedkit.precision import PRECISIONS
+
+    parser.add_argument("--model", default=None, help="model name or folder (default: the model that built the index)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size")
+    parser.add_argument("--device", default=None, help="encoder device: cpu, cuda, ... (default: cuda if available)")
+
+
+def _add_index_device(parser: argparse.ArgumentParser) -> None:
+    from embedkit.index.spec import DEVICES
+
+    parser.add_argument(
+        "--index-device",
+        default="auto",
+        choices=DEVICES,
+        help="where faiss indexes search: auto (the GPU when faiss sees one), gpu or cpu",
+    )
+
+
+def _open_index(args: argparse.Namespace, with_encoder: bool = True):
+    """The index at ``args.index``, with the encoder of ``--model`` or of its manifest when needed."""
+    from embedkit.encoders import load_encoder
+    from embedkit.index import Index
+    from embedkit.index.store import read_manifest
+
+    encoder = None
+    if with_encoder:
+        name = args.model or read_manifest(args.index).model_name
+        encoder = load_encoder(name, device=args.device, precision=args.precision)
+    return Index.load(args.index, encoder=encoder, device=getattr(args, "index_device", "auto"))
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value JSON can write."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """``"10:100"`` -> ``(10, 100)``."""
+    start, sep, end = text.partition(":")
+    try:
+        window = (int(start), int(end))
+    except ValueError:
+        raise ConfigError(f"a rank range looks like 10:100, got {text!r}") from None
+    if not sep or not 0 <= window[0] < window[1]:
+        raise ConfigError(f"a rank range needs 0 <= start < end, like 10:100; got {text!r}")
+    return window
+
+
+def parse_margin(text: str) -> tuple[str, float] | None:
+    """``"relative:0.05"`` -> ``("relative", 0.05)``; ``"none"`` -> ``None``."""
+    from embedkit.losses.steps import MARGIN_MODES
+
+    if text == "none":
+        return None
+    mode, _, value = text.partition(":")
+    try:
+        margin = float(value)
+    except ValueError:
+        margin = None
+    if mode not in MARGIN_MODES or margin is None:
+        raise ConfigError(f"a margin looks like relative:0.05 or absolute:0.1 (or none), got {text!r}")
+    return mode, margin
+
+
+def parse_params(items: list[str]) -> dict[str, float]:
+    """``["nprobe=16"]`` -> ``{"nprobe": 16.0}``."""
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            params[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ConfigError(f"a search parameter looks like nprobe=16 or efSearch=128, got {item!r}")
+    return params
+
+
+# -- index build | info | add | remove -----------------------------------------------------------------------
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from embedkit.index import build_index
+
+    index = build_index(
+        _load(args),
+        args.corpus,
+        spec=args.spec,
+        metric=args.metric,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        device=args.index_device,
+        seed=args.seed,
+        show_progress=not args.json,
+    )
+    index.save(args.out)
+    if args.json:
+        _print_json(index.info())
+    else:
+        print(f"indexed {len(index)} documents with {args.spec} ({args.metric}) into {args.out}")
+    return 0
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    info = _open_index(args, with_encoder=False).info()
+    if args.json:
+        _print_json(info)
+        return 0
+    for key in ("path", "spec", "metric", "normalize", "dimension", "count", "id_type", "created", "embedkit_version"):
+        print(f"{key:<17} {info[key]}")
+    print(f"{'model':<17} {info['model']['name']} ({info['model']['fingerprint'][:19]}...)")
+    print(f"{'backend':<17} " + ", ".join(f"{k}={v}" for k, v in info["backend"].items()))
+    for name, file in info["files"].items():
+        print(f"{'file':<17} {name} ({file['bytes']:,} bytes)")
+    return 0
+
+
+def cmd_index_add(args: argparse.Namespace) -> int:
+    index = _open_index(args)
+    added = index.add(args.corpus, batch_size=args.batch_size, show_progress=not args.json)
+    index.save(args.index)
+    if args.json:
+        _print_json({"index": str(args.index), "added": added, "count": len(index)})
+    else:
+        print(f"added {added} documents to {args.index}; it holds {len(index)}")
+    return 0
+
+
+def _read_ids(path: Path, id_type: str | None) -> list[int | str]:
+    """One id per line (blank lines skipped); ints when the index holds int ids."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read: {error}", str(path)) from None
+    ids: list[int | str] = []
+    for number, line in enumerate(lines, start=1):
+        value = line.strip()
+        if not value:
+            continue
+        if id_type == "int":
+            try:
+                ids.append(int(value))
+            except ValueError:
+                raise DataError(f"the index holds int ids, but this line holds {value!r}", str(path), number) from None
+        else:
+            ids.append(value)
+    return ids
+
+
+def cmd_index_remove(args: argparse.Namespace) -> int:
+    index = _open_index(args, with_encoder=False)
+    removed = index.remove(_read_ids(args.ids, index.manifest.id_type))
+    index.save(args.index)
+    if args.json:
+        _print_json({"index": str(args.index), "removed": removed, "count": len(index)})
+    else:
+        print(f"removed {removed} documents from {args.index}; it holds {len(index)}")
+    return 0
+
+
+# -- search --------------------------------------------------------------------------------------------------
+def cmd_search(args: argparse.Namespace) -> int:
+    if (args.query is None) == (args.queries is None):
+        raise ConfigError("give either a query text or --queries FILE")
+    index = _open_index(args)
+    if args.param:
+        index.set_search_params(**parse_params(args.param))
+    if args.query is not None:
+        return _search_one(index, args)
+    return _search_many(index, args)
+
+
+def _search_one(index, args: argparse.Namespace) -> int:
+    result = index.search([args.query], k=args.k, return_payloads=True, batch_size=args.batch_size)
+    hits = [
+        {"rank": rank, "id": _plain(doc), "score": float(score), "text": text}
+        for rank, (doc, score, text) in enumerate(zip(result.ids[0], result.scores[0], result.texts[0], strict=True), 1)
+        if text is not None
+    ]
+    if args.json:
+        _print_json(hits)
+        return 0
+    for hit in hits:
+        text = " ".join(hit["text"].split())
+        shown = text if len(text) <= TEXT_WIDTH else text[: TEXT_WIDTH - 3] + "..."
+        print(f"{hit['rank']:>4}  {hit['id']!s:<12} {hit['score']:8.4f}  {shown}")
+    return 0
+
+
+def _search_many(index, args: argparse.Namespace) -> int:
+    from embedkit.fsutil import atomic_write_bytes
+    from embedkit.index import as_corpus
+
+    queries = list(as_corpus(args.queries))
+    result = index.search(
+        [query.text for query in queries], k=args.k, batch_size=args.batch_size, show_progress=not args.json
+    )
+    lines = []
+    for query, ids, scores in zip(queries, result.ids, result.scores, strict=True):
+        found = [
+            (_plain(doc), float(score)) for doc, score in zip(ids, scores, strict=True) if _plain(doc) not in (-1, None)
+        ]
+        lines.append(
+            json.dumps(
+                {"query_id": query.id, "ids": [d for d, _ in found], "scores": [s for _, s in found]},
+                ensure_ascii=False,
+            )
+        )
+    text = "".join(line + "\n" for line in lines)
+    if args.output is None:
+        print(text, end="")
+        return 0
+    atomic_write_bytes(args.output, text.encode("utf-8"))
+    if args.json:
+        _print_json({"output": str(args.output), "queries": len(queries), "k": args.k})
+    else:
+        print(f"wrote the top {args.k} of {len(queries)} queries to {args.output}")
+    return 0
+
+
+# -- mine ----------------------------------------------------------------------------------------------------
+def cmd_mine(args: argparse.Namespace) -> int:
+    from embedkit.data import read_examples
+    from embedkit.encoders import load_encoder
+    from embedkit.fsutil import atomic_write_bytes
+    from embedkit.index import Index
+    from embedkit.mining import MiningWarning, mine_hard_negatives
+
+    if args.corpus is not None and args.index is not None:
+        raise ConfigError("give --corpus or --index, not both")
+    encoder = _load(args)
+    corpus = Index.load(args.index, encoder=encoder) if args.index is not None else args.corpus
+    guide = None if args.guide is None else load_encoder(args.guide, device=args.device, precision=args.precision)
+    pairs = read_examples(args.pairs, format=args.format)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MiningWarning)  # the summary below says how many pairs were left out
+        triplets = mine_hard_negatives(
+            encoder,
+            pairs,
+            corpus,
+            num_negatives=args.negatives,
+            rank_range=parse_range(args.range),
+            margin=parse_margin(args.margin),
+            max_score=args.max_score,
+            guide=guide,
+            sampling=args.sampling,
+            seed=args.seed,
+            spec=args.spec,
+            batch_size=args.batch_size,
+            show_progress=not args.json,
+        )
+    lines = [
+        json.dumps(
+            {"anchor": row.anchor, "positive": row.positive, "negatives": list(row.negatives)}, ensure_ascii=False
+        )
+        for row in triplets
+    ]
+    atomic_write_bytes(args.out, "".join(line + "\n" for line in lines).encode("utf-8"))
+    summary = {
+        "output": str(args.out),
+        "pairs": len(pairs),
+        "triplets": len(triplets),
+        "left_out": len(pairs) - len(triplets),
+        "negatives": args.negatives,
+    }
+    if args.json:
+        _print_json(summary)
+    else:
+        print(
+            f"wrote {len(triplets)} triplets with {args.negatives} negatives each to {args.out} "
+            f"({summary['left_out']} of {len(pairs)} pairs left out: too few negatives passed the filters)"
+        )
+    return 0
+
+
+# -- parsers -------------------------------------------------------------------------------------------------
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``index`` (build, info, add, remove), ``search`` and ``mine``."""
+    from embedkit.index.spec import METRICS
+
+    index = commands.add_parser("index", help="build, inspect and change an index folder")
+    actions = index.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    build = actions.add_parser("build", help="embed a corpus and save it as an index folder")
+    _add_model_options(build)
+    build.add_argument("--corpus", required=True, help="jsonl/csv/tsv/parquet/txt file, or a BEIR folder")
+    build.add_argument("--out", required=True, type=Path, help="the index folder to write")
+    build.add_argument(
+        "--spec", default="torch", help="torch, torch:cuda, faiss:Flat, faiss:IVF1024,Flat, faiss:HNSW32, ..."
+    )
+    build.add_argument("--metric", default="cosine", choices=METRICS, help="default: cosine")
+    build.add_argument("--chunk-size", type=int, default=16384, help="documents embedded at a time (bounds memory)")
+    build.add_argument("--seed", type=int, default=0, help="seed of the training sample (IVF, PQ)")
+    _add_index_device(build)
+    build.add_argument("--json", action="store_true", help="print the index info as JSON")
+    build.set_defaults(func=cmd_index_build)
+
+    info = actions.add_parser("info", help="what an index holds")
+    info.add_argument("index", type=Path, help="the index folder")
+    info.add_argument("--json", action="store_true", help="print as JSON")
+    info.set_defaults(func=cmd_index_info)
+
+    add = actions.add_parser("add", help="embed more documents into an index folder")
+    add.add_argument("index", type=Path, help="the index folder")
+    add.add_argument("--corpus", required=True, help="jsonl/csv/tsv/parquet/txt file, or a BEIR folder")
+    _add_encoder_options(add)
+    add.add_argument("--json", action="store_true", help="print the result as JSON")
+    add.set_defaults(func=cmd_index_add)
+
+    remove = actions.add_parser("remove", help="remove documents by id from an index folder")
+    remove.add_argument("index", type=Path, help="the index folder")
+    remove.add_argument("--ids", required=True, type=Path, help="a text file with one id per line")
+    remove.add_argument("--json", action="store_true", help="print the result as JSON")
+    remove.set_defaults(func=cmd_index_remove)
+
+    search = commands.add_parser("search", help="search an index folder with a query or a file of queries")
+    search.add_argument("index", type=Path, help="the index folder")
+    search.add_argument("query", nargs="?", default=None, help="a query text")
+    search.add_argument("--queries", default=None, help="a file of queries (jsonl with _id/id and text, or txt)")
+    search.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
+    search.add_argument("--output", type=Path, default=None, help="with --queries: the run file (jsonl) to write")
+    search.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a search parameter, e.g. nprobe=16 (IVF) or efSearch=128 (HNSW)",
+    )
+    _add_encoder_options(search)
+    _add_index_device(search)
+    search.add_argument("--json", action="store_true", help="print the results as JSON")
+    search.set_defaults(func=cmd_search)
+
+    mine = commands.add_parser("mine", help="mine hard negatives for (anchor, positive) pairs into triplets")
+    _add_model_options(mine)
+    mine.add_argument("--pairs", required=True, help="a file of pairs (anchor, positive) or triplets")
+    mine.add_argument("--format", default=None, help="pairs file format, if the suffix does not say")
+    mine.add_argument("--corpus", default=None, help="documents to mine from (default: the distinct positives)")
+    mine.add_argument("--index", type=Path, default=None, help="an index folder to mine from instead of --corpus")
+    mine.add_argument("--out", required=True, type=Path, help="the triplets file (jsonl) to write")
+    mine.add_argument("--negatives", type=int, default=5, help="negatives per pair (default: 5)")
+    mine.add_argument(
+        "--range", default="10:100", help="rank window START:END among the filtered candidates (default: 10:100)"
+    )
+    mine.add_argument(
+        "--margin",
+        default="relative:0.05",
+        help="relative:M, absolute:M or none: drop candidates scoring within M of the positive (default: relative:0.05)",
+    )
+    mine.add_argument("--max-score", type=float, default=None, help="drop candidates scoring above this")
+    mine.add_argument(
+        "--guide", default=None, help="a guide model whose scores the margin and ceiling judge (GISTEmbed)"
+    )
+    mine.add_argument("--sampling", choices=("top", "random"), default="top", help="the hardest or a random sample")
+    mine.add_argument("--seed", type=int, default=0, help="seed of random sampling")
+    mine.add_argument("--spec", default="torch", help="index spec for --corpus (default: torch)")
+    mine.add_argument("--json", action="store_true", help="print the summary as JSON")
+    mine.set_defaults(func=cmd_mine)

@@ -1,0 +1,49 @@
+"""Indexes: embed a corpus, search it, keep it on disk (DESIGN.md, principle 4).
+
+::
+
+    from embedkit.index import build_index, Index
+    index = build_index(encoder, "corpus.jsonl", spec="faiss:HNSW32", metric="cosine")
+    scores, ids = index.search(["how do boundary layers behave"], k=10)
+    index.save("idx/")
+    index = Index.load("idx/")
+
+Backends are found by name in :data:`BACKENDS`: ``torch`` (exact, chunked; ``torch:cuda`` on a GPU) and
+``faiss`` (``faiss:<factory string>``; on the GPU when faiss sees one). :func:`exact_search` is the exact
+search as a plain function over arrays, returning ``(scores, indices)`` like ``faiss.knn``.
+"""
+
+from __future__ import annotations
+
+from embedkit.index import exact, faiss_backend  # noqa: F401  (register the backends)
+from embedkit.index.corpus import Corpus, Document, as_corpus
+from embedkit.index.exact import exact_search
+from embedkit.index.index import Index, SearchResult, build_index
+from embedkit.index.spec import (
+    BACKENDS,
+    METRICS,
+    IndexFileError,
+    IndexMismatchError,
+    IndexSpec,
+    IndexWarning,
+    parse_spec,
+)
+from embedkit.index.store import model_fingerprint
+
+__all__ = [
+    "BACKENDS",
+    "METRICS",
+    "Corpus",
+    "Document",
+    "Index",
+    "IndexFileError",
+    "IndexMismatchError",
+    "IndexSpec",
+    "IndexWarning",
+    "SearchResult",
+    "as_corpus",
+    "build_index",
+    "exact_search",
+    "model_fingerprint",
+    "parse_spec",
+]

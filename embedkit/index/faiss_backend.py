@@ -1,0 +1,331 @@
+"""The ``faiss:<factory string>`` backend: any faiss index, on the GPU when the installed faiss sees one.
+
+The factory string is faiss's own (``Flat``, ``IVF1024,Flat``, ``HNSW32``, ``IVF4096,PQ64``, ``PQ32``,
+``OPQ16,IVF256,PQ16``, ...). Vectors carry int64 ids: IVF indexes store ids natively; every other index is
+wrapped in ``IndexIDMap2``, which keeps an id per vector and can reconstruct by id.
+
+Training (IVF lists, PQ codebooks, OPQ/PCA transforms) uses a seeded sample of the corpus of at most 256
+vectors per centroid, the most faiss's k-means uses anyway. A corpus with fewer vectors than centroids is an
+error that says what to change; one with fewer than faiss's recommended 39 per centroid is a warning.
+
+On the GPU: the CPU index stays the source of truth (adds, removes and saves happen there) and a GPU copy is
+made for searching, sharded over every GPU when there are several. faiss GPU indexes return at most 2048
+results per query (and probe at most 2048 lists), so larger searches run on the CPU index.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import faiss
+import numpy as np
+
+from embedkit.errors import ConfigError
+from embedkit.index.spec import BACKENDS, IndexFileError, IndexSpec, IndexWarning, pad_score
+
+INDEX_FILE = "index.faiss"
+DEFAULT_FACTORY = "Flat"
+GPU_MAX_K = 2048
+"""faiss GPU indexes answer at most this many results per query and probe at most this many IVF lists."""
+MAX_POINTS_PER_CENTROID = 256  # faiss's k-means subsamples to this many points per centroid
+MIN_POINTS_PER_CENTROID = 39  # below this faiss warns that the clustering is poor
+TRAINING_CAP = 100_000  # training sample for indexes that train without centroids (PCA, ...)
+
+
+# -- GPU selection (pure functions over a faiss module, so that tests can pass a fake one) --------------------
+def gpu_count(faiss_module: ModuleType | Any) -> int:
+    """GPUs the installed faiss can use: ``faiss.get_num_gpus()``, 0 for faiss-cpu builds that lack it."""
+    get_num_gpus = getattr(faiss_module, "get_num_gpus", None)
+    return int(get_num_gpus()) if get_num_gpus is not None else 0
+
+
+def search_device(num_gpus: int, device: str, k: int, nprobe: int | None = None) -> str:
+    """``"gpu"`` or ``"cpu"``: where one search of ``k`` results (probing ``nprobe`` lists) runs.
+
+    ``device`` is ``"auto"`` (the GPU when there is one), ``"gpu"`` or ``"cpu"``. A search beyond faiss's GPU
+    limit of :data:`GPU_MAX_K` results or probes goes to the CPU index, which has no such limit.
+    """
+    if device == "cpu" or num_gpus < 1:
+        return "cpu"
+    if k > GPU_MAX_K or (nprobe or 0) > GPU_MAX_K:
+        return "cpu"
+    return "gpu"
+
+
+def clone_to_gpus(faiss_module: ModuleType | Any, index: Any, num_gpus: int) -> Any:
+    """A GPU copy of the CPU ``index`` on all ``num_gpus`` GPUs: sharded (each GPU holds a slice of the
+    vectors, faiss merges the results) when there are several, so that an index larger than one GPU fits."""
+    options = faiss_module.GpuMultipleClonerOptions()
+    options.shard = num_gpus > 1
+    return faiss_module.index_cpu_to_all_gpus(index, co=options, ngpu=num_gpus)
+
+
+# -- training ------------------------------------------------------------------------------------------------
+def _components(index: Any) -> Iterator[Any]:
+    """``index`` and every index nested in it (pre-transforms, id maps, HNSW storage, refine bases)."""
+    index = faiss.downcast_index(index)
+    yield index
+    for attribute in ("index", "storage", "base_index"):
+        nested = getattr(index, attribute, None)
+        if isinstance(nested, faiss.Index):
+            yield from _components(nested)
+
+
+def _clusterings(index: Any) -> Iterator[tuple[str, int, Any]]:
+    """``(what, centroids, clustering parameters)`` of every k-means the index trains."""
+    for component in _components(index):
+        if isinstance(component, faiss.IndexIVF):
+            yield "IVF lists", int(component.nlist), component.cp
+        pq = getattr(component, "pq", None)
+        if isinstance(pq, faiss.ProductQuantizer):
+            yield "PQ centroids per sub-quantizer", int(pq.ksub), pq.cp
+
+
+def training_size(index: Any, n: int, factory: str) -> int:
+    """How many of ``n`` corpus vectors to train ``index`` on; 0 when it needs no training.
+
+    Raises:
+        ConfigError: fewer vectors than some k-means has centroids (faiss cannot train); says what to change.
+
+    Warns:
+        IndexWarning: fewer than 39 vectors per centroid, faiss's threshold for a usable clustering.
+    """
+    if index.is_trained:
+        return 0
+    clusterings = list(_clusterings(index))
+    if not clusterings:
+        return min(n, TRAINING_CAP)
+    what, centroids, _ = max(clusterings, key=lambda item: item[1])
+    advice = (
+        f"use fewer IVF lists (at most n / {MIN_POINTS_PER_CENTROID} = {max(1, n // MIN_POINTS_PER_CENTROID)} for "
+        f"this corpus) or fewer PQ bits (e.g. PQ16x4 trains 16 centroids per sub-quantizer), or 'faiss:Flat'"
+    )
+    if n < centroids:
+        raise ConfigError(
+            f"faiss:{factory} trains {centroids} {what}, but the corpus has only {n} vectors (faiss needs at least "
+            f"one per centroid); {advice}"
+        )
+    if n < MIN_POINTS_PER_CENTROID * centroids:
+        warnings.warn(
+            f"faiss:{factory} trains {centroids} {what} on {n} vectors, fewer than the "
+            f"{MIN_POINTS_PER_CENTROID * centroids} ({MIN_POINTS_PER_CENTROID} per centroid) faiss recommends; "
+            f"the clusters will be poor and recall low; {advice}",
+            IndexWarning,
+            stacklevel=3,
+        )
+        for _, _, parameters in clusterings:
+            parameters.min_points_per_centroid = 0  # faiss would print the same warning once per k-means
+    return min(n, MAX_POINTS_PER_CENTROID * centroids)
+
+
+# -- the backend ---------------------------------------------------------------------------------------------
+def _faiss_metric(metric: str) -> int:
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def _stores_ids(index: Any) -> bool:
+    """Whether ``add_with_ids`` works as is: IVF indexes (also behind a transform) and explicit id maps."""
+    return faiss.try_extract_index_ivf(index) is not None or isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2)
+
+
+def _faiss_message(error: Exception) -> str:
+    """The useful last line of a faiss C++ exception (the first names the source file)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+class FaissBackend:
+    """A faiss index with int64 ids, searched on the GPU when one is there and the search fits its limits.
+
+    Args:
+        spec: ``faiss:<factory string>``.
+        dim: vector dimension.
+        metric: ``"ip"`` or ``"l2"``.
+        device: ``"auto"``, ``"gpu"`` or ``"cpu"``.
+        index: the CPU index (already holding ids).
+        faiss_module: the faiss module; tests pass a fake one to exercise the GPU paths on a CPU.
+    """
+
+    def __init__(
+        self, spec: IndexSpec, dim: int, metric: str, device: str, index: Any, faiss_module: Any = faiss
+    ) -> None:
+        self.spec = spec
+        self.factory = spec.options or DEFAULT_FACTORY
+        self.dim = dim
+        self.metric = metric
+        self.device = device
+        self.index = index
+        self.faiss = faiss_module
+        self.search_params: dict[str, float] = {}
+        self._gpu_index: Any = None
+        self._gpu_failed = False
+        if device == "gpu" and gpu_count(faiss_module) < 1:
+            raise ConfigError(
+                "device 'gpu' was asked for, but the installed faiss sees no GPU (faiss-cpu, or no CUDA device); "
+                "use device 'auto' or 'cpu', or 'torch:cuda' for exact search on a CUDA device"
+            )
+
+    @classmethod
+    def create(cls, spec: IndexSpec, dim: int, metric: str, device: str, faiss_module: Any = faiss) -> FaissBackend:
+        factory = spec.options or DEFAULT_FACTORY
+        try:
+            index = faiss.index_factory(dim, factory, _faiss_metric(metric))
+        except RuntimeError as error:
+            raise ConfigError(
+                f"faiss cannot build {factory!r} for dimension {dim} and metric {metric}: {_faiss_message(error)} "
+                "(see https://github.com/facebookresearch/faiss/wiki/The-index-factory)"
+            ) from None
+        if not _stores_ids(index):
+            index = faiss.IndexIDMap2(index)
+        return cls(spec, dim, metric, device, index, faiss_module)
+
+    @classmethod
+    def load(cls, folder: Path, spec: IndexSpec, dim: int, metric: str, device: str) -> FaissBackend:
+        path = folder / INDEX_FILE
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as error:
+            raise IndexFileError(f"{path}: not a readable faiss index ({_faiss_message(error)})") from None
+        if index.d != dim or index.metric_type != _faiss_metric(metric) or not _stores_ids(index):
+            raise IndexFileError(
+                f"{path}: the faiss index does not match the manifest (dimension {index.d}, not {dim})"
+            )
+        return cls(spec, dim, metric, device, index)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def needs_training(self) -> bool:
+        return not self.index.is_trained
+
+    def training_size(self, n: int) -> int:
+        return training_size(self.index, n, self.factory)
+
+    def _num_gpus(self) -> int:
+        return 0 if self.device == "cpu" else gpu_count(self.faiss)
+
+    def train(self, vectors: np.ndarray) -> None:
+        num_gpus = self._num_gpus()
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is not None and num_gpus > 0:
+            # k-means assignment is the cost of IVF training; faiss runs it on the GPU through clustering_index
+            flat = faiss.IndexFlat(ivf.d, ivf.quantizer.metric_type)
+            ivf.clustering_index = clone_to_gpus(self.faiss, flat, num_gpus)
+        try:
+            self.index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+        except RuntimeError as error:
+            raise ConfigError(f"faiss cannot train {self.factory!r}: {_faiss_message(error)}") from None
+        self._gpu_index = None
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        self.index.add_with_ids(
+            np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
+        )
+        self._gpu_index = None
+
+    def remove(self, ids: np.ndarray) -> int:
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+        try:
+            removed = int(self.index.remove_ids(selector))
+        except RuntimeError:
+            removed = self._rebuild_without(np.asarray(ids, dtype=np.int64))
+        self._gpu_index = None
+        return removed
+
+    def _rebuild_without(self, ids: np.ndarray) -> int:
+        """Remove from an index that cannot remove (HNSW): re-add every other vector to an empty copy.
+
+        The copy keeps the trained parts (codebooks) and the graph parameters; reconstruction is exact for
+        flat storage, so the vectors are the same and only the graph is rebuilt.
+        """
+        inner = faiss.downcast_index(self.index.index)
+        current = faiss.vector_to_array(self.index.id_map)
+        keep = ~np.isin(current, ids)
+        try:
+            vectors = inner.reconstruct_n(0, inner.ntotal)
+        except RuntimeError as error:
+            raise ConfigError(
+                f"faiss {self.factory!r} can neither remove vectors nor reconstruct them ({_faiss_message(error)}); "
+                "rebuild the index without these ids"
+            ) from None
+        fresh = faiss.clone_index(inner)
+        fresh.reset()
+        rebuilt = faiss.IndexIDMap2(fresh)
+        rebuilt.add_with_ids(vectors[keep], current[keep])
+        self.index = rebuilt  # the clone kept the search parameters set on the old index
+        return int((~keep).sum())
+
+    def _searcher(self, k: int) -> Any:
+        """The index to search for ``k`` results: the GPU copy when the search fits the GPU, else the CPU one."""
+        nprobe = self.search_params.get("nprobe")
+        where = search_device(self._num_gpus(), self.device, k, None if nprobe is None else int(nprobe))
+        if where == "cpu" or self._gpu_failed:
+            return self.index
+        if self._gpu_index is None:
+            try:
+                self._gpu_index = clone_to_gpus(self.faiss, self.index, self._num_gpus())
+            except RuntimeError as error:  # e.g. HNSW, which faiss has no GPU version of
+                self._gpu_failed = True
+                warnings.warn(
+                    f"faiss cannot put {self.factory!r} on the GPU ({_faiss_message(error)}); searching on the CPU",
+                    IndexWarning,
+                    stacklevel=3,
+                )
+                return self.index
+            self._apply_params(self.faiss.GpuParameterSpace(), self._gpu_index)
+        return self._gpu_index
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = self._searcher(k).search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        scores[ids < 0] = pad_score(self.metric)  # faiss pads with -1 ids and +-FLT_MAX
+        return scores, ids
+
+    def _apply_params(self, space: Any, index: Any) -> None:
+        for name, value in self.search_params.items():
+            try:
+                space.set_index_parameter(index, name, value)
+            except RuntimeError as error:
+                raise ConfigError(
+                    f"faiss {self.factory!r} has no search parameter {name!r} (IVF: nprobe; HNSW: efSearch): "
+                    f"{_faiss_message(error)}"
+                ) from None
+
+    def set_search_params(self, params: dict[str, float]) -> None:
+        previous = self.search_params
+        self.search_params = {**previous, **params}
+        try:
+            self._apply_params(faiss.ParameterSpace(), self.index)
+        except ConfigError:
+            self.search_params = previous
+            raise
+        self._gpu_index = None  # recloned with the new parameters on the next search
+
+    def save(self, folder: Path) -> list[str]:
+        faiss.write_index(self.index, str(folder / INDEX_FILE))
+        return [INDEX_FILE]
+
+    def describe(self) -> dict:
+        wrapped = isinstance(self.index, faiss.IndexIDMap | faiss.IndexIDMap2)
+        inner = faiss.downcast_index(self.index.index) if wrapped else self.index
+        ivf = faiss.try_extract_index_ivf(self.index)
+        info = {
+            "backend": "faiss",
+            "factory": self.factory,
+            "faiss_class": type(inner).__name__,
+            "ntotal": len(self),
+            "is_trained": bool(self.index.is_trained),
+            "device": self.device,
+            "gpus": self._num_gpus(),
+            "search_params": dict(self.search_params),
+        }
+        if ivf is not None:
+            info["nlist"] = int(ivf.nlist)
+        return info
+
+
+BACKENDS.register("faiss", FaissBackend)

@@ -1,0 +1,475 @@
+"""The :class:`Index`: an encoder's embeddings of a corpus, searchable by text or vector, saved as a folder.
+
+An index ties three things together: a backend holding vectors under int64 internal ids (exact ``torch`` or
+any ``faiss`` index), a :class:`~embedkit.index.store.PayloadStore` mapping internal ids to the corpus's own
+ids, texts and metadata, and a :class:`~embedkit.index.store.Manifest` naming the model whose embeddings these
+are. Searching with an encoder of another model or dimension is refused, since its vectors would live in
+another space and every score would be meaningless.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from embedkit.data.collate import text_id
+from embedkit.errors import ConfigError, DataError
+from embedkit.index.corpus import Corpus, as_corpus, batched
+from embedkit.index.spec import (
+    BACKENDS,
+    Backend,
+    IndexFileError,
+    IndexMismatchError,
+    IndexSpec,
+    backend_metric,
+    check_device,
+    check_metric,
+    parse_spec,
+)
+from embedkit.index.store import (
+    PAYLOADS_FILE,
+    Manifest,
+    PayloadStore,
+    check_ids,
+    model_fingerprint,
+    now,
+    read_manifest,
+    write_folder,
+)
+
+CHUNK_SIZE = 16384
+"""Documents embedded and added at a time: the corpus's embeddings are never all in memory at once."""
+SEARCH_BATCH = 4096
+"""Queries embedded and searched at a time."""
+PROGRESS_FROM = 2048  # show progress bars for this many documents or queries and more
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Search results, best first; unpacks like faiss's ``D, I``: ``scores, ids = index.search(...)``.
+
+    Attributes:
+        scores: ``[n, k]`` float32; similarities (cosine, ip) or squared distances (l2). Empty slots (fewer
+            than ``k`` vectors in the index) hold ``-inf`` (``+inf`` for l2).
+        ids: ``[n, k]`` external ids: int64 (empty slots ``-1``) or object holding ``str`` (empty slots ``None``).
+        texts: ``[n, k]`` object array of texts when payloads were asked for, else ``None``.
+        metadata: ``[n, k]`` object array of metadata dicts (or ``None``) when payloads were asked for.
+    """
+
+    scores: np.ndarray
+    ids: np.ndarray
+    texts: np.ndarray | None = None
+    metadata: np.ndarray | None = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        yield self.scores
+        yield self.ids
+
+
+def _embedkit_version() -> str:
+    try:
+        return version("embedkit")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def _normalized(vectors: np.ndarray) -> np.ndarray:
+    """``[n, D]`` rows scaled to unit length (zero rows stay zero)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
+def _progress(total: int, description: str, show: bool | None) -> tqdm:
+    return tqdm(
+        total=total, desc=description, unit="text", disable=not (total >= PROGRESS_FROM if show is None else show)
+    )
+
+
+class Index:
+    """A searchable, saveable set of embeddings of a corpus. Build one with :func:`build_index` or
+    :meth:`Index.load`; the constructor is for those two."""
+
+    def __init__(self, backend: Backend, store: PayloadStore, manifest: Manifest, path: Path | None = None) -> None:
+        self.backend = backend
+        self.store = store
+        self.manifest = manifest
+        self.path = path
+        self._encoder: Any = None
+
+    # -- the encoder -------------------------------------------------------------------------------------------
+    @property
+    def encoder(self) -> Any:
+        """The encoder that embeds text queries: the one given, else the manifest's model, loaded on first use."""
+        if self._encoder is None:
+            from embedkit.encoders import load_encoder
+
+            self.encoder = load_encoder(self.manifest.model_name)
+        return self._encoder
+
+    @encoder.setter
+    def encoder(self, encoder: Any) -> None:
+        self.check_encoder(encoder)
+        self._encoder = encoder
+
+    def check_encoder(self, encoder: Any) -> None:
+        """Refuse an encoder whose model weights or dimension differ from those that built the index.
+
+        Raises:
+            IndexMismatchError: names both models, their fingerprints and dimensions.
+        """
+        fingerprint = model_fingerprint(encoder.model)
+        if encoder.dim != self.manifest.dimension or fingerprint != self.manifest.model_fingerprint:
+            raise IndexMismatchError(
+                f"this index holds embeddings of model {self.manifest.model_name!r} "
+                f"({self.manifest.model_fingerprint[:19]}, dimension {self.manifest.dimension}), but the encoder is "
+                f"{encoder.name!r} ({fingerprint[:19]}, dimension {encoder.dim}); search with the model that built "
+                "the index, or build a new index with this one"
+            )
+
+    # -- adding and removing -----------------------------------------------------------------------------------
+    def _embed(self, texts: list[str], batch_size: int) -> np.ndarray:
+        return self.encoder.encode(texts, batch_size=batch_size, normalize=self.manifest.normalize, show_progress=False)
+
+    def _check_dimension(self, vectors: np.ndarray) -> None:
+        if vectors.ndim != 2 or vectors.shape[1] != self.manifest.dimension:
+            raise IndexMismatchError(
+                f"vectors of shape {list(vectors.shape)} do not fit this index of dimension {self.manifest.dimension} "
+                f"(model {self.manifest.model_name!r})"
+            )
+
+    def _prepared(self, vectors: np.ndarray) -> np.ndarray:
+        """Given vectors as float32, normalised when the metric is cosine; checks the dimension."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        self._check_dimension(vectors)
+        return _normalized(vectors) if self.manifest.normalize else np.ascontiguousarray(vectors)
+
+    def add(
+        self,
+        corpus: Corpus | str | os.PathLike[str] | Sequence[Any],
+        *,
+        embeddings: np.ndarray | None = None,
+        batch_size: int = 64,
+        chunk_size: int = CHUNK_SIZE,
+        seed: int = 0,
+        show_progress: bool | None = None,
+    ) -> int:
+        """Embed and add documents; returns how many were added.
+
+        Ids are checked first (type, duplicates, ids already in the index), so a bad id fails before anything is
+        embedded. The corpus is embedded ``chunk_size`` documents at a time. An index that needs training (IVF,
+        PQ) is trained on its first add, on a seeded sample of the corpus whose embeddings are kept for the add.
+
+        Args:
+            corpus: see :func:`~embedkit.index.corpus.as_corpus`.
+            embeddings: ``[n, D]`` precomputed embeddings of the corpus's texts by this index's model, in corpus
+                order; nothing is encoded then.
+            batch_size: encoding batch size.
+            chunk_size: documents embedded and added at a time.
+            seed: seed of the training sample.
+            show_progress: a progress bar; by default for 2,048 documents or more.
+
+        Raises:
+            DataError: a bad id or row; ``embeddings`` of the wrong length.
+            ConfigError: too few documents to train the index.
+        """
+        if chunk_size < 1:
+            raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
+        documents = as_corpus(corpus)
+        ids = [document.id for document in documents]
+        id_type = check_ids(ids, self.store.id_type, documents.name)
+        taken = self.store.present(ids) if len(self.store) else []
+        if taken:
+            raise DataError(f"{len(taken)} ids are already in the index, e.g. {taken[:3]}", documents.name)
+        if embeddings is not None:
+            embeddings = np.asarray(embeddings)
+            self._check_dimension(embeddings)
+            if len(embeddings) != len(ids):
+                raise DataError(f"{len(embeddings)} embeddings for {len(ids)} documents", documents.name)
+        sample_positions, sample_vectors = (
+            np.zeros(0, dtype=np.int64),
+            np.zeros((0, self.manifest.dimension), np.float32),
+        )
+        if self.backend.needs_training:
+            sample_positions, sample_vectors = self._train(
+                documents, len(ids), embeddings, batch_size, seed, show_progress
+            )
+        progress = _progress(len(ids), "embedding and indexing", show_progress)
+        start = 0
+        for chunk in batched(documents, chunk_size):
+            end = start + len(chunk)
+            vectors = self._chunk_vectors(chunk, start, embeddings, sample_positions, sample_vectors, batch_size)
+            with self.store.transaction():
+                internal = self.store.insert(
+                    [d.id for d in chunk],
+                    [d.text for d in chunk],
+                    [text_id(d.text) for d in chunk],
+                    [d.metadata for d in chunk],
+                )
+                self.backend.add(vectors, internal)
+            progress.update(len(chunk))
+            start = end
+        progress.close()
+        self.manifest.count = len(self.backend)
+        self.manifest.id_type = id_type
+        return len(ids)
+
+    def _chunk_vectors(
+        self,
+        chunk: list,
+        start: int,
+        embeddings: np.ndarray | None,
+        sample_positions: np.ndarray,
+        sample_vectors: np.ndarray,
+        batch_size: int,
+    ) -> np.ndarray:
+        """``[len(chunk), D]`` vectors of the documents at ``start...``: given, kept from training, or embedded."""
+        if embeddings is not None:
+            return self._prepared(embeddings[start : start + len(chunk)])
+        low, high = np.searchsorted(sample_positions, [start, start + len(chunk)])
+        kept = np.zeros(len(chunk), dtype=bool)
+        kept[sample_positions[low:high] - start] = True
+        vectors = np.empty((len(chunk), self.manifest.dimension), dtype=np.float32)
+        vectors[kept] = sample_vectors[low:high]
+        if not kept.all():
+            vectors[~kept] = self._embed([d.text for d, k in zip(chunk, kept, strict=True) if not k], batch_size)
+        return vectors
+
+    def _train(
+        self, documents: Corpus, n: int, embeddings: np.ndarray | None, batch_size: int, seed: int, show: bool | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Train the backend on a seeded sample; returns ``([s] sorted positions, [s, D] their vectors)``."""
+        size = self.backend.training_size(n)
+        if size == 0:
+            raise ConfigError(f"index {self.manifest.spec!r} must be trained, but the corpus is empty")
+        positions = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+        if embeddings is not None:
+            vectors = self._prepared(embeddings[positions])
+        else:
+            wanted = set(positions.tolist())
+            texts = [d.text for position, d in enumerate(documents) if position in wanted]
+            progress = _progress(len(texts), "embedding the training sample", show)
+            parts = []
+            for start in range(0, len(texts), CHUNK_SIZE):
+                parts.append(self._embed(texts[start : start + CHUNK_SIZE], batch_size))
+                progress.update(len(parts[-1]))
+            progress.close()
+            vectors = np.concatenate(parts)
+        self.backend.train(vectors)
+        return positions, vectors
+
+    def remove(self, ids: Sequence[int | str]) -> int:
+        """Remove documents by external id; returns how many were removed.
+
+        Raises:
+            DataError: some ids are not in the index (nothing is removed then).
+        """
+        ids = list(ids)
+        internal, missing = self.store.internal_ids(ids)
+        if missing:
+            raise DataError(f"{len(missing)} of the ids to remove are not in the index, e.g. {missing[:3]}")
+        with self.store.transaction():
+            self.store.delete(internal)
+            removed = self.backend.remove(internal)
+        self.manifest.count = len(self.backend)
+        return removed
+
+    # -- searching ---------------------------------------------------------------------------------------------
+    def search_internal(
+        self,
+        queries: str | Sequence[str] | np.ndarray,
+        k: int = 10,
+        batch_size: int = 64,
+        show_progress: bool | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`search`, but returns ``(scores [n, k], internal ids [n, k] int64)``, for embedkit's own
+        code (the miner) that maps ids itself."""
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        texts: list[str] | None = None
+        vectors: np.ndarray | None = None
+        if isinstance(queries, str):
+            texts = [queries]
+        elif isinstance(queries, np.ndarray):
+            vectors = self._prepared(queries)
+        else:
+            texts = list(queries)
+            if not all(isinstance(text, str) for text in texts):
+                raise DataError("queries must be texts or an [n, D] array of vectors")
+        total = len(texts) if texts is not None else len(vectors)  # type: ignore[arg-type]
+        scores, found = [], []
+        progress = _progress(total, "searching", show_progress)
+        for start in range(0, total, SEARCH_BATCH):
+            if texts is not None:
+                block = self._embed(texts[start : start + SEARCH_BATCH], batch_size)
+            else:
+                block = vectors[start : start + SEARCH_BATCH]  # type: ignore[index]
+            block_scores, block_ids = self.backend.search(block, int(k))
+            scores.append(block_scores)
+            found.append(block_ids)
+            progress.update(len(block))
+        progress.close()
+        if not scores:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        return np.concatenate(scores), np.concatenate(found)
+
+    def search(
+        self,
+        queries: str | Sequence[str] | np.ndarray,
+        k: int = 10,
+        *,
+        return_payloads: bool = False,
+        batch_size: int = 64,
+        show_progress: bool | None = None,
+    ) -> SearchResult:
+        """The ``k`` nearest documents of each query.
+
+        Args:
+            queries: a text, a list of texts (embedded with :attr:`encoder`), or ``[n, D]`` vectors (normalised
+                here when the metric is cosine).
+            k: results per query.
+            return_payloads: also return the texts and metadata of the results.
+            batch_size: encoding batch size.
+            show_progress: a progress bar; by default for 2,048 queries or more.
+
+        Raises:
+            IndexMismatchError: vectors of another dimension.
+            ConfigError: ``k`` is not a positive integer.
+        """
+        scores, internal = self.search_internal(queries, k, batch_size, show_progress)
+        externals, _ = self.store.id_arrays()
+        texts, metadata = self.store.payloads(internal) if return_payloads else (None, None)
+        return SearchResult(scores=scores, ids=externals[internal], texts=texts, metadata=metadata)
+
+    def set_search_params(self, **params: float) -> None:
+        """Set search-time parameters (faiss: ``nprobe`` for IVF, ``efSearch`` for HNSW; torch: ``chunk_size``,
+        ``query_chunk_size``); they are saved with the index."""
+        self.backend.set_search_params(params)
+        self.manifest.search_params = {**self.manifest.search_params, **params}
+
+    # -- persistence -------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the index folder atomically: a failure leaves any previous folder at ``path`` intact."""
+        self.manifest.count = len(self.backend)
+        self.manifest.embedkit_version = _embedkit_version()
+        self.path = write_folder(path, self.manifest, [self.backend.save, self.store.save])
+        return self.path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], encoder: Any = None, device: str = "auto") -> Index:
+        """Load an index folder, checking every file against the manifest.
+
+        Args:
+            path: the folder :meth:`save` wrote.
+            encoder: the encoder for text queries; checked against the manifest now. ``None``: the manifest's
+                model is loaded (and checked) on the first text query.
+            device: ``"auto"``, ``"gpu"`` or ``"cpu"``: where faiss indexes search.
+
+        Raises:
+            IndexFileError: a missing, corrupt or truncated file, or files that disagree with each other.
+            IndexMismatchError: ``encoder`` is another model or dimension.
+        """
+        folder = Path(path)
+        manifest = read_manifest(folder)
+        spec = parse_spec(manifest.spec)
+        backend = BACKENDS.get(spec.backend).load(
+            folder, spec, manifest.dimension, backend_metric(manifest.metric), check_device(device)
+        )
+        store = PayloadStore.open(folder / PAYLOADS_FILE)
+        if not len(backend) == len(store) == manifest.count:
+            raise IndexFileError(
+                f"{folder}: the files disagree: the manifest counts {manifest.count} documents, the vectors "
+                f"{len(backend)}, the payloads {len(store)}"
+            )
+        if manifest.search_params:
+            backend.set_search_params(manifest.search_params)
+        index = cls(backend, store, manifest, folder)
+        if encoder is not None:
+            index.encoder = encoder
+        return index
+
+    def info(self) -> dict[str, Any]:
+        """What the index holds: spec, metric, model, counts, backend details, files."""
+        return {
+            "path": None if self.path is None else str(self.path),
+            "spec": self.manifest.spec,
+            "metric": self.manifest.metric,
+            "normalize": self.manifest.normalize,
+            "dimension": self.manifest.dimension,
+            "count": len(self.backend),
+            "id_type": self.manifest.id_type,
+            "model": {"name": self.manifest.model_name, "fingerprint": self.manifest.model_fingerprint},
+            "created": self.manifest.created,
+            "embedkit_version": self.manifest.embedkit_version or _embedkit_version(),
+            "search_params": dict(self.manifest.search_params),
+            "backend": self.backend.describe(),
+            "files": dict(self.manifest.files),
+        }
+
+    def __len__(self) -> int:
+        return len(self.backend)
+
+    def __repr__(self) -> str:
+        return f"Index(spec={self.manifest.spec!r}, metric={self.manifest.metric!r}, count={len(self)})"
+
+
+def build_index(
+    encoder: Any,
+    corpus: Corpus | str | os.PathLike[str] | Sequence[Any],
+    spec: str | IndexSpec = "torch",
+    metric: str = "cosine",
+    *,
+    embeddings: np.ndarray | None = None,
+    batch_size: int = 64,
+    chunk_size: int = CHUNK_SIZE,
+    device: str = "auto",
+    seed: int = 0,
+    show_progress: bool | None = None,
+) -> Index:
+    """Embed a corpus with ``encoder`` and index it.
+
+    Args:
+        encoder: an :class:`~embedkit.encoders.Encoder` (anything with ``name``, ``dim``, ``model`` and
+            ``encode(texts, batch_size=, normalize=, show_progress=)``).
+        corpus: a jsonl/csv/tsv/parquet/txt file, a BEIR folder or its ``corpus.jsonl`` (text = title + " " +
+            text), a list of texts (ids 0..n-1), or a list of ``(id, text[, metadata])`` (see
+            :func:`~embedkit.index.corpus.as_corpus`).
+        spec: ``"torch"``, ``"torch:cuda"``, ``"faiss:Flat"``, ``"faiss:IVF1024,Flat"``, ``"faiss:HNSW32"``, ...
+        metric: ``"cosine"`` (normalised inner product), ``"ip"`` or ``"l2"``.
+        embeddings: ``[n, D]`` precomputed embeddings of the corpus by ``encoder``, in corpus order.
+        batch_size: encoding batch size.
+        chunk_size: documents embedded and added at a time (bounds memory).
+        device: ``"auto"`` (faiss on the GPU when it sees one), ``"gpu"`` or ``"cpu"``.
+        seed: seed of the training sample of IVF/PQ indexes.
+        show_progress: progress bars; by default for 2,048 documents or more.
+    """
+    parsed = parse_spec(spec)
+    metric = check_metric(metric)
+    backend = BACKENDS.get(parsed.backend).create(parsed, encoder.dim, backend_metric(metric), check_device(device))
+    manifest = Manifest(
+        spec=str(parsed),
+        metric=metric,
+        normalize=metric == "cosine",
+        dimension=encoder.dim,
+        model_name=encoder.name,
+        model_fingerprint=model_fingerprint(encoder.model),
+        embedkit_version=_embedkit_version(),
+        created=now(),
+    )
+    index = Index(backend, PayloadStore.create(), manifest)
+    index.encoder = encoder
+    index.add(
+        corpus,
+        embeddings=embeddings,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        seed=seed,
+        show_progress=show_progress,
+    )
+    return index

@@ -1,0 +1,141 @@
+"""Index specs, metrics, the backend registry and the errors of the index package.
+
+An index is named by a spec string (DESIGN.md, principle 4): ``torch`` or ``torch:cuda`` for exact search
+with PyTorch, ``faiss:<factory string>`` for any faiss index (``faiss:Flat``, ``faiss:IVF1024,Flat``,
+``faiss:HNSW32``, ``faiss:IVF4096,PQ64``). :func:`parse_spec` splits the string at the first colon; the
+backend named before it is looked up in :data:`BACKENDS`, and the rest is that backend's options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from embedkit.errors import ConfigError, EmbedkitError
+from embedkit.registry import Registry
+
+METRICS = ("cosine", "ip", "l2")
+"""``cosine``: inner product of L2-normalised vectors; ``ip``: raw inner product; ``l2``: squared Euclidean
+distance (smaller is closer; scores are distances, in ascending order)."""
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
+class IndexFileError(EmbedkitError):
+    """An index folder that is missing, incomplete, corrupt or truncated."""
+
+
+class IndexMismatchError(EmbedkitError):
+    """An encoder or query vectors that do not fit the index: another model or another dimension."""
+
+
+class IndexWarning(UserWarning):
+    """Something that works but is probably not what the user wants (e.g. too little data to train an IVF)."""
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """A parsed spec string: ``backend`` and its ``options`` (``""`` when none were given)."""
+
+    backend: str
+    options: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.backend}:{self.options}" if self.options else self.backend
+
+
+class Backend(Protocol):
+    """Vectors under ``int64`` internal ids; the :class:`~embedkit.index.Index` maps them to external ids.
+
+    A backend sees vectors that are already normalised when the metric needs it, and a metric of ``"ip"`` or
+    ``"l2"`` (cosine is ``"ip"`` on normalised vectors). Search results are padded with id ``-1`` and a score
+    of ``-inf`` (``ip``) or ``+inf`` (``l2``) where fewer than ``k`` vectors exist.
+    """
+
+    dim: int
+    metric: str
+
+    def __len__(self) -> int: ...
+
+    @property
+    def needs_training(self) -> bool: ...
+
+    def training_size(self, n: int) -> int:
+        """How many of ``n`` corpus vectors to train on (0: no training needed)."""
+        ...
+
+    def train(self, vectors: np.ndarray) -> None:
+        """Train on ``[s, D]`` float32 vectors."""
+        ...
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add ``[n, D]`` float32 vectors under ``[n]`` int64 ids."""
+        ...
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove the vectors of ``[m]`` int64 ids; returns how many were removed."""
+        ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``[n, D]`` queries -> ``(scores [n, k] float32, ids [n, k] int64)``, best first."""
+        ...
+
+    def set_search_params(self, params: dict[str, float]) -> None: ...
+
+    def save(self, folder: Path) -> list[str]:
+        """Write the backend's files into ``folder``; returns their names."""
+        ...
+
+    def describe(self) -> dict:
+        """What ``Index.info()`` shows about the backend."""
+        ...
+
+
+class BackendFactory(Protocol):
+    def create(self, spec: IndexSpec, dim: int, metric: str, device: str) -> Backend: ...
+
+    def load(self, folder: Path, spec: IndexSpec, dim: int, metric: str, device: str) -> Backend: ...
+
+
+BACKENDS: Registry[BackendFactory] = Registry("index backend")
+
+
+def parse_spec(spec: str | IndexSpec) -> IndexSpec:
+    """``"faiss:IVF1024,Flat"`` -> ``IndexSpec("faiss", "IVF1024,Flat")``.
+
+    Raises:
+        UnknownNameError: the backend is not registered; the message lists the valid backends.
+        ConfigError: the spec is empty.
+    """
+    if isinstance(spec, IndexSpec):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"an index spec must be a non-empty string such as 'torch' or 'faiss:HNSW32', got {spec!r}")
+    backend, _, options = spec.strip().partition(":")
+    BACKENDS.get(backend)  # an unknown backend fails here, listing the valid ones
+    return IndexSpec(backend, options.strip())
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    return metric
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ConfigError(f"unknown index device {device!r}; valid: {', '.join(DEVICES)}")
+    return device
+
+
+def backend_metric(metric: str) -> str:
+    """The metric a backend computes for a user metric: cosine is inner product on normalised vectors."""
+    return "l2" if check_metric(metric) == "l2" else "ip"
+
+
+def pad_score(metric: str) -> float:
+    """The score of an empty result slot: worse than any real score."""
+    return float("inf") if metric == "l2" else float("-inf")

@@ -1,0 +1,411 @@
+"""What an index folder holds besides the vectors: payloads in SQLite, and ``manifest.json``.
+
+An index folder::
+
+    manifest.json         embedkit version, model name and weight fingerprint, dimension, metric,
+                          normalisation, spec, count, id type, creation time, search parameters, and the
+                          size and sha256 of every other file (checked before any of them is parsed)
+    payloads.sqlite       one row per vector: internal id, external id, text, text id, metadata (JSON)
+    index.faiss           (faiss backends) written by faiss.write_index
+    vectors.safetensors   (torch backend) vectors and internal ids
+
+External ids are the corpus's own, ``int`` or ``str`` (one type per index), kept with their type: the
+``external`` column has no declared type, so SQLite stores ``1`` and ``"1"`` as different values. Internal ids
+are int64 numbers that the backend stores; they count up and are never reused.
+
+A saved folder is never changed in place: an index loaded from it reads its SQLite file read-only, copies it to
+a private working file on the first change, and :func:`write_folder` writes a whole new folder that replaces
+the old one only once complete (:func:`embedkit.fsutil.atomic_directory`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedkit.errors import ConfigError, DataError
+from embedkit.fsutil import atomic_directory
+from embedkit.index.spec import IndexFileError
+
+MANIFEST_FILE = "manifest.json"
+PAYLOADS_FILE = "payloads.sqlite"
+FORMAT = "embedkit-index"
+FORMAT_VERSION = 1
+ID_TYPES = ("int", "str")
+_SQL_VARIABLES = 900  # ids per "IN (...)" query, under SQLite's historical limit of 999 parameters
+_INT64_MAX = 2**63 - 1
+
+_SCHEMA = """
+CREATE TABLE items (
+    internal INTEGER PRIMARY KEY,
+    external NOT NULL UNIQUE,
+    text TEXT NOT NULL,
+    text_id INTEGER NOT NULL,
+    metadata TEXT
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value);
+"""
+
+
+# -- model fingerprint ---------------------------------------------------------------------------------------
+_FINGERPRINTS: WeakKeyDictionary[nn.Module, tuple[tuple, str]] = WeakKeyDictionary()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """``"sha256:<hex>"`` over the names, dtypes, shapes and bytes of ``model``'s state dict.
+
+    Cached per model; the cache key holds each tensor's storage address and version counter, which every
+    in-place update (an optimizer step) bumps, so a model trained after fingerprinting gets a new fingerprint.
+    """
+    state = model.state_dict()
+    key = tuple((name, tensor.data_ptr(), tensor._version) for name, tensor in state.items())
+    cached = _FINGERPRINTS.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    fingerprint = f"sha256:{digest.hexdigest()}"
+    _FINGERPRINTS[model] = (key, fingerprint)
+    return fingerprint
+
+
+# -- manifest ------------------------------------------------------------------------------------------------
+@dataclass
+class Manifest:
+    """The contents of ``manifest.json``; see the module docs."""
+
+    spec: str
+    metric: str
+    normalize: bool
+    dimension: int
+    model_name: str
+    model_fingerprint: str
+    count: int = 0
+    id_type: str | None = None
+    embedkit_version: str = ""
+    created: str = ""
+    search_params: dict[str, float] = field(default_factory=dict)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        body = asdict(self)
+        model = {"name": body.pop("model_name"), "fingerprint": body.pop("model_fingerprint")}
+        return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "model": model, **body}, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Manifest:
+        try:
+            body = json.loads(text)
+            if body.pop("format") != FORMAT:
+                raise ValueError("not an embedkit index manifest")
+            version = body.pop("format_version")
+            if version != FORMAT_VERSION:
+                raise ValueError(f"format version {version}; this embedkit reads version {FORMAT_VERSION}")
+            model = body.pop("model")
+            manifest = cls(model_name=model["name"], model_fingerprint=model["fingerprint"], **body)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise IndexFileError(f"{where}: not a valid index manifest ({error})") from None
+        return manifest
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """``{"bytes": size, "sha256": hex}`` of a file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for piece in iter(lambda: file.read(1 << 20), b""):
+            digest.update(piece)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
+    """The manifest of an index folder, after checking that every file it lists is intact.
+
+    Raises:
+        IndexFileError: no such folder, no manifest, an invalid manifest, or a missing, truncated or altered file.
+    """
+    root = Path(folder)
+    path = root / MANIFEST_FILE
+    if not root.is_dir():
+        raise IndexFileError(f"{root}: no such index folder")
+    if not path.is_file():
+        raise IndexFileError(f"{root}: not an index folder (no {MANIFEST_FILE})")
+    try:
+        manifest = Manifest.from_json(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError) as error:
+        raise IndexFileError(f"{path}: cannot read the manifest ({error})") from None
+    for name, expected in manifest.files.items():
+        file = root / name
+        if not file.is_file():
+            raise IndexFileError(f"{file}: missing; the index folder is incomplete")
+        if file.stat().st_size != expected.get("bytes") or file_digest(file)["sha256"] != expected.get("sha256"):
+            raise IndexFileError(f"{file}: corrupt or truncated (its size or checksum differs from the manifest)")
+    return manifest
+
+
+def write_folder(
+    path: str | os.PathLike[str], manifest: Manifest, writers: Sequence[Callable[[Path], list[str]]]
+) -> Path:
+    """Write an index folder atomically: each writer puts its files into a temporary folder and returns their
+    names; the manifest, with their checksums, goes last; then the folder replaces ``path``.
+
+    A failure at any point leaves ``path`` as it was. ``path`` must be absent, empty, or an index folder, so that
+    a typo never replaces an unrelated folder.
+    """
+    target = Path(path)
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / MANIFEST_FILE).exists())):
+        raise ConfigError(f"refusing to replace {target}: it exists and is not an embedkit index folder")
+    with atomic_directory(target) as tmp:
+        names = [name for writer in writers for name in writer(tmp)]
+        manifest.files = {name: file_digest(tmp / name) for name in names}
+        (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+    return target
+
+
+# -- payloads ------------------------------------------------------------------------------------------------
+def check_ids(ids: Sequence[Any], id_type: str | None, where: str = "corpus") -> str | None:
+    """The id type (``"int"`` or ``"str"``) of ``ids``, checked against the index's ``id_type``.
+
+    Raises:
+        DataError: an id that is neither ``int`` nor ``str``, a negative or too large int (``-1`` marks empty
+            result slots), ids of both types, ids of another type than the index holds, or a repeated id.
+    """
+    seen: set[Any] = set()
+    for value in ids:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise DataError(f"ids must be int or str, got {type(value).__name__} {value!r}", where)
+        kind = "int" if isinstance(value, int) else "str"
+        if kind == "int" and not 0 <= value <= _INT64_MAX:
+            raise DataError(f"int ids must lie in 0..2**63-1 (-1 marks empty result slots), got {value}", where)
+        if id_type is None:
+            id_type = kind
+        elif kind != id_type:
+            raise DataError(f"id {value!r} is {kind}, but the index holds {id_type} ids; use one type of id", where)
+        if value in seen:
+            raise DataError(f"id {value!r} occurs twice", where)
+        seen.add(value)
+    return id_type
+
+
+class PayloadStore:
+    """External ids, texts, text ids and metadata of an index's vectors, in SQLite, by internal id.
+
+    Keeps in memory, once needed, an array of external ids and one of text ids indexed by internal id, so
+    that mapping search results is one numpy ``take`` (the last element is the padding for id ``-1``).
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: Path, read_only: bool, workdir: Path | None) -> None:
+        self._connection = connection
+        self.path = path
+        self.read_only = read_only
+        self._workdir = workdir
+        self._externals: list[Any] | None = None
+        self._text_ids: list[int] | None = None
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        if workdir is not None:
+            weakref.finalize(self, _close_and_remove, connection, workdir)
+
+    @classmethod
+    def create(cls) -> PayloadStore:
+        """An empty store in a private working file (cheaper than memory for large corpora)."""
+        workdir = Path(tempfile.mkdtemp(prefix="embedkit-index-"))
+        connection = _working_connection(workdir / PAYLOADS_FILE)
+        connection.executescript(_SCHEMA)
+        connection.execute("INSERT INTO meta VALUES ('next_internal', 0), ('id_type', NULL)")
+        connection.commit()
+        return cls(connection, workdir / PAYLOADS_FILE, read_only=False, workdir=workdir)
+
+    @classmethod
+    def open(cls, path: Path) -> PayloadStore:
+        """A saved store, read-only until the first change."""
+        try:
+            connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+            connection.execute("SELECT internal, external, text, text_id, metadata FROM items LIMIT 1").fetchall()
+            connection.execute("SELECT value FROM meta WHERE key = 'next_internal'").fetchone()
+        except sqlite3.DatabaseError as error:
+            raise IndexFileError(f"{path}: not a readable payload database ({error})") from None
+        return cls(connection, path, read_only=True, workdir=None)
+
+    def _writable(self) -> sqlite3.Connection:
+        """The connection, after copying a read-only saved store to a private working file."""
+        if self.read_only:
+            workdir = Path(tempfile.mkdtemp(prefix="embedkit-index-"))
+            connection = _working_connection(workdir / PAYLOADS_FILE)
+            self._connection.backup(connection)
+            self._connection.close()
+            self._connection, self.path, self.read_only, self._workdir = (
+                connection,
+                workdir / PAYLOADS_FILE,
+                False,
+                workdir,
+            )
+            weakref.finalize(self, _close_and_remove, connection, workdir)
+        return self._connection
+
+    def _meta(self, key: str) -> Any:
+        return self._connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+
+    @property
+    def id_type(self) -> str | None:
+        return self._meta("id_type")
+
+    def __len__(self) -> int:
+        return int(self._connection.execute("SELECT count(*) FROM items").fetchone()[0])
+
+    def present(self, externals: Sequence[Any]) -> list[Any]:
+        """Those of ``externals`` that the store holds."""
+        found: list[Any] = []
+        for chunk in _chunks(list(externals)):
+            query = f"SELECT external FROM items WHERE external IN ({','.join('?' * len(chunk))})"
+            found.extend(row[0] for row in self._connection.execute(query, chunk))
+        return found
+
+    def internal_ids(self, externals: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+        """``([m] int64 internal ids of the externals found, the externals not found)``."""
+        wanted = list(externals)
+        found: dict[Any, int] = {}
+        for chunk in _chunks(wanted):
+            query = f"SELECT external, internal FROM items WHERE external IN ({','.join('?' * len(chunk))})"
+            found.update(self._connection.execute(query, chunk).fetchall())
+        missing = [value for value in wanted if value not in found]
+        return np.array([found[value] for value in wanted if value in found], dtype=np.int64), missing
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Changes inside are all kept or, on an exception, all undone."""
+        connection = self._writable()
+        try:
+            with connection:
+                yield
+        except BaseException:
+            # the in-memory id arrays may hold rows that were rolled back: rebuild them from SQLite when needed
+            self._externals = self._text_ids = None
+            self._arrays = None
+            raise
+
+    def insert(
+        self, externals: Sequence[Any], texts: Sequence[str], text_ids: Sequence[int], metadata: Sequence[Any]
+    ) -> np.ndarray:
+        """Add rows (inside :meth:`transaction`); returns their ``[n]`` int64 internal ids."""
+        connection = self._writable()
+        start = int(self._meta("next_internal"))
+        internal = np.arange(start, start + len(externals), dtype=np.int64)
+        id_type = check_ids(externals, self.id_type)
+        rows = [
+            (int(i), external, text, text_id, _metadata_json(external, meta))
+            for i, external, text, text_id, meta in zip(internal, externals, texts, text_ids, metadata, strict=True)
+        ]
+        taken = self.present(externals)
+        if taken:
+            raise DataError(f"id {taken[0]!r} is already in the index ({len(taken)} ids of this corpus are)")
+        connection.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?)", rows)
+        connection.execute("UPDATE meta SET value = ? WHERE key = 'next_internal'", (start + len(rows),))
+        connection.execute("UPDATE meta SET value = ? WHERE key = 'id_type'", (id_type,))
+        if self._externals is not None and self._text_ids is not None:
+            self._externals.extend(externals)
+            self._text_ids.extend(text_ids)
+        self._arrays = None
+        return internal
+
+    def delete(self, internal: np.ndarray) -> None:
+        """Delete rows by internal id (inside :meth:`transaction`)."""
+        connection = self._writable()
+        for chunk in _chunks([int(i) for i in internal]):
+            connection.execute(f"DELETE FROM items WHERE internal IN ({','.join('?' * len(chunk))})", chunk)
+        if self._externals is not None and self._text_ids is not None:
+            for i in internal:
+                self._externals[int(i)], self._text_ids[int(i)] = None, 0
+        self._arrays = None
+
+    def id_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(externals, text_ids)``, each ``[next_internal + 1]``, indexed by internal id; the last element
+        (what id ``-1`` picks) and removed ids hold the padding: ``-1`` or ``None``, and text id ``0``."""
+        if self._arrays is None:
+            if self._externals is None or self._text_ids is None:
+                size = int(self._meta("next_internal"))
+                self._externals, self._text_ids = [None] * size, [0] * size
+                for internal, external, text_id in self._connection.execute(
+                    "SELECT internal, external, text_id FROM items"
+                ):
+                    self._externals[internal], self._text_ids[internal] = external, text_id
+            if self.id_type == "int":
+                externals = np.array([-1 if e is None else e for e in self._externals] + [-1], dtype=np.int64)
+            else:
+                externals = np.empty(len(self._externals) + 1, dtype=object)
+                externals[:-1] = self._externals
+            self._arrays = externals, np.array([*self._text_ids, 0], dtype=np.int64)
+        return self._arrays
+
+    def payloads(self, internal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Texts and metadata of ``internal`` ids of any shape: two object arrays of that shape (``None`` for -1)."""
+        flat = np.asarray(internal, dtype=np.int64).reshape(-1)
+        found: dict[int, tuple[str, Any]] = {}
+        for chunk in _chunks(sorted({int(i) for i in flat if i >= 0})):
+            query = f"SELECT internal, text, metadata FROM items WHERE internal IN ({','.join('?' * len(chunk))})"
+            for i, text, meta in self._connection.execute(query, chunk):
+                found[i] = (text, None if meta is None else json.loads(meta))
+        texts = np.empty(flat.shape, dtype=object)
+        metadata = np.empty(flat.shape, dtype=object)
+        for position, i in enumerate(flat):
+            texts[position], metadata[position] = found.get(int(i), (None, None))
+        shape = np.shape(internal)
+        return texts.reshape(shape), metadata.reshape(shape)
+
+    def save(self, folder: Path) -> list[str]:
+        """Copy the database into ``folder`` (SQLite's online backup: a consistent snapshot)."""
+        target = sqlite3.connect(folder / PAYLOADS_FILE)
+        try:
+            self._connection.backup(target)
+        finally:
+            target.close()
+        return [PAYLOADS_FILE]
+
+
+def _working_connection(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path)
+    # a private working copy: a crash loses it anyway (the saved folder is the durable copy), so skip fsync;
+    # the journal stays (in memory) because transactions must still roll back
+    connection.execute("PRAGMA synchronous = OFF")
+    connection.execute("PRAGMA journal_mode = MEMORY")
+    return connection
+
+
+def _close_and_remove(connection: sqlite3.Connection, workdir: Path) -> None:
+    connection.close()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _chunks(values: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(values), _SQL_VARIABLES):
+        yield values[start : start + _SQL_VARIABLES]
+
+
+def _metadata_json(external: Any, metadata: Any) -> str | None:
+    if metadata is None:
+        return None
+    try:
+        return json.dumps(metadata, ensure_ascii=False)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"the metadata of id {external!r} is not JSON-serialisable: {error}") from None

@@ -1,0 +1,382 @@
+"""Hard-negative mining: index search -> a :class:`~embedkit.types.Scores` table -> the in-batch filter steps.
+
+For each (anchor, positive) pair the anchor's nearest corpus documents are retrieved, and each pair becomes a
+row of a score table whose target column is the positive (scored by the same encoder) and whose other
+columns are the retrieved candidates. The table then goes through the very step classes of
+:mod:`embedkit.losses.steps` that filter in-batch negatives during training (DESIGN.md, principle 2):
+
+1. :class:`~embedkit.losses.steps.MaskDuplicates`: never the anchor's or the positive's own text, nor any
+   other known positive of the anchor (candidates that are a known positive share the positive's group id);
+2. :class:`~embedkit.losses.steps.MarginFilter`: drop candidates scoring within a margin of the positive
+   (``absolute``: ``s > p - m``; ``relative``: ``s > p (1 - m)``);
+3. :class:`~embedkit.losses.steps.ScoreCeiling`: drop candidates above ``max_score``;
+4. :class:`~embedkit.losses.steps.RankWindow`: keep ranks ``start..end`` of what is left (0 = hardest);
+5. ``sampling="top"``: :class:`~embedkit.losses.steps.TopKHardest` keeps the ``num_negatives`` hardest;
+   ``"random"``: a seeded uniform sample of ``num_negatives`` of what is left.
+
+With a ``guide`` encoder (GISTEmbed), the margin and the ceiling judge the guide's similarities of the same
+pairs instead of the mined model's (``source="guide"``); ranks still follow the mined model. The order of the
+steps is that of sentence-transformers' ``mine_hard_negatives``: the rank window counts the candidates left
+after the margin and ceiling filters.
+
+Each row of the score table has its own candidates, while a :class:`Scores` table shares its ``C`` columns
+among rows; so ``R`` rows are laid out block-diagonally, ``C = R * (1 + K)``: row ``r``'s positive sits at
+column ``r (1 + K)`` followed by its ``K`` candidates, and every column outside the row's block is invalid.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from embedkit.data import Examples
+from embedkit.data.collate import text_id
+from embedkit.errors import ConfigError, DataError
+from embedkit.index import Index, build_index
+from embedkit.losses.steps import (
+    MARGIN_MODES,
+    MarginFilter,
+    MaskDuplicates,
+    RankWindow,
+    ScoreCeiling,
+    Step,
+    TopKHardest,
+    apply_steps,
+)
+from embedkit.types import Example, Kind, Scores
+
+SAMPLING = ("top", "random")
+ROWS_PER_TABLE = 64
+"""Pairs per score table; the block-diagonal table has ``64 * 64 * (1 + K)`` entries."""
+
+
+class MiningWarning(UserWarning):
+    """Some pairs found fewer negatives than asked for and were left out."""
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What the filter steps left of each pair's retrieved candidates.
+
+    Attributes:
+        internal: ``[P, K]`` int64 internal ids of the retrieved candidates of each pair's anchor, best first
+            (``-1``: fewer than ``K`` documents).
+        scores: ``[P, K]`` float32 their scores under the mined model.
+        kept: ``[P, K]`` bool, the candidates that passed every step.
+    """
+
+    internal: np.ndarray
+    scores: np.ndarray
+    kept: np.ndarray
+
+
+def mining_steps(
+    rank_range: tuple[int, int],
+    margin: tuple[str, float] | None,
+    max_score: float | None,
+    guide: bool,
+    num_negatives: int | None = None,
+) -> tuple[Step, ...]:
+    """The filter steps of a mining run, in order (see the module docs); ``num_negatives`` adds
+    :class:`TopKHardest` (``sampling="top"``)."""
+    source = "guide" if guide else "values"
+    steps: list[Step] = [MaskDuplicates()]
+    if margin is not None:
+        mode, value = margin
+        if mode not in MARGIN_MODES:
+            raise ConfigError(f"unknown margin mode {mode!r}; valid: {', '.join(MARGIN_MODES)}")
+        steps.append(MarginFilter(value, mode, source))  # type: ignore[arg-type]  # checked just above
+    if max_score is not None:
+        steps.append(ScoreCeiling(max_score, source))  # type: ignore[arg-type]
+    steps.append(RankWindow(*rank_range))
+    if num_negatives is not None:
+        steps.append(TopKHardest(num_negatives))
+    return tuple(steps)
+
+
+def candidate_table(
+    positive_scores: Tensor,
+    candidate_scores: Tensor,
+    anchor_groups: Tensor,
+    positive_groups: Tensor,
+    candidate_groups: Tensor,
+    candidate_valid: Tensor,
+    guide_positive_scores: Tensor | None = None,
+    guide_candidate_scores: Tensor | None = None,
+) -> Scores:
+    """A block-diagonal score table of ``R`` rows with ``K`` candidates each (see the module docs).
+
+    Args:
+        positive_scores: ``[R]`` score of each row's positive.
+        candidate_scores: ``[R, K]`` scores of each row's candidates.
+        anchor_groups: ``[R]`` text ids of the anchors.
+        positive_groups: ``[R]`` text ids of the positives.
+        candidate_groups: ``[R, K]`` text ids of the candidates (a known positive carries the positive's id).
+        candidate_valid: ``[R, K]`` bool, false for empty result slots.
+        guide_positive_scores: ``[R]`` the guide's scores of the positives, or ``None``.
+        guide_candidate_scores: ``[R, K]`` the guide's scores of the candidates, or ``None``.
+
+    Returns:
+        A :class:`Scores` of shape ``[R, R * (1 + K)]`` whose row ``r`` has its target at column ``r * (1 + K)``.
+    """
+    rows, width = candidate_scores.shape[0], candidate_scores.shape[1] + 1
+    diagonal = torch.arange(rows)
+
+    def blocks(own: Tensor, fill: float | bool) -> Tensor:
+        table = torch.full((rows, rows, width), fill, dtype=own.dtype)
+        table[diagonal, diagonal] = own
+        return table.reshape(rows, rows * width)
+
+    values = blocks(torch.cat([positive_scores[:, None], candidate_scores], dim=1), float("-inf"))
+    valid = blocks(torch.cat([torch.ones(rows, 1, dtype=torch.bool), candidate_valid], dim=1), False)
+    guide = None
+    if guide_positive_scores is not None and guide_candidate_scores is not None:
+        guide = blocks(torch.cat([guide_positive_scores[:, None], guide_candidate_scores], dim=1), float("-inf"))
+    return Scores(
+        values=values,
+        targets=diagonal * width,
+        valid=valid,
+        log_weights=torch.zeros_like(values),
+        anchor_groups=anchor_groups,
+        candidate_groups=torch.cat([positive_groups[:, None], candidate_groups], dim=1).reshape(-1),
+        guide=guide,
+    )
+
+
+def _own_block(table: Tensor, width: int) -> Tensor:
+    """``[R, R * width] -> [R, width - 1]``: each row's own candidate columns (without the positive)."""
+    rows = table.shape[0]
+    diagonal = torch.arange(rows)
+    return table.reshape(rows, rows, width)[diagonal, diagonal][:, 1:]
+
+
+def _pairs(pairs: Sequence[Any]) -> list[Example]:
+    """``pairs`` as examples: :class:`Examples` of kind pairs or triplets, examples, or (anchor, positive)."""
+    kind = getattr(pairs, "kind", None)
+    if kind is not None and kind not in (Kind.PAIRS, Kind.TRIPLETS):
+        raise DataError(f"mining needs (anchor, positive) pairs; got examples of kind {Kind(kind).value!r}")
+    rows = []
+    for position, pair in enumerate(pairs):
+        if isinstance(pair, Example):
+            rows.append(pair)
+        elif isinstance(pair, tuple | list) and len(pair) == 2 and all(isinstance(text, str) for text in pair):
+            rows.append(Example(anchor=pair[0], positive=pair[1]))
+        else:
+            raise DataError(
+                f"pair {position}: expected an Example or an (anchor, positive) tuple of texts, got {pair!r:.80}"
+            )
+    if not rows:
+        raise DataError("no pairs to mine negatives for")
+    return rows
+
+
+def _encode(encoder: Any, texts: list[str], normalize: bool, batch_size: int) -> np.ndarray:
+    return encoder.encode(texts, batch_size=batch_size, normalize=normalize, show_progress=None)
+
+
+def filter_candidates(
+    encoder: Any,
+    pairs: Sequence[Any],
+    index: Index,
+    steps: Sequence[Step],
+    k: int,
+    *,
+    guide: Any = None,
+    batch_size: int = 64,
+    rows_per_table: int = ROWS_PER_TABLE,
+    show_progress: bool | None = None,
+) -> Candidates:
+    """Retrieve ``k`` candidates per anchor from ``index`` and run each pair's score table through ``steps``.
+
+    Each distinct anchor and positive is encoded once, and each distinct anchor searched once. See
+    :func:`mine_hard_negatives` for the arguments.
+    """
+    rows = _pairs(pairs)
+    if index.manifest.metric == "l2":
+        raise ConfigError("mining compares similarities; build the index with metric 'cosine' or 'ip', not 'l2'")
+    index.check_encoder(encoder)
+    normalize = index.manifest.normalize
+    anchors = list(dict.fromkeys(row.anchor for row in rows))
+    positives = list(dict.fromkeys(row.positive for row in rows))
+    anchor_of = {text: i for i, text in enumerate(anchors)}
+    positive_of = {text: i for i, text in enumerate(positives)}
+    pair_anchor = np.array([anchor_of[row.anchor] for row in rows])
+    pair_positive = np.array([positive_of[row.positive] for row in rows])
+
+    anchor_vectors = _encode(encoder, anchors, normalize, batch_size)
+    positive_vectors = _encode(encoder, positives, normalize, batch_size)
+    scores, internal = index.search_internal(anchor_vectors, min(k, max(len(index), 1)), show_progress=show_progress)
+    _, text_ids = index.store.id_arrays()
+    groups = text_ids[internal]  # [A, K]
+    # a candidate that is a known positive of the anchor takes the group of the row's positive, so that
+    # MaskDuplicates drops it as it drops the positive itself
+    positive_ids = np.array([text_id(text) for text in positives], dtype=np.int64)
+    known = np.zeros(groups.shape, dtype=bool)
+    for anchor, positive in {(int(a), int(p)) for a, p in zip(pair_anchor, pair_positive, strict=True)}:
+        known[anchor] |= groups[anchor] == positive_ids[positive]
+    positive_scores = np.einsum("pd,pd->p", anchor_vectors[pair_anchor], positive_vectors[pair_positive])
+
+    guide_positive = guide_candidates = None
+    if guide is not None:
+        guide_positive, guide_candidates = _guide_scores(
+            guide, anchors, positives, internal, index, pair_anchor, pair_positive, batch_size
+        )
+
+    anchor_groups = torch.tensor([text_id(text) for text in anchors], dtype=torch.long)
+    kept = np.zeros((len(rows), internal.shape[1]), dtype=bool)
+    progress = tqdm(
+        total=len(rows),
+        desc="mining",
+        unit="pair",
+        disable=not (len(rows) >= 2048 if show_progress is None else show_progress),
+    )
+    for start in range(0, len(rows), rows_per_table):
+        part = slice(start, start + rows_per_table)
+        a, p = pair_anchor[part], pair_positive[part]
+        row_groups = np.where(known[a], positive_ids[p][:, None], groups[a])
+        table = candidate_table(
+            positive_scores=torch.from_numpy(positive_scores[part]).float(),
+            candidate_scores=torch.from_numpy(scores[a]).float(),
+            anchor_groups=anchor_groups[a],
+            positive_groups=torch.from_numpy(positive_ids[p]),
+            candidate_groups=torch.from_numpy(row_groups),
+            candidate_valid=torch.from_numpy(internal[a] >= 0),
+            guide_positive_scores=None if guide_positive is None else torch.from_numpy(guide_positive[part]),
+            guide_candidate_scores=None if guide_candidates is None else torch.from_numpy(guide_candidates[part]),
+        )
+        filtered = apply_steps(table, steps)
+        kept[part] = _own_block(filtered.valid, internal.shape[1] + 1).numpy()
+        progress.update(len(a))
+    progress.close()
+    return Candidates(internal=internal[pair_anchor], scores=scores[pair_anchor], kept=kept)
+
+
+def _guide_scores(
+    guide: Any,
+    anchors: list[str],
+    positives: list[str],
+    internal: np.ndarray,
+    index: Index,
+    pair_anchor: np.ndarray,
+    pair_positive: np.ndarray,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The guide's cosine similarities: ``([P] anchor-positive, [P, K] anchor-candidate)``.
+
+    Only the distinct retrieved candidates are embedded by the guide, not the whole corpus.
+    """
+    distinct, inverse = np.unique(internal, return_inverse=True)
+    texts, _ = index.store.payloads(distinct)
+    present = distinct >= 0
+    candidate_vectors = np.zeros((len(distinct), guide.dim), dtype=np.float32)
+    candidate_vectors[present] = _encode(guide, [str(t) for t in texts[present]], True, batch_size)
+    anchor_vectors = _encode(guide, anchors, True, batch_size)
+    positive_vectors = _encode(guide, positives, True, batch_size)
+    positive = np.einsum("pd,pd->p", anchor_vectors[pair_anchor], positive_vectors[pair_positive])
+    per_anchor = np.einsum("ad,akd->ak", anchor_vectors, candidate_vectors[inverse.reshape(internal.shape)])
+    return positive.astype(np.float32), per_anchor[pair_anchor].astype(np.float32)
+
+
+def mine_hard_negatives(
+    encoder: Any,
+    pairs: Sequence[Any],
+    corpus: Index | Any = None,
+    *,
+    num_negatives: int = 5,
+    rank_range: tuple[int, int] = (10, 100),
+    margin: tuple[str, float] | None = ("relative", 0.05),
+    max_score: float | None = None,
+    guide: Any = None,
+    sampling: str = "top",
+    seed: int = 0,
+    spec: str = "torch",
+    batch_size: int = 64,
+    show_progress: bool | None = None,
+) -> Examples:
+    """Mine ``num_negatives`` hard negatives for each (anchor, positive) pair; returns triplets.
+
+    Args:
+        encoder: the encoder whose embeddings rank the candidates.
+        pairs: :class:`~embedkit.data.Examples` of kind pairs (or triplets: their negatives are replaced), a
+            list of :class:`~embedkit.types.Example`, or ``(anchor, positive)`` tuples.
+        corpus: an :class:`~embedkit.index.Index` built by ``encoder``; or a corpus to index with ``spec``
+            (anything :func:`~embedkit.index.build_index` takes); ``None`` indexes the distinct positives.
+        num_negatives: negatives per pair; pairs that keep fewer are left out (with a :class:`MiningWarning`).
+        rank_range: ``(start, end)``: candidates ranked ``start <= rank < end`` among those left by the filters.
+        margin: ``("relative", m)`` or ``("absolute", m)`` against the positive's score, or ``None``.
+        max_score: drop candidates scoring above this, or ``None``.
+        guide: an encoder whose similarities the margin and ceiling judge instead (GISTEmbed), or ``None``.
+        sampling: ``"top"`` (the hardest) or ``"random"`` (seeded, uniform over what the filters left).
+        seed: seed of the random sampling.
+        spec: index spec when ``corpus`` is not an index.
+        batch_size: encoding batch size.
+        show_progress: progress bars; by default for large inputs.
+
+    Returns:
+        :class:`~embedkit.data.Examples` of kind triplets; each row has the pair's anchor and positive and a
+        ``negatives`` tuple of ``num_negatives`` texts, hardest first.
+    """
+    if sampling not in SAMPLING:
+        raise ConfigError(f"unknown sampling {sampling!r}; valid: {', '.join(SAMPLING)}")
+    start, end = rank_range
+    if num_negatives < 1:
+        raise ConfigError(f"num_negatives must be at least 1, got {num_negatives}")
+    if num_negatives > end - start:
+        raise ConfigError(f"cannot keep {num_negatives} negatives from the rank window {start}:{end}")
+    steps = mining_steps(rank_range, margin, max_score, guide is not None, num_negatives if sampling == "top" else None)
+    rows = _pairs(pairs)
+    if isinstance(corpus, Index):
+        index = corpus
+    else:
+        documents = list(dict.fromkeys(row.positive for row in rows)) if corpus is None else corpus
+        index = build_index(
+            encoder, documents, spec=spec, metric="cosine", batch_size=batch_size, show_progress=show_progress
+        )
+    # room for the window, plus what MaskDuplicates removes: the anchor's text and its known positives
+    most_positives = max(np.unique([row.anchor for row in rows], return_counts=True)[1])
+    k = end + int(most_positives) + 1
+    found = filter_candidates(
+        encoder, rows, index, steps, k, guide=guide, batch_size=batch_size, show_progress=show_progress
+    )
+    chosen = _choose(found, num_negatives, sampling, seed)  # [P, n] internal ids, -1 where too few
+    texts, _ = index.store.payloads(chosen)
+    triplets = [
+        Example(anchor=row.anchor, positive=row.positive, negatives=tuple(negatives), source=row.source)
+        for row, negatives, complete in zip(rows, texts, (chosen >= 0).all(axis=1), strict=True)
+        if complete
+    ]
+    if len(triplets) < len(rows):
+        warnings.warn(
+            f"{len(rows) - len(triplets)} of {len(rows)} pairs kept fewer than {num_negatives} negatives after the "
+            f"filters and were left out; widen the rank window, loosen the margin or the ceiling, or ask for fewer",
+            MiningWarning,
+            stacklevel=2,
+        )
+    return Examples(triplets, Kind.TRIPLETS)
+
+
+def _choose(found: Candidates, count: int, sampling: str, seed: int) -> np.ndarray:
+    """``[P, count]`` internal ids of the chosen negatives, hardest first; ``-1`` pads rows with too few.
+
+    The candidates are in score order already (best first), so the kept ones in column order are hardest
+    first; random sampling draws among the kept columns and restores that order.
+    """
+    kept = torch.from_numpy(found.kept)
+    if sampling == "random":
+        keys = torch.rand(kept.shape, generator=torch.Generator().manual_seed(seed)).masked_fill(~kept, -1.0)
+    else:
+        keys = kept.float() - torch.arange(kept.shape[1]) / (kept.shape[1] + 1)  # kept first, then by column
+    width = min(count, kept.shape[1])
+    columns = keys.topk(width, dim=1).indices.sort(dim=1).values
+    chosen = np.take_along_axis(found.internal, columns.numpy(), axis=1)
+    chosen[~np.take_along_axis(found.kept, columns.numpy(), axis=1)] = -1
+    if width < count:
+        chosen = np.pad(chosen, ((0, 0), (0, count - width)), constant_values=-1)
+    return chosen

@@ -1,0 +1,205 @@
+"""``embedkit index | search | mine`` end to end on the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from embedkit.cli import main
+
+DOCS = [
+    {"_id": "a", "title": "Cats", "text": "the cat sat on the mat"},
+    {"_id": "b", "title": "", "text": "a dog runs in the park"},
+    {"_id": "c", "text": "the sun rises in the east"},
+    {"_id": "d", "text": "rain falls on the green hills"},
+    {"_id": "e", "text": "she plays the piano every evening"},
+    {"_id": "f", "text": "he reads a book about old ships"},
+    {"_id": "g", "text": "the train leaves at noon"},
+    {"_id": "h", "text": "children build a castle of sand"},
+]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_jsonl(path, rows) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    write_jsonl(tmp_path / "corpus.jsonl", DOCS[:6])
+    write_jsonl(tmp_path / "more.jsonl", DOCS[6:])
+    return tmp_path
+
+
+@pytest.mark.parametrize("spec", ["torch", "faiss:HNSW8"])
+def test_build_search_add_remove_info(capsys, tiny_model_path, corpus, spec) -> None:
+    index = corpus / "idx"
+    code, out, _ = run(
+        capsys,
+        "index",
+        "build",
+        "--model",
+        tiny_model_path,
+        "--corpus",
+        corpus / "corpus.jsonl",
+        "--out",
+        index,
+        "--spec",
+        spec,
+        "--precision",
+        "fp32",
+        "--json",
+    )
+    assert code == 0 and json.loads(out)["count"] == 6 and json.loads(out)["spec"] == spec
+
+    code, out, _ = run(capsys, "search", index, "the cat sat on the mat", "-k", "3", "--precision", "fp32", "--json")
+    hits = json.loads(out)
+    assert code == 0 and [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["id"] == "a" and hits[0]["text"] == "Cats the cat sat on the mat"
+    code, out, _ = run(capsys, "search", index, "the cat sat on the mat", "-k", "2")
+    assert code == 0 and out.splitlines()[0].split()[:2] == ["1", "a"]
+
+    code, out, _ = run(capsys, "index", "add", index, "--corpus", corpus / "more.jsonl", "--json")
+    assert code == 0 and json.loads(out) == {"index": str(index), "added": 2, "count": 8}
+    (corpus / "ids.txt").write_text("a\n\nb\n")
+    code, out, _ = run(capsys, "index", "remove", index, "--ids", corpus / "ids.txt", "--json")
+    assert code == 0 and json.loads(out)["count"] == 6
+
+    code, out, _ = run(capsys, "index", "info", index, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["count"] == 6 and info["model"]["name"] == str(tiny_model_path)
+    code, out, _ = run(capsys, "index", "info", index)
+    assert code == 0 and "count             6" in out
+
+    write_jsonl(
+        corpus / "queries.jsonl", [{"_id": "q1", "text": "the train leaves"}, {"_id": "q2", "text": "sand castle"}]
+    )
+    code, out, _ = run(
+        capsys,
+        "search",
+        index,
+        "--queries",
+        corpus / "queries.jsonl",
+        "-k",
+        "10",
+        "--output",
+        corpus / "run.jsonl",
+        "--json",
+    )
+    run_rows = [json.loads(line) for line in (corpus / "run.jsonl").read_text().splitlines()]
+    assert code == 0 and json.loads(out)["queries"] == 2 and [row["query_id"] for row in run_rows] == ["q1", "q2"]
+    assert all(len(row["ids"]) == 6 and "a" not in row["ids"] for row in run_rows)  # 6 documents left, padding dropped
+
+
+def test_errors_are_one_line(capsys, tiny_model_path, corpus) -> None:
+    index = corpus / "idx"
+    code, _, err = run(
+        capsys,
+        "index",
+        "build",
+        "--model",
+        tiny_model_path,
+        "--corpus",
+        corpus / "corpus.jsonl",
+        "--out",
+        index,
+        "--spec",
+        "annoy",
+    )
+    assert code == 2 and "unknown index backend 'annoy'; valid names: faiss, torch" in err
+    code, _, err = run(
+        capsys,
+        "index",
+        "build",
+        "--model",
+        tiny_model_path,
+        "--corpus",
+        corpus / "corpus.jsonl",
+        "--out",
+        index,
+        "--spec",
+        "faiss:IVF64,Flat",
+    )
+    assert code == 2 and "trains 64 IVF lists" in err and err.count("\n") == 1
+    run(capsys, "index", "build", "--model", tiny_model_path, "--corpus", corpus / "corpus.jsonl", "--out", index)
+    (corpus / "ids.txt").write_text("zzz\n")
+    code, _, err = run(capsys, "index", "remove", index, "--ids", corpus / "ids.txt")
+    assert code == 2 and "not in the index" in err
+    (index / "vectors.safetensors").write_bytes(b"broken")
+    code, _, err = run(capsys, "index", "info", index)
+    assert code == 2 and "corrupt or truncated" in err
+    code, _, err = run(capsys, "search", index)
+    assert code == 2 and "give either a query text or --queries" in err
+
+
+def test_mine_triplets(capsys, tiny_model_path, corpus) -> None:
+    pairs = [{"anchor": d["text"], "positive": d["text"].split()[-1] + " " + d["text"]} for d in DOCS[:4]]
+    write_jsonl(corpus / "pairs.jsonl", pairs)
+    code, out, _ = run(
+        capsys,
+        "mine",
+        "--model",
+        tiny_model_path,
+        "--pairs",
+        corpus / "pairs.jsonl",
+        "--corpus",
+        corpus / "corpus.jsonl",
+        "--out",
+        corpus / "triplets.jsonl",
+        "--negatives",
+        "2",
+        "--range",
+        "0:5",
+        "--margin",
+        "none",
+        "--max-score",
+        "0.9999",
+        "--sampling",
+        "random",
+        "--json",
+    )
+    summary = json.loads(out)
+    rows = [json.loads(line) for line in (corpus / "triplets.jsonl").read_text().splitlines()]
+    assert code == 0 and summary["pairs"] == 4 and summary["triplets"] == len(rows) == 4 - summary["left_out"]
+    assert all(len(row["negatives"]) == 2 and row["anchor"] not in row["negatives"] for row in rows)
+
+    index = corpus / "idx"
+    run(capsys, "index", "build", "--model", tiny_model_path, "--corpus", corpus / "corpus.jsonl", "--out", index)
+    code, out, _ = run(
+        capsys,
+        "mine",
+        "--model",
+        tiny_model_path,
+        "--pairs",
+        corpus / "pairs.jsonl",
+        "--index",
+        index,
+        "--out",
+        corpus / "t2.jsonl",
+        "--negatives",
+        "1",
+        "--range",
+        "0:3",
+        "--margin",
+        "absolute:0.0",
+    )
+    assert code == 0 and out.startswith("wrote ")
+    code, _, err = run(
+        capsys,
+        "mine",
+        "--model",
+        tiny_model_path,
+        "--pairs",
+        corpus / "pairs.jsonl",
+        "--out",
+        corpus / "t3.jsonl",
+        "--range",
+        "5",
+    )
+    assert code == 2 and "a rank range" in err
