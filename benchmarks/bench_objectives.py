@@ -202,7 +202,7 @@ def read_curve(log_path: Path) -> dict[str, list]:
         record = json.loads(line)
         if "loss" in record:
             curve["loss_step"].append(record["step"])
-            curve["loss"].append(round(record["loss"], 5))
+            curve["loss"].append(float(f"{record['loss']:.6g}"))  # significant digits: losses near 0 matter
         if "eval" in record:
             curve["dev_step"].append(record["step"])
             curve["dev"].append(round(record["eval"]["spearman"], 2))
