@@ -27,8 +27,9 @@ column ``r (1 + K)`` followed by its ``K`` candidates, and every column outside 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 from embedkit.data import Examples
 from embedkit.data.collate import text_id
 from embedkit.errors import ConfigError, DataError
-from embedkit.index import Index, build_index
+from embedkit.index import Index, as_corpus, build_index
 from embedkit.losses.steps import (
     MARGIN_MODES,
     MarginFilter,
@@ -189,20 +190,23 @@ def filter_candidates(
     k: int,
     *,
     guide: Any = None,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
     batch_size: int = 64,
     rows_per_table: int = ROWS_PER_TABLE,
     show_progress: bool | None = None,
 ) -> Candidates:
     """Retrieve ``k`` candidates per anchor from ``index`` and run each pair's score table through ``steps``.
 
-    Each distinct anchor and positive is encoded once, and each distinct anchor searched once. See
-    :func:`mine_hard_negatives` for the arguments.
+    Each distinct anchor and positive is embedded once (by ``embed``, which returns ``[n, D]`` embeddings as the
+    index stores them; by default ``encoder.encode``), and each distinct anchor searched once. See
+    :func:`mine_hard_negatives` for the other arguments.
     """
     rows = _pairs(pairs)
     if index.manifest.metric == "l2":
         raise ConfigError("mining compares similarities; build the index with metric 'cosine' or 'ip', not 'l2'")
     index.check_encoder(encoder)
-    normalize = index.manifest.normalize
+    if embed is None:
+        embed = partial(_encode, encoder, normalize=index.manifest.normalize, batch_size=batch_size)
     anchors = list(dict.fromkeys(row.anchor for row in rows))
     positives = list(dict.fromkeys(row.positive for row in rows))
     anchor_of = {text: i for i, text in enumerate(anchors)}
@@ -210,8 +214,8 @@ def filter_candidates(
     pair_anchor = np.array([anchor_of[row.anchor] for row in rows])
     pair_positive = np.array([positive_of[row.positive] for row in rows])
 
-    anchor_vectors = _encode(encoder, anchors, normalize, batch_size)
-    positive_vectors = _encode(encoder, positives, normalize, batch_size)
+    anchor_vectors = embed(anchors)
+    positive_vectors = embed(positives)
     scores, internal = index.search_internal(anchor_vectors, min(k, max(len(index), 1)), show_progress=show_progress)
     _, text_ids = index.store.id_arrays()
     groups = text_ids[internal]  # [A, K]
@@ -332,18 +336,16 @@ def mine_hard_negatives(
         raise ConfigError(f"cannot keep {num_negatives} negatives from the rank window {start}:{end}")
     steps = mining_steps(rank_range, margin, max_score, guide is not None, num_negatives if sampling == "top" else None)
     rows = _pairs(pairs)
+    embed = None
     if isinstance(corpus, Index):
         index = corpus
     else:
-        documents = list(dict.fromkeys(row.positive for row in rows)) if corpus is None else corpus
-        index = build_index(
-            encoder, documents, spec=spec, metric="cosine", batch_size=batch_size, show_progress=show_progress
-        )
+        index, embed = _index_with_embeddings(encoder, rows, corpus, spec, batch_size, show_progress)
     # room for the window, plus what MaskDuplicates removes: the anchor's text and its known positives
     most_positives = max(np.unique([row.anchor for row in rows], return_counts=True)[1])
     k = end + int(most_positives) + 1
     found = filter_candidates(
-        encoder, rows, index, steps, k, guide=guide, batch_size=batch_size, show_progress=show_progress
+        encoder, rows, index, steps, k, guide=guide, embed=embed, batch_size=batch_size, show_progress=show_progress
     )
     chosen = _choose(found, num_negatives, sampling, seed)  # [P, n] internal ids, -1 where too few
     texts, _ = index.store.payloads(chosen)
@@ -360,6 +362,33 @@ def mine_hard_negatives(
             stacklevel=2,
         )
     return Examples(triplets, Kind.TRIPLETS)
+
+
+def _index_with_embeddings(
+    encoder: Any, rows: list[Example], corpus: Any, spec: str, batch_size: int, show_progress: bool | None
+) -> tuple[Index, Callable[[list[str]], np.ndarray]]:
+    """Index ``corpus`` (``None``: the distinct positives), embedding every distinct text of the corpus, the
+    anchors and the positives once: positives are usually corpus documents, and embedding is most of the cost.
+
+    Returns the index and a lookup of the anchors' and positives' embeddings. The corpus's embeddings are held in
+    memory together, as in sentence-transformers' miner; to mine a corpus too large for that, build the index
+    with :func:`~embedkit.index.build_index` (chunked) and pass it instead.
+    """
+    positives = list(dict.fromkeys(row.positive for row in rows))
+    documents = list(as_corpus(positives if corpus is None else corpus))
+    texts = list(dict.fromkeys([*(d.text for d in documents), *(row.anchor for row in rows), *positives]))
+    vectors = _encode(encoder, texts, normalize=True, batch_size=batch_size)
+    row_of = {text: i for i, text in enumerate(texts)}
+    index = build_index(
+        encoder,
+        documents,
+        spec=spec,
+        metric="cosine",
+        embeddings=vectors[[row_of[d.text] for d in documents]],
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
+    return index, lambda wanted: vectors[[row_of[text] for text in wanted]]
 
 
 def _choose(found: Candidates, count: int, sampling: str, seed: int) -> np.ndarray:

@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from embedkit.errors import ConfigError
+from embedkit.index.arrays import aligned
 from embedkit.index.spec import BACKENDS, IndexFileError, IndexSpec, IndexWarning, pad_score
 
 INDEX_FILE = "index.faiss"
@@ -281,7 +282,7 @@ class FaissBackend:
         return self._gpu_index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, ids = self._searcher(k).search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        scores, ids = self._searcher(k).search(aligned(queries), k)
         scores[ids < 0] = pad_score(self.metric)  # faiss pads with -1 ids and +-FLT_MAX
         return scores, ids
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from embedkit.data.collate import text_id
 from embedkit.errors import ConfigError, DataError
+from embedkit.index.arrays import normalized
 from embedkit.index.corpus import Corpus, as_corpus, batched
 from embedkit.index.spec import (
     BACKENDS,
@@ -78,12 +79,6 @@ def _embedkit_version() -> str:
         return version("embedkit")
     except PackageNotFoundError:
         return "0.0.0+unknown"
-
-
-def _normalized(vectors: np.ndarray) -> np.ndarray:
-    """``[n, D]`` rows scaled to unit length (zero rows stay zero)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
 def _progress(total: int, description: str, show: bool | None) -> tqdm:
@@ -148,7 +143,7 @@ class Index:
         """Given vectors as float32, normalised when the metric is cosine; checks the dimension."""
         vectors = np.asarray(vectors, dtype=np.float32)
         self._check_dimension(vectors)
-        return _normalized(vectors) if self.manifest.normalize else np.ascontiguousarray(vectors)
+        return normalized(vectors) if self.manifest.normalize else np.ascontiguousarray(vectors)
 
     def add(
         self,
@@ -192,10 +187,8 @@ class Index:
             self._check_dimension(embeddings)
             if len(embeddings) != len(ids):
                 raise DataError(f"{len(embeddings)} embeddings for {len(ids)} documents", documents.name)
-        sample_positions, sample_vectors = (
-            np.zeros(0, dtype=np.int64),
-            np.zeros((0, self.manifest.dimension), np.float32),
-        )
+        sample_positions = np.zeros(0, dtype=np.int64)
+        sample_vectors = np.zeros((0, self.manifest.dimension), dtype=np.float32)
         if self.backend.needs_training:
             sample_positions, sample_vectors = self._train(
                 documents, len(ids), embeddings, batch_size, seed, show_progress

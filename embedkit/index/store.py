@@ -47,7 +47,6 @@ MANIFEST_FILE = "manifest.json"
 PAYLOADS_FILE = "payloads.sqlite"
 FORMAT = "embedkit-index"
 FORMAT_VERSION = 1
-ID_TYPES = ("int", "str")
 _SQL_VARIABLES = 900  # ids per "IN (...)" query, under SQLite's historical limit of 999 parameters
 _INT64_MAX = 2**63 - 1
 

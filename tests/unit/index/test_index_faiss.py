@@ -10,6 +10,7 @@ import pytest
 
 from embedkit.errors import ConfigError
 from embedkit.index import IndexWarning, exact_search
+from embedkit.index.arrays import aligned, normalized
 from embedkit.index.faiss_backend import FaissBackend
 from embedkit.index.spec import IndexSpec
 
@@ -138,3 +139,16 @@ def test_save_and_load_keep_ids_and_parameters(clustered, tmp_path) -> None:
     loaded.set_search_params({"nprobe": 8})
     np.testing.assert_array_equal(loaded.search(queries, 5)[1], backend.search(queries, 5)[1])
     assert loaded.describe()["nlist"] == 16 and loaded.describe()["faiss_class"] == "IndexIVFFlat"
+
+
+def test_queries_reach_faiss_aligned_to_64_bytes() -> None:
+    buffer = np.zeros(4 * 8 * 4 + 64, dtype=np.uint8)
+    offset = (16 - buffer.ctypes.data) % 64  # a float32 [4, 8] array 16 bytes past a cache line
+    misaligned = buffer[offset : offset + 128].view(np.float32).reshape(4, 8)
+    misaligned[...] = np.arange(32, dtype=np.float32).reshape(4, 8)
+    copy = aligned(misaligned)
+    assert copy.ctypes.data % 64 == 0 and copy.flags["C_CONTIGUOUS"] and (copy == misaligned).all()
+    assert aligned(copy) is copy  # no copy when there is nothing to fix
+    unit = normalized(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    assert unit.dtype == np.float32 and unit.ctypes.data % 64 == 0
+    np.testing.assert_allclose(unit, [[0.6, 0.8], [0.0, 0.0]])
