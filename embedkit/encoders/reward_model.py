@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from embedkit.encoders.sentence_transformer import _looks_like_local_path
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.precision import autocast, resolve_precision
 
@@ -164,6 +166,8 @@ def load_reward_model_encoder(
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    if _looks_like_local_path(name) and not Path(name).exists():
+        raise EmbedkitError(f"model folder not found: {name}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForSequenceClassification.from_pretrained(name).to(device)

@@ -91,7 +91,10 @@ def test_our_own_reward_model_loads_as_its_encoder(tiny_model_path, tmp_path) ->
 
 
 def test_bad_names_are_clear_errors(tmp_path) -> None:
-    with pytest.raises(EmbedkitError, match="cannot load"):
+    with pytest.raises(EmbedkitError, match="model folder not found"):
         load_reward_model_encoder(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmbedkitError, match="cannot load"):
+        load_reward_model_encoder(tmp_path / "empty")
     with pytest.raises(ConfigError, match="pooling"):
         load_reward_model_encoder(tmp_path / "missing", pooling="max")
