@@ -53,9 +53,15 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """The dev set evaluated during training (how often: ``train.eval_steps``); the best model is kept."""
+    """The dev sets evaluated during training (how often: ``train.eval_steps``); the best model is kept.
+
+    ``sts``: an STS file (Spearman). ``preference``: a preference file (accuracy), scored by the reward head when
+    the loss is ``reward-bt`` and by prompt-reply similarity otherwise. With both, STS picks the best model, the
+    preference metrics are logged beside it, and metric names get the prefixes ``sts/`` and ``preference/``.
+    """
 
     sts: str | None = None
+    preference: str | None = None
 
 
 @dataclass(frozen=True)

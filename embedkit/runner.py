@@ -5,15 +5,34 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
-from embedkit.config import RunConfig, config_to_dict
+from embedkit.config import EvalConfig, RunConfig, config_to_dict
 from embedkit.data import read_examples
 from embedkit.encoders import load_encoder
 from embedkit.errors import ConfigError
-from embedkit.eval import STSEvaluator
+from embedkit.eval import CombinedEvaluator, Evaluator, STSEvaluator
+from embedkit.eval.preference import PreferenceEvaluator
 from embedkit.fsutil import atomic_write_bytes
 from embedkit.losses import LOSSES
+from embedkit.preference.reward import RewardModelObjective
 from embedkit.train import FitResult, fit
+
+
+def dev_evaluator(config: EvalConfig, loss: Any) -> Evaluator | None:
+    """The evaluator of a recipe's ``[eval]`` section for training with ``loss``; ``None`` when it names no set."""
+    evaluators: dict[str, Evaluator] = {}
+    if config.sts:
+        evaluators["sts"] = STSEvaluator(config.sts)
+    if config.preference:
+        evaluators["preference"] = (
+            PreferenceEvaluator(config.preference, mode="reward", reward_head=loss.head)
+            if isinstance(loss, RewardModelObjective)
+            else PreferenceEvaluator(config.preference)
+        )
+    if len(evaluators) < 2:
+        return next(iter(evaluators.values()), None)
+    return CombinedEvaluator(evaluators)
 
 
 def run_training(config: RunConfig, show_progress: bool = True) -> FitResult:
@@ -38,7 +57,7 @@ def run_training(config: RunConfig, show_progress: bool = True) -> FitResult:
             f"loss {spec.name!r} takes {', '.join(k.value for k in spec.kinds)} data, "
             f"but {config.data.path} is {kind.value}"
         )
-    evaluator = STSEvaluator(config.eval.sts) if config.eval.sts else None
+    evaluator = dev_evaluator(config.eval, loss)
     encoder = load_encoder(
         config.model.name,
         pooling=config.model.pooling,

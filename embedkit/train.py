@@ -248,6 +248,14 @@ def _truncate_log(path: Path, after_step: int) -> None:
     atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
 
+def _save_model(encoder: Encoder, loss: nn.Module, path: Path) -> None:
+    """The encoder and the heads its objective trained beside it (a reward head, DiffCSE's), in one atomic save."""
+    with atomic_directory(path) as tmp:
+        encoder.save(tmp)
+        if isinstance(loss, Objective):
+            loss.save_heads(tmp)
+
+
 def fit(
     encoder: Encoder,
     examples: Sequence[Example],
@@ -338,7 +346,7 @@ def fit(
         if run.best_score is None or score > run.best_score:
             run.best_score, run.best_step = score, run.step
             if main_process:
-                encoder.save(run.output_dir / "best")
+                _save_model(encoder, loss, run.output_dir / "best")
         distributed.barrier()
 
     if evaluator is not None and settings.eval_at_start and run.step == 0:
@@ -376,7 +384,7 @@ def fit(
     if evaluator is not None and last_eval_step != run.step:
         evaluate()
     if main_process:
-        encoder.save(run.output_dir / "final")
+        _save_model(encoder, loss, run.output_dir / "final")
     run.save_checkpoint()
     result.best_score, result.best_step = run.best_score, run.best_step
     return result

@@ -53,7 +53,8 @@ class TextBatch:
         anchors: ``B`` anchor texts.
         positives: ``B`` positive texts.
         negatives: ``N`` columns of ``B`` texts each (``negatives[k][i]`` is row ``i``'s k-th negative).
-        scores: ``[B]`` float gold scores for the scored kind, else ``None``.
+        scores: ``[B]`` float gold scores (scored kind) or margins (preference rows that give one), else
+            ``None``.
         anchor_groups: ``[B]`` long, one id per distinct text in the batch.
         candidate_groups: ``[C]`` long, ids from the same numbering as ``anchor_groups``.
     """
@@ -84,7 +85,7 @@ class EmbeddedBatch:
         candidates: ``[C, D]`` candidate embeddings, in :attr:`TextBatch.candidates` order.
         anchor_groups: ``[B]`` long text ids.
         candidate_groups: ``[C]`` long text ids.
-        scores: ``[B]`` gold scores (scored kind) or ``None``.
+        scores: ``[B]`` gold scores (scored kind), preference margins, or ``None``.
         target_offset: column of row 0's positive among the candidates; ``0`` in one process, the rank's
             offset when the candidates were gathered from every rank.
         anchor_pool: ``[W * B, D]`` the anchors of every rank (for the positive-to-anchor direction of a

@@ -21,7 +21,8 @@ KIND_COLUMNS: dict[Kind, tuple[tuple[str, ...], ...]] = {
     Kind.SCORED: (("sentence1", "sentence2", "score"),),
     Kind.PREFERENCE: (("prompt", "chosen", "rejected"),),
 }
-"""The canonical columns of each kind; a kind with several tuples accepts any one of them."""
+"""The canonical columns of each kind; a kind with several tuples accepts any one of them. Preference rows may also
+carry a ``margin`` (how strongly chosen beats rejected), read into :attr:`Example.score`."""
 
 
 def as_kind(kind: Kind | str) -> Kind:
@@ -157,9 +158,9 @@ def _scored(row: _Row) -> Example:
     return Example(anchor=row.text("sentence1"), positive=row.text("sentence2"), score=_score(row), source=row.source)
 
 
-def _score(row: _Row) -> float:
-    value = row.get("score")
-    problem = f"column {row.label('score')} must be a finite number, got {value!r}"
+def _score(row: _Row, column: str = "score") -> float:
+    value = row.get(column)
+    problem = f"column {row.label(column)} must be a finite number, got {value!r}"
     # bool is a numbers.Real, but True as a similarity score is a mistake in the file
     if isinstance(value, bool) or not isinstance(value, numbers.Real | str):
         raise row.error(problem)
@@ -178,6 +179,7 @@ def _preference(row: _Row) -> Example:
         anchor=row.text("prompt"),
         positive=row.text("chosen", allow_blank=True),
         negatives=(row.text("rejected", allow_blank=True),),
+        score=_score(row, "margin") if "margin" in row.values else None,
         source=row.source,
     )
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from embedkit.errors import ConfigError
 from embedkit.eval.geometry import GeometryEvaluator, alignment, anisotropy, uniformity
+from embedkit.eval.preference import PreferenceEvaluator
 from embedkit.eval.retrieval import EmptyQuerySetError, RetrievalEvaluator, UnknownIdError, read_beir
 from embedkit.eval.sts import STSEvaluator, sts_spearman
 from embedkit.registry import Registry
@@ -59,6 +60,7 @@ EVALUATORS.register("sts", STSEvaluator)
 EVALUATORS.register("retrieval", RetrievalEvaluator)
 EVALUATORS.register("geometry", GeometryEvaluator)
 EVALUATORS.register("mteb", _mteb_evaluator)
+EVALUATORS.register("preference", PreferenceEvaluator)
 
 
 def evaluate_sts(encoder, path, columns: dict[str, str] | None = None, batch_size: int = 64) -> dict[str, float]:
@@ -79,6 +81,7 @@ __all__ = [
     "EmptyQuerySetError",
     "Evaluator",
     "GeometryEvaluator",
+    "PreferenceEvaluator",
     "RetrievalEvaluator",
     "STSEvaluator",
     "UnknownIdError",

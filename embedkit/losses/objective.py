@@ -8,6 +8,8 @@ text batch instead.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
@@ -30,6 +32,12 @@ class Objective(nn.Module):
         """Called by :func:`embedkit.fit` once, before the optimizer is built and before a checkpoint is
         loaded: objectives that copy or inspect the encoder (a discriminator initialised from it, a frozen
         complementary copy of its starting weights) create those parts here. Must be idempotent."""
+
+    def save_heads(self, path: str | os.PathLike[str]) -> Path | None:
+        """Write the trained parts this objective adds to the model (a reward head, DiffCSE's discriminator)
+        into the saved model folder ``path``; :func:`embedkit.fit` calls it for every model it saves. Objectives
+        without such parts write nothing and return ``None``."""
+        return None
 
     def forward(self, encoder: Encoder, batch: TextBatch) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -113,8 +113,8 @@ class RewardModelObjective(Objective):
 
     Example:
         >>> objective = build_loss("reward-bt", contrastive_weight=0.1)
-        >>> fit(encoder, read_examples("prefs.jsonl"), objective, settings)
-        >>> RewardModel(encoder, objective.head).save("runs/rm")
+        >>> fit(encoder, read_examples("prefs.jsonl"), objective, FitSettings(output_dir="runs/rm"))
+        >>> model = load_reward_model("runs/rm/final")  # fit saves the head beside the encoder
     """
 
     def __init__(

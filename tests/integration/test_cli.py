@@ -98,3 +98,32 @@ def test_bad_data_is_one_line_without_traceback(tmp_path) -> None:
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{bad}:2:" in lines[0]
+
+
+def test_reward_model_recipe_evaluates_preference_and_saves_a_loadable_reward_model(
+    capsys, tiny_model_path, tmp_path
+) -> None:
+    from embedkit.preference import load_reward_model
+
+    rows = [{"prompt": f"Human: question {i}?\n\nAssistant:", "chosen": f" the cat answer {i}",
+             "rejected": " no", "margin": 0.5} for i in range(8)]
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "dev.jsonl").write_text("".join(
+        json.dumps({"sentence1": f"sentence {i}", "sentence2": f"the cat sat {i} times", "score": i}) + "\n" for i in range(5)))
+    (tmp_path / "r.toml").write_text('[loss]\nname = "reward-bt"\ncontrastive_weight = 0.1\n'
+                                     '[train]\nbatch_size = 4\nlog_steps = 1\neval_steps = 1\n')
+    code, out, _ = run(capsys, "train", str(tmp_path / "r.toml"), "--json",
+                       "--set", f"model.name={json.dumps(str(tiny_model_path))}",
+                       "--set", f"data.path={json.dumps(str(tmp_path / 'prefs.jsonl'))}",
+                       "--set", f"eval.sts={json.dumps(str(tmp_path / 'dev.jsonl'))}",
+                       "--set", f"eval.preference={json.dumps(str(tmp_path / 'prefs.jsonl'))}",
+                       "--set", f"train.output_dir={json.dumps(str(tmp_path / 'run'))}",
+                       "--set", "model.precision=fp32")
+    summary = json.loads(out)
+    assert code == 0 and summary["steps"] == 2
+    assert {"sts/spearman", "preference/accuracy", "preference/mean_margin"} <= set(summary["last_eval"])
+    # the run's final folder is a reward model whose head scores like the dev evaluation did
+    model = load_reward_model(tmp_path / "run" / "final", precision="fp32")
+    chosen = model.score([r["prompt"] for r in rows], [r["chosen"] for r in rows])
+    rejected = model.score([r["prompt"] for r in rows], [r["rejected"] for r in rows])
+    assert summary["last_eval"]["preference/accuracy"] == pytest.approx(100 * np.mean(chosen > rejected))

@@ -28,10 +28,11 @@ def error_of(row: dict[str, Any], kind: Kind, columns: dict[str, str] | None = N
         (Kind.TRIPLETS, {"anchor": "q", "positive": "d", "negatives": ["n1", "n2"]}, Example("q", "d", ("n1", "n2"))),
         (Kind.SCORED, {"sentence1": "a", "sentence2": "b", "score": 4}, Example("a", "b", score=4.0)),
         (Kind.SCORED, {"sentence1": "a", "sentence2": "b", "score": " 2.5 "}, Example("a", "b", score=2.5)),
+        (Kind.PREFERENCE, {"prompt": "p", "chosen": " yes", "rejected": " no"}, Example("p", " yes", (" no",))),
         (
             Kind.PREFERENCE,
-            {"prompt": "p", "chosen": " yes", "rejected": " no", "margin": "not used"},
-            Example("p", " yes", (" no",)),
+            {"prompt": "p", "chosen": " yes", "rejected": " no", "margin": 1.5},
+            Example("p", " yes", (" no",), score=1.5),
         ),
     ],
 )
@@ -73,6 +74,7 @@ def test_preference_replies_may_be_blank() -> None:
         (Kind.PREFERENCE, {"prompt": " ", "chosen": "c", "rejected": "r"}, "'prompt'", "empty"),
         (Kind.PREFERENCE, {"prompt": "p", "chosen": "c"}, "'rejected'", "missing column"),
         (Kind.PREFERENCE, {"prompt": "p", "chosen": ["c"], "rejected": "r"}, "'chosen'", "must be a string"),
+        (Kind.PREFERENCE, {"prompt": "p", "chosen": "c", "rejected": "r", "margin": "big"}, "'margin'", "finite"),
     ],
 )
 def test_bad_rows_name_file_line_and_column(kind: Kind, row: dict[str, Any], column: str, reason: str) -> None:

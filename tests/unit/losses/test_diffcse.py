@@ -291,6 +291,8 @@ def test_fit_trains_and_checkpoints_the_heads_and_resumes_exactly(
     assert fit(straight, examples, objective, settings("straight")).steps == 2
     trained = objective.heads_state()
     assert any(not torch.equal(before[k], trained[k]) for k in before)  # the heads are optimised
+    saved = load_file(str(tmp_path / "straight" / "final" / "embedkit_heads" / "diffcse" / "heads.safetensors"))
+    assert saved.keys() == trained.keys() and all(torch.equal(saved[k], trained[k]) for k in saved)
 
     state = load_file(str(tmp_path / "straight" / "checkpoint" / "loss.safetensors"))
     assert any(k.startswith("discriminator.") for k in state) and any(k.startswith("projector.") for k in state)

@@ -146,6 +146,9 @@ def test_fit_trains_encoder_and_head_and_saves_a_loadable_reward_model(tiny_mode
     assert has_reward_head(tmp_path / "rm") and not has_reward_head(tiny_model_path)
     loaded = load_reward_model(tmp_path / "rm", precision="fp32")
     np.testing.assert_allclose(loaded.score(prompts, replies), scores, rtol=1e-5, atol=1e-6)
+    # the run's own final model is the same reward model: fit saves the head beside the encoder
+    from_run = load_reward_model(tmp_path / "run" / "final", precision="fp32")
+    np.testing.assert_allclose(from_run.score(prompts, replies), scores, rtol=1e-5, atol=1e-6)
 
 
 def test_save_heads_puts_the_head_beside_a_saved_encoder(tiny_model_path, tmp_path) -> None:
