@@ -9,7 +9,7 @@ evaluator's options (``path`` names the data)::
     [retrieval]
     cranfield = { path = "cranfield", index_spec = "faiss:Flat", k = 100 }   # RetrievalEvaluator
 
-    [preference]                                   # PreferenceEvaluator, where this embedkit has one
+    [preference]                                   # PreferenceEvaluator
     hh = { path = "preference_hh_rlhf/test.jsonl", mode = "similarity" }
 
     [geometry]                                     # GeometryEvaluator; default: the first STS file
@@ -40,6 +40,7 @@ import numpy as np
 
 from embedkit.errors import ConfigError, DataError
 from embedkit.eval.geometry import GeometryEvaluator
+from embedkit.eval.preference import PreferenceEvaluator
 from embedkit.eval.retrieval import RetrievalEvaluator
 from embedkit.eval.sts import STSEvaluator, sts_files
 from embedkit.fsutil import atomic_write_bytes
@@ -87,19 +88,12 @@ class Suite:
     mteb: MtebSuite | None = None
 
 
-def _evaluator_class(section: str) -> type:
-    if section == "sts":
-        return STSEvaluator
-    if section == "retrieval":
-        return RetrievalEvaluator
-    if section == "geometry":
-        return GeometryEvaluator
-    try:  # preference evaluation is a separate part of embedkit, present or not
-        from embedkit.eval.preference import PreferenceEvaluator
-    except ImportError:
-        message = "the suite has a [preference] section, but this embedkit has no preference evaluator"
-        raise ConfigError(message) from None
-    return PreferenceEvaluator
+SECTION_EVALUATORS: dict[str, type] = {
+    "sts": STSEvaluator,
+    "retrieval": RetrievalEvaluator,
+    "preference": PreferenceEvaluator,
+    "geometry": GeometryEvaluator,
+}
 
 
 def _options_of(cls: type) -> set[str]:
@@ -133,7 +127,7 @@ def read_suite(path: str | os.PathLike[str]) -> Suite:
             if "path" not in options:
                 raise ConfigError(f"{where}: needs a path")
             options[main] = options.pop("path")
-            valid = _options_of(_evaluator_class(section))
+            valid = _options_of(SECTION_EVALUATORS[section])
             extra = set(options) - valid
             if extra:
                 raise ConfigError(f"{where}: unknown options {', '.join(sorted(extra))}; valid: path, "
@@ -179,7 +173,7 @@ def build_evaluators(suite: Suite, batch_size: int = 64) -> dict[str, Any]:
     evaluators = {}
     for entry in suite.entries:
         options = {"batch_size": batch_size, **entry.options}
-        evaluators[entry.key] = _evaluator_class(entry.section)(**options)
+        evaluators[entry.key] = SECTION_EVALUATORS[entry.section](**options)
     sts = [e for e in suite.entries if e.section == "sts"]
     if sts and not any(e.section == "geometry" for e in suite.entries):
         first_file = sts_files(sts[0].options["path"])[0]
