@@ -71,8 +71,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     print(f"trained {result.steps} steps; models in {result.output_dir}/best and {result.output_dir}/final")
     if result.first_eval is not None and result.last_eval is not None:
-        before, after = result.first_eval["spearman"], result.last_eval["spearman"]
-        print(f"STS dev Spearman x100: {before:.2f} before, {after:.2f} after "
+        before, after = result.first_eval[result.metric], result.last_eval[result.metric]
+        print(f"dev {result.metric}: {before:.2f} before, {after:.2f} after "
               f"(best {result.best_score:.2f} at step {result.best_step})")
     return 0
 
@@ -80,8 +80,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from embedkit import distributed
     from embedkit.data import read_rows
     from embedkit.errors import DataError
+    from embedkit.index.sharded import encode_sharded
 
     texts = []
     for line, row in read_rows(args.input, format=args.format):
@@ -89,8 +91,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"column {args.column!r} is missing or empty", str(args.input), line)
         texts.append(text)
-    encoder = _load(args)
-    embeddings = encoder.encode(texts, batch_size=args.batch_size, normalize=args.normalize)
+    distributed.init_from_environment()  # under torchrun: each process embeds a shard, rank 0 writes them all
+    embeddings = encode_sharded(_load(args), texts, batch_size=args.batch_size, normalize=args.normalize,
+                                show_progress=not args.json)
+    if embeddings is None:
+        return 0
     np.save(args.output, embeddings)
     if args.json:
         _print_json({"output": str(args.output), "shape": list(embeddings.shape)})

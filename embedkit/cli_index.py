@@ -109,9 +109,11 @@ def parse_params(items: list[str]) -> dict[str, float]:
 
 # -- index build | info | add | remove -----------------------------------------------------------------------
 def cmd_index_build(args: argparse.Namespace) -> int:
-    from embedkit.index import build_index
+    from embedkit import distributed
+    from embedkit.index.sharded import build_index_sharded
 
-    index = build_index(
+    distributed.init_from_environment()  # under torchrun: each process embeds a shard, rank 0 merges and saves
+    index = build_index_sharded(
         _load(args),
         args.corpus,
         spec=args.spec,
@@ -122,6 +124,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         seed=args.seed,
         show_progress=not args.json,
     )
+    if index is None:
+        return 0
     index.save(args.out)
     if args.json:
         _print_json(index.info())

@@ -63,6 +63,16 @@ def gather_objects(value: object) -> list:
     return values
 
 
+def gather_to_main(value: object) -> list | None:
+    """``[value of rank 0, value of rank 1, ...]`` on rank 0 and ``None`` on the others (``[value]`` in one
+    process): for results too large to hold on every rank, such as embeddings of a corpus shard."""
+    if not is_distributed():
+        return [value]
+    values: list | None = [None] * world_size() if is_main_process() else None
+    dist.gather_object(value, values, dst=0)
+    return values
+
+
 def broadcast_object(value: object) -> object:
     """Rank 0's ``value`` on every rank."""
     if not is_distributed():

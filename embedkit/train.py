@@ -82,6 +82,7 @@ class FitResult:
     output_dir: Path
     best_score: float | None = None
     best_step: int | None = None
+    metric: str | None = None
     first_eval: dict[str, float] | None = None
     last_eval: dict[str, float] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -387,4 +388,5 @@ def fit(
         _save_model(encoder, loss, run.output_dir / "final")
     run.save_checkpoint()
     result.best_score, result.best_step = run.best_score, run.best_step
+    result.metric = primary if evaluator is not None else None
     return result

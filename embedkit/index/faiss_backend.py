@@ -306,6 +306,28 @@ class FaissBackend:
             raise
         self._gpu_index = None  # recloned with the new parameters on the next search
 
+    def to_bytes(self) -> np.ndarray:
+        """The CPU index serialised (uint8), to send to other processes."""
+        return faiss.serialize_index(self.index)
+
+    def load_bytes(self, data: np.ndarray) -> None:
+        """Replace the index by one serialised with :meth:`to_bytes`."""
+        self.index = faiss.deserialize_index(data)
+        self._gpu_index = None
+
+    @property
+    def mergeable(self) -> bool:
+        """Whether shards of this index built apart can be merged (faiss ``merge_from``): IVF indexes and flat-code
+        indexes (Flat, PQ, SQ) can; graphs (HNSW) cannot."""
+        inner = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap2) else self.index
+        return isinstance(inner, faiss.IndexIVF | faiss.IndexFlatCodes)
+
+    def merge(self, shard: np.ndarray) -> None:
+        """Move the vectors of a shard (serialised with :meth:`to_bytes`, trained like this index) into this index,
+        keeping their ids."""
+        self.index.merge_from(faiss.deserialize_index(shard), 0)
+        self._gpu_index = None
+
     def save(self, folder: Path) -> list[str]:
         faiss.write_index(self.index, str(folder / INDEX_FILE))
         return [INDEX_FILE]

@@ -199,19 +199,22 @@ class Index:
             end = start + len(chunk)
             vectors = self._chunk_vectors(chunk, start, embeddings, sample_positions, sample_vectors, batch_size)
             with self.store.transaction():
-                internal = self.store.insert(
-                    [d.id for d in chunk],
-                    [d.text for d in chunk],
-                    [text_id(d.text) for d in chunk],
-                    [d.metadata for d in chunk],
-                )
-                self.backend.add(vectors, internal)
+                self.backend.add(vectors, self._insert_payloads(chunk))
             progress.update(len(chunk))
             start = end
         progress.close()
         self.manifest.count = len(self.backend)
         self.manifest.id_type = id_type
         return len(ids)
+
+    def _insert_payloads(self, documents: list) -> np.ndarray:
+        """Store the ids, texts and metadata of ``documents`` (inside a store transaction); ``[n]`` internal ids."""
+        return self.store.insert(
+            [d.id for d in documents],
+            [d.text for d in documents],
+            [text_id(d.text) for d in documents],
+            [d.metadata for d in documents],
+        )
 
     def _chunk_vectors(
         self,
@@ -241,7 +244,7 @@ class Index:
         size = self.backend.training_size(n)
         if size == 0:
             raise ConfigError(f"index {self.manifest.spec!r} must be trained, but the corpus is empty")
-        positions = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+        positions = training_positions(n, size, seed)
         if embeddings is not None:
             vectors = self._prepared(embeddings[positions])
         else:
@@ -412,6 +415,31 @@ class Index:
         return f"Index(spec={self.manifest.spec!r}, metric={self.manifest.metric!r}, count={len(self)})"
 
 
+def training_positions(n: int, size: int, seed: int) -> np.ndarray:
+    """``[size]`` sorted positions of the seeded sample of ``n`` documents that an IVF/PQ index is trained on."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def empty_index(encoder: Any, spec: str | IndexSpec, metric: str, device: str) -> Index:
+    """An index with nothing in it yet, for ``encoder``'s embeddings (see :func:`build_index`)."""
+    parsed = parse_spec(spec)
+    metric = check_metric(metric)
+    backend = BACKENDS.get(parsed.backend).create(parsed, encoder.dim, backend_metric(metric), check_device(device))
+    manifest = Manifest(
+        spec=str(parsed),
+        metric=metric,
+        normalize=metric == "cosine",
+        dimension=encoder.dim,
+        model_name=encoder.name,
+        model_fingerprint=model_fingerprint(encoder.model),
+        embedkit_version=_embedkit_version(),
+        created=now(),
+    )
+    index = Index(backend, PayloadStore.create(), manifest)
+    index.encoder = encoder
+    return index
+
+
 def build_index(
     encoder: Any,
     corpus: Corpus | str | os.PathLike[str] | Sequence[Any],
@@ -442,21 +470,7 @@ def build_index(
         seed: seed of the training sample of IVF/PQ indexes.
         show_progress: progress bars; by default for 2,048 documents or more.
     """
-    parsed = parse_spec(spec)
-    metric = check_metric(metric)
-    backend = BACKENDS.get(parsed.backend).create(parsed, encoder.dim, backend_metric(metric), check_device(device))
-    manifest = Manifest(
-        spec=str(parsed),
-        metric=metric,
-        normalize=metric == "cosine",
-        dimension=encoder.dim,
-        model_name=encoder.name,
-        model_fingerprint=model_fingerprint(encoder.model),
-        embedkit_version=_embedkit_version(),
-        created=now(),
-    )
-    index = Index(backend, PayloadStore.create(), manifest)
-    index.encoder = encoder
+    index = empty_index(encoder, spec, metric, device)
     index.add(
         corpus,
         embeddings=embeddings,

@@ -1,6 +1,12 @@
-"""Gathered InfoNCE under 2 and 3 gloo processes equals one process on the concatenated batch."""
+"""Gathered InfoNCE-family losses under 2 and 3 gloo processes equal one process on the concatenated batch.
+
+Covered: InfoNCE (one-sided and symmetric), InfoNCE through filter steps (margin, ceiling, top-k), debiased
+InfoNCE and GISTEmbed's guided table (the guide's embeddings gathered like the model's).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -8,15 +14,19 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from embedkit import distributed
+from embedkit.encoders import build_tiny_model
 from embedkit.losses import build_loss
+from embedkit.losses.infonce import info_nce_from_scores
 from embedkit.types import EmbeddedBatch
 
 B, N_NEG, D = 4, 1, 8
 
 
-def full_batch(world: int, duplicate: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def full_batch(
+    world: int, duplicate: bool, seed: int = 11
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``world`` local batches concatenated rank by rank: anchors ``[W*B, D]``, candidates ``[W*C, D]``."""
-    gen = torch.Generator().manual_seed(11)
+    gen = torch.Generator().manual_seed(seed)
     anchors = torch.randn(world * B, D, generator=gen, dtype=torch.float64)
     candidates = torch.randn(world * B * (1 + N_NEG), D, generator=gen, dtype=torch.float64)
     anchor_ids = torch.arange(world * B)
@@ -26,8 +36,8 @@ def full_batch(world: int, duplicate: bool) -> tuple[torch.Tensor, torch.Tensor,
     return anchors, candidates, anchor_ids, candidate_ids
 
 
-def local_slices(world: int, rank: int, duplicate: bool) -> EmbeddedBatch:
-    anchors, candidates, anchor_ids, candidate_ids = full_batch(world, duplicate)
+def local_slices(world: int, rank: int, duplicate: bool, seed: int = 11) -> EmbeddedBatch:
+    anchors, candidates, anchor_ids, candidate_ids = full_batch(world, duplicate, seed)
     c = B * (1 + N_NEG)
     return EmbeddedBatch(
         anchors[rank * B : (rank + 1) * B].clone().requires_grad_(),
@@ -37,55 +47,91 @@ def local_slices(world: int, rank: int, duplicate: bool) -> EmbeddedBatch:
     )
 
 
-def single_process(world: int, symmetric: bool, duplicate: bool):
-    """The reference: one process, the concatenated batch, candidates reordered as the gather orders them
-    (each rank's positives then its negatives) so that every row keeps the same candidates."""
-    loss = build_loss("infonce", temperature=0.1, symmetric=symmetric)
-    parts = [local_slices(world, r, duplicate) for r in range(world)]
-    anchors = torch.cat([p.anchors for p in parts])
-    candidates = torch.cat([p.candidates for p in parts])
-    # rows' targets: rank r row i -> column r*C + i; the reference builds that table directly
-    batch = EmbeddedBatch(
-        anchors, candidates, torch.cat([p.anchor_groups for p in parts]), torch.cat([p.candidate_groups for p in parts])
+GUIDE_SEED = 12  # the guide's embeddings: other vectors with the same texts (group ids)
+FILTERS = [{"name": "margin", "margin": 0.1, "mode": "relative"}, {"name": "ceiling", "max_score": 0.5},
+           {"name": "top-k", "k": 3}]
+
+
+def losses(guide: str) -> dict[str, Callable[[EmbeddedBatch, EmbeddedBatch], torch.Tensor]]:
+    """``loss(embedded, guided) -> scalar`` of every case; only GISTEmbed reads the guide's embeddings."""
+    plain = {
+        "infonce": build_loss("infonce", temperature=0.1),
+        "infonce-symmetric": build_loss("infonce", temperature=0.1, symmetric=True),
+        "infonce-filtered": build_loss("infonce", temperature=0.1, filters=FILTERS),
+        "debiased-infonce": build_loss("debiased-infonce", temperature=0.5, tau_plus=0.1),
+    }
+    cases = {name: (lambda embedded, guided, loss=loss: loss(embedded)) for name, loss in plain.items()}
+    gist = build_loss("gist", guide=guide, temperature=0.1, margin=0.05)
+    cases["gist"] = lambda embedded, guided: info_nce_from_scores(gist.scores(embedded, guided), gist.temperature)
+    return cases
+
+
+def local_view(batch: EmbeddedBatch, parts: list[EmbeddedBatch], rank: int) -> EmbeddedBatch:
+    """Rank ``rank``'s anchors against the candidates of all ``parts``, as the gather lays them out."""
+    c = parts[0].candidates.shape[0]
+    return EmbeddedBatch(
+        batch.anchors[rank * B : (rank + 1) * B], batch.candidates, batch.anchor_groups[rank * B : (rank + 1) * B],
+        batch.candidate_groups, target_offset=rank * c, anchor_pool=batch.anchors,
+        anchor_pool_groups=batch.anchor_groups, anchor_offset=rank * B,
     )
-    c = B * (1 + N_NEG)
-    value = 0.0
-    for r in range(world):
-        local = EmbeddedBatch(
-            anchors[r * B : (r + 1) * B], candidates, batch.anchor_groups[r * B : (r + 1) * B], batch.candidate_groups,
-            target_offset=r * c, anchor_pool=anchors, anchor_pool_groups=batch.anchor_groups, anchor_offset=r * B,
-        )
-        value = value + loss(local) / world
+
+
+def concatenated(parts: list[EmbeddedBatch]) -> EmbeddedBatch:
+    return EmbeddedBatch(
+        torch.cat([p.anchors for p in parts]), torch.cat([p.candidates for p in parts]),
+        torch.cat([p.anchor_groups for p in parts]), torch.cat([p.candidate_groups for p in parts]),
+    )
+
+
+def single_process(world: int, loss: Callable, duplicate: bool):
+    """The reference: one process, the concatenated batch, candidates ordered as the gather orders them (each
+    rank's positives then its negatives) so that every row keeps the same candidates; the loss is the mean
+    of each rank's rows' loss."""
+    parts = [local_slices(world, r, duplicate) for r in range(world)]
+    guides = [local_slices(world, r, duplicate, GUIDE_SEED) for r in range(world)]
+    batch, guided = concatenated(parts), concatenated(guides)
+    value = sum(loss(local_view(batch, parts, r), local_view(guided, guides, r)) for r in range(world)) / world
     value.backward()
     return value.detach(), [p.anchors.grad for p in parts], [p.candidates.grad for p in parts]
 
 
-def worker(rank: int, world: int, init_file: str, symmetric: bool, duplicate: bool, queue) -> None:
+def worker(rank: int, world: int, init_file: str, guide: str, duplicate: bool, queue) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        batch = local_slices(world, rank, duplicate)
-        value = build_loss("infonce", temperature=0.1, symmetric=symmetric)(distributed.gather_candidates(batch))
-        value.backward()
-        # DDP-style averaging of what would be parameter gradients: the embeddings stand in for parameters.
-        # numpy, not tensors: shared tensor memory would not outlive this process
-        queue.put((rank, value.item(), (batch.anchors.grad / world).numpy(), (batch.candidates.grad / world).numpy()))
+        results = {}
+        for name, loss in losses(guide).items():
+            batch = local_slices(world, rank, duplicate)
+            guided = distributed.gather_candidates(local_slices(world, rank, duplicate, GUIDE_SEED))
+            value = loss(distributed.gather_candidates(batch), guided)
+            value.backward()
+            # DDP-style averaging of what would be parameter gradients: the embeddings stand in for parameters.
+            # numpy, not tensors: shared tensor memory would not outlive this process
+            results[name] = (value.item(), (batch.anchors.grad / world).numpy(), (batch.candidates.grad / world).numpy())
+        queue.put((rank, results))
     finally:
         dist.destroy_process_group()
 
 
+@pytest.fixture(scope="module")
+def guide(tmp_path_factory) -> str:
+    return str(build_tiny_model(tmp_path_factory.mktemp("guide") / "model", ["the cat sat", "a dog runs"], seed=2))
+
+
 @pytest.mark.parametrize("world", [2, 3])
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_gathered_loss_and_gradients_equal_one_process(tmp_path, world: int, symmetric: bool) -> None:
+def test_gathered_losses_and_gradients_equal_one_process(tmp_path, guide: str, world: int) -> None:
     duplicate = True
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    mp.start_processes(worker, args=(world, str(tmp_path / "init"), symmetric, duplicate, queue), nprocs=world,
+    mp.start_processes(worker, args=(world, str(tmp_path / "init"), guide, duplicate, queue), nprocs=world,
                        start_method="spawn")
-    results = sorted(queue.get() for _ in range(world))
-    value, anchor_grads, candidate_grads = single_process(world, symmetric, duplicate)
-
-    # The mean of the ranks' losses is the one-process loss; gradients agree to float32 round-off.
-    assert sum(r[1] for r in results) / world == pytest.approx(value.item(), rel=1e-6)
-    for rank, _, anchor_grad, candidate_grad in results:
-        torch.testing.assert_close(torch.from_numpy(anchor_grad), anchor_grads[rank], rtol=1e-4, atol=1e-7)
-        torch.testing.assert_close(torch.from_numpy(candidate_grad), candidate_grads[rank], rtol=1e-4, atol=1e-7)
+    results = dict(queue.get() for _ in range(world))
+    for name, loss in losses(guide).items():
+        value, anchor_grads, candidate_grads = single_process(world, loss, duplicate)
+        # The mean of the ranks' losses is the one-process loss; both agree to float32 round-off (the losses reduce in
+        # float32).
+        assert sum(results[r][name][0] for r in range(world)) / world == pytest.approx(value.item(), rel=1e-6), name
+        for rank in range(world):
+            _, anchor_grad, candidate_grad = results[rank][name]
+            torch.testing.assert_close(torch.from_numpy(anchor_grad), anchor_grads[rank], rtol=1e-4, atol=1e-7, msg=name)
+            torch.testing.assert_close(torch.from_numpy(candidate_grad), candidate_grads[rank], rtol=1e-4, atol=1e-7,
+                                       msg=name)

@@ -1,0 +1,140 @@
+"""Encoding a corpus and building one index with all the processes of a ``torchrun`` job.
+
+Each rank embeds a contiguous shard of the corpus, the costly part. An index that needs training (IVF, PQ) is
+trained once, on rank 0, on the seeded sample :func:`~embedkit.index.build_index` would use (each rank sends the
+sample vectors of its shard), and the trained, still empty index goes to every rank. Each rank then adds its
+shard to its copy, with the shard's corpus positions as ids, and rank 0 merges the shards in rank order with
+faiss's ``merge_from``, so the inverted lists hold the vectors in corpus order as in one process. Indexes that
+cannot be merged (HNSW graphs, exact ``torch`` search) receive the gathered vectors on rank 0 instead. Payloads
+(ids, texts, metadata) are stored on rank 0, which is the only rank that returns the index.
+
+In one process both functions are their plain counterparts (:meth:`Encoder.encode`, :func:`build_index`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from embedkit import distributed
+from embedkit.index.corpus import Corpus, as_corpus
+from embedkit.index.faiss_backend import FaissBackend
+from embedkit.index.index import CHUNK_SIZE, Index, build_index, empty_index, training_positions
+from embedkit.index.spec import IndexSpec
+from embedkit.index.store import check_ids
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """``(start, end)`` of ``rank``'s contiguous shard of ``n`` items; shard sizes differ by at most one."""
+    size, extra = divmod(n, world)
+    start = rank * size + min(rank, extra)
+    return start, start + size + (rank < extra)
+
+
+def _shard_embeddings(
+    encoder: Any, texts: Sequence[str], batch_size: int, normalize: bool, show_progress: bool | None
+) -> np.ndarray:
+    """``[end - start, D]`` embeddings of this rank's shard ``texts[start:end]``; rank 0 shows its progress (the
+    other ranks go at the same pace)."""
+    start, end = shard_bounds(len(texts), distributed.rank(), distributed.world_size())
+    return encoder.encode(
+        list(texts[start:end]),
+        batch_size=batch_size,
+        normalize=normalize,
+        show_progress=show_progress if distributed.is_main_process() else False,
+    )
+
+
+def encode_sharded(
+    encoder: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    normalize: bool = False,
+    show_progress: bool | None = None,
+) -> np.ndarray | None:
+    """Embed ``texts`` with every process of the job: ``[n, D]`` float32 in input order on rank 0, ``None`` on
+    the others. Each rank embeds a contiguous shard; every rank must pass the same texts."""
+    shards = distributed.gather_to_main(_shard_embeddings(encoder, texts, batch_size, normalize, show_progress))
+    return None if shards is None else np.concatenate(shards)
+
+
+def build_index_sharded(
+    encoder: Any,
+    corpus: Corpus | str | os.PathLike[str] | Sequence[Any],
+    spec: str | IndexSpec = "torch",
+    metric: str = "cosine",
+    *,
+    batch_size: int = 64,
+    chunk_size: int = CHUNK_SIZE,
+    device: str = "auto",
+    seed: int = 0,
+    show_progress: bool | None = None,
+) -> Index | None:
+    """:func:`~embedkit.index.build_index` across the processes of a ``torchrun`` job (see the module doc).
+
+    Every rank must call it with the same arguments; each reads the corpus (cheap next to embedding it). Returns
+    the index on rank 0 and ``None`` on the other ranks. The arguments are :func:`build_index`'s; ``chunk_size``
+    is the number of payloads stored at a time on rank 0 (the vectors of a rank's shard are held in memory).
+
+    Raises:
+        DataError: a bad id or row (on every rank alike, before anything is embedded).
+        ConfigError: too few documents to train the index.
+    """
+    if not distributed.is_distributed():
+        return build_index(
+            encoder,
+            corpus,
+            spec,
+            metric,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            device=device,
+            seed=seed,
+            show_progress=show_progress,
+        )
+    index = empty_index(encoder, spec, metric, device)
+    documents = as_corpus(corpus)
+    rows = list(documents)
+    id_type = check_ids([d.id for d in rows], None, documents.name)
+    start, end = shard_bounds(len(rows), distributed.rank(), distributed.world_size())
+    texts = [d.text for d in rows]
+    vectors = _shard_embeddings(encoder, texts, batch_size, index.manifest.normalize, show_progress)
+    backend = index.backend
+    if backend.needs_training:
+        _train_on_main(backend, len(rows), vectors, start, seed)
+    shard_ids = np.arange(start, end, dtype=np.int64)
+    if isinstance(backend, FaissBackend) and backend.mergeable:
+        backend.add(vectors, shard_ids)
+        shards = distributed.gather_to_main(backend.to_bytes())
+        if shards is not None:
+            # every shard goes through the same serialisation: faiss merges only indexes of the very same class
+            backend.load_bytes(shards[0])
+            for shard in shards[1:]:
+                backend.merge(shard)
+    else:
+        shards = distributed.gather_to_main(vectors)
+        if shards is not None:
+            backend.add(np.concatenate(shards), np.arange(len(rows), dtype=np.int64))
+    if not distributed.is_main_process():
+        return None
+    with index.store.transaction():
+        for chunk_start in range(0, len(rows), chunk_size):
+            index._insert_payloads(rows[chunk_start : chunk_start + chunk_size])
+    index.manifest.count = len(backend)
+    index.manifest.id_type = id_type
+    return index
+
+
+def _train_on_main(backend: Any, n: int, vectors: np.ndarray, start: int, seed: int) -> None:
+    """Train ``backend`` on rank 0 with the sample a single process would draw, then give every rank the trained
+    index. ``vectors`` are this rank's shard, which begins at corpus position ``start``."""
+    positions = training_positions(n, backend.training_size(n), seed)
+    mine = positions[(positions >= start) & (positions < start + len(vectors))]
+    samples = distributed.gather_to_main(vectors[mine - start])
+    if samples is not None:
+        backend.train(np.concatenate(samples))  # shards are contiguous, so rank order is position order
+    backend.load_bytes(distributed.broadcast_object(backend.to_bytes() if samples is not None else None))
