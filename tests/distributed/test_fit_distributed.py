@@ -1,4 +1,5 @@
-"""fit() under 2 gloo processes trains the same weights as one process on batches twice as large."""
+"""fit() under 2 gloo processes trains the same weights as one process on batches twice as large, and an
+interrupted distributed run resumes to the same weights."""
 
 from __future__ import annotations
 
@@ -27,15 +28,35 @@ def settings(output_dir, batch_size: int) -> FitSettings:
                        show_progress=False, seed=3)
 
 
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_at_step_3(step: int, metrics: dict) -> None:
+    if step == 3:  # after the checkpoint of step 2, mid-way through the second epoch
+        raise Interrupt
+
+
 def worker(rank: int, model: str, output_dir: str, init_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         fit(load_encoder(model, precision="fp32"), examples(), build_loss("simcse-unsup"), settings(output_dir, 4))
+        # the same run, interrupted on every rank and restarted: it resumes from its checkpoint
+        resumed = settings(f"{output_dir}-resumed", 4)
+        try:
+            fit(load_encoder(model, precision="fp32"), examples(), build_loss("simcse-unsup"), resumed,
+                callbacks=[interrupt_at_step_3])
+        except Interrupt:
+            pass
+        ran: list[int] = []
+        fit(load_encoder(model, precision="fp32"), examples(), build_loss("simcse-unsup"), resumed,
+            callbacks=[lambda step, metrics: ran.append(step)])
+        assert ran == [3, 4]  # restarted after the checkpoint of step 2, not from the start
     finally:
         dist.destroy_process_group()
 
 
-def test_two_processes_equal_one_process_with_the_global_batch(tmp_path) -> None:
+def test_two_processes_equal_one_process_and_resume_exactly(tmp_path) -> None:
     # No dropout: the two runs may then differ only by float round-off, not by random masks.
     model = str(build_tiny_model(tmp_path / "model", SENTENCES, seed=5, dropout=0.0))
     mp.start_processes(worker, args=(model, str(tmp_path / "dist"), str(tmp_path / "init")), nprocs=2,
@@ -48,3 +69,9 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path) -> None
         torch.testing.assert_close(distributed[name], tensor, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
     steps = [json.loads(line)["step"] for line in (tmp_path / "dist" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # 18 rows / (4 x 2 processes) = 2 steps an epoch, 2 epochs, logged once
+
+    # the interrupted and resumed distributed run ends with the very same weights and log
+    resumed = load_file(str(tmp_path / "dist-resumed" / "checkpoint" / "encoder.safetensors"))
+    assert all(torch.equal(resumed[name], tensor) for name, tensor in distributed.items())
+    lines = (tmp_path / "dist-resumed" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == steps
