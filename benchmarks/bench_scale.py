@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
-import itertools
 import json
 import math
 import os
@@ -325,61 +324,45 @@ def worker_equality(settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_encode(settings: Settings, job: dict[str, Any]) -> dict[str, Any] | None:
-    """(c) Under torchrun: each rank encodes its contiguous shard, rank 0 gathers all embeddings in order.
+    """(c) Under torchrun: ``embedkit.index.sharded.encode_sharded``, each rank encoding its contiguous shard and
+    rank 0 gathering all embeddings in order.
 
     Returns the report on rank 0 (and saves the gathered embeddings for the comparison), ``None`` elsewhere.
     """
     import numpy as np
     import torch
-    import torch.distributed as dist
 
     import embedkit
     from embedkit import distributed
     from embedkit.encoders import resolve_model_path
+    from embedkit.index.sharded import encode_sharded, shard_bounds
 
     distributed.init_from_environment()
     rank, world = distributed.rank(), distributed.world_size()
     sentences = read_sentences(settings.data_dir)
     corpus = [sentences[i % len(sentences)] for i in range(settings.encode_sentences)]
-    bounds = [len(corpus) * r // world for r in range(world + 1)]
-    shard = corpus[bounds[rank] : bounds[rank + 1]]
     encoder = embedkit.load_encoder(
         resolve_model_path(embedkit.DEFAULT_MODEL),
         device="cpu",
         precision="fp32",
         max_seq_length=settings.max_seq_length,
     )
-    encoder.encode(shard[: settings.encode_warmup], batch_size=settings.encode_batch, show_progress=False)
+    encoder.encode(corpus[: settings.encode_warmup], batch_size=settings.encode_batch, show_progress=False)
 
     distributed.barrier()
     start = time.perf_counter()
-    local = encoder.encode(shard, batch_size=settings.encode_batch, show_progress=False)
-    encoded = time.perf_counter() - start
-    if world > 1:
-        # gloo's gather needs equal shapes: pad every shard to the longest, cut the padding off on rank 0.
-        longest = max(b - a for a, b in itertools.pairwise(bounds))
-        padded = torch.zeros(longest, local.shape[1])
-        padded[: len(local)] = torch.from_numpy(local)
-        pieces = [torch.empty_like(padded) for _ in range(world)] if rank == 0 else None
-        dist.gather(padded, pieces, dst=0)
-        if rank == 0:
-            gathered = np.concatenate([p[: b - a].numpy() for p, a, b in zip(pieces, bounds, bounds[1:])])
-    else:
-        gathered = local
+    gathered = encode_sharded(encoder, corpus, batch_size=settings.encode_batch, show_progress=False)
     total = time.perf_counter() - start
-    encode_seconds = distributed.gather_objects(encoded)
     if rank != 0:
         return None
     np.save(job["embeddings_path"], gathered)
     return {
         "processes": world,
         "sentences": len(corpus),
-        "shard_sizes": [b - a for a, b in itertools.pairwise(bounds)],
+        "shard_sizes": [end - begin for begin, end in (shard_bounds(len(corpus), r, world) for r in range(world))],
         "encode_batch": settings.encode_batch,
         "seconds_encode_and_gather": total,
         "sentences_per_s": len(corpus) / total,
-        "encode_seconds_per_rank": encode_seconds,
-        "gather_seconds": total - encoded,
         "torch_threads_rank0": torch.get_num_threads(),
     }
 
@@ -831,8 +814,8 @@ def notes(settings: Settings) -> list[str]:
             "all-reduce; on cores shared with other work it also depends on what else runs."
         ),
         (
-            "Encode (c) runs embedkit's Encoder.encode (fp32, batch 32, max_seq_length 32) on each rank's contiguous "
-            "shard and gathers to rank 0 with torch.distributed.gather; the time runs from a barrier after a warm-up "
+            "Encode (c) runs embedkit.index.sharded.encode_sharded (fp32, batch 32, max_seq_length 32): each rank "
+            "encodes its contiguous shard, rank 0 gathers them in order; the time runs from a barrier after a warm-up "
             "to the gathered array on rank 0 (model loading excluded)."
         ),
     ] + (["QUICK SMOKE RUN: batches too small for the numbers to mean anything."] if settings.quick else [])
