@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import TINY_TEXTS
+
 from embedkit.cli import main
 
 
@@ -55,7 +57,7 @@ def test_eval_sts_json(capsys, tiny_model_path, tmp_path) -> None:
 def test_train_from_recipe_with_overrides(capsys, tiny_model_path, tmp_path) -> None:
     (tmp_path / "s.txt").write_text("".join(f"sentence number {i} about the cat\n" for i in range(12)))
     (tmp_path / "dev.jsonl").write_text("".join(
-        json.dumps({"sentence1": f"sentence {i}", "sentence2": "the cat", "score": i}) + "\n" for i in range(5)))
+        json.dumps({"sentence1": TINY_TEXTS[i], "sentence2": TINY_TEXTS[i + 1], "score": i}) + "\n" for i in range(5)))
     (tmp_path / "r.toml").write_text('[loss]\nname = "simcse-unsup"\n[train]\nbatch_size = 4\nlog_steps = 1\n')
     code, out, _ = run(capsys, "train", str(tmp_path / "r.toml"), "--json",
                        "--set", f"model.name={json.dumps(str(tiny_model_path))}",
@@ -109,7 +111,7 @@ def test_reward_model_recipe_evaluates_preference_and_saves_a_loadable_reward_mo
              "rejected": " no", "margin": 0.5} for i in range(8)]
     (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (tmp_path / "dev.jsonl").write_text("".join(
-        json.dumps({"sentence1": f"sentence {i}", "sentence2": f"the cat sat {i} times", "score": i}) + "\n" for i in range(5)))
+        json.dumps({"sentence1": TINY_TEXTS[i], "sentence2": TINY_TEXTS[i + 1], "score": i}) + "\n" for i in range(5)))
     (tmp_path / "r.toml").write_text('[loss]\nname = "reward-bt"\ncontrastive_weight = 0.1\n'
                                      '[train]\nbatch_size = 4\nlog_steps = 1\neval_steps = 1\n')
     code, out, _ = run(capsys, "train", str(tmp_path / "r.toml"), "--json",
