@@ -1,4 +1,5 @@
-from embedkit.cli import main
 import sys
+
+from embedkit.cli import main
 
 sys.exit(main())

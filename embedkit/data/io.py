@@ -227,7 +227,7 @@ def _read_txt(file: Path, name: str) -> Rows:
 
 def _read_parquet(file: Path, name: str) -> Rows:
     import pyarrow
-    import pyarrow.parquet as parquet
+    from pyarrow import parquet
 
     try:
         batches = parquet.ParquetFile(file).iter_batches()

@@ -9,20 +9,20 @@ import pytest
 
 mteb = pytest.importorskip("mteb")  # the optional 'eval' extra
 
-from conftest import TINY_TEXTS  # noqa: E402
+from conftest import TINY_TEXTS
 
-from embedkit.cli import main  # noqa: E402
-from embedkit.encoders import build_tiny_model, load_encoder  # noqa: E402
-from embedkit.errors import ConfigError, DataError, UnknownNameError  # noqa: E402
-from embedkit.eval import STSEvaluator, mteb_local  # noqa: E402
-from embedkit.eval.mteb_adapter import (  # noqa: E402
+from embedkit.cli import main
+from embedkit.encoders import build_tiny_model, load_encoder
+from embedkit.errors import ConfigError, DataError, UnknownNameError
+from embedkit.eval import STSEvaluator, mteb_local
+from embedkit.eval.mteb_adapter import (
     MtebEncoder,
     MtebEvaluator,
     build_model_meta,
     run_mteb,
     weights_fingerprint,
 )
-from embedkit.eval.mteb_local import (  # noqa: E402
+from embedkit.eval.mteb_local import (
     LocalTaskSpec,
     TooFewLabelsError,
     build_task,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 from types import SimpleNamespace
 
+import pytest
 from transformers import BertTokenizerFast
 
 from embedkit.errors import ConfigError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_TEXTS
 
 from embedkit.data import collate
 from embedkit.encoders import build_tiny_model, load_encoder
@@ -12,8 +13,6 @@ from embedkit.gradcache import grad_cache_backward
 from embedkit.losses import Objective, build_loss
 from embedkit.train import FitSettings, embed_batch, fit
 from embedkit.types import Example, Kind
-
-from conftest import TINY_TEXTS
 
 
 def grads(encoder) -> dict[str, torch.Tensor]:
