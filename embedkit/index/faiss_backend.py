@@ -319,8 +319,7 @@ class FaissBackend:
     def mergeable(self) -> bool:
         """Whether shards of this index built apart can be merged (faiss ``merge_from``): IVF indexes and flat-code
         indexes (Flat, PQ, SQ) can; graphs (HNSW) cannot."""
-        inner = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap2) else self.index
-        return isinstance(inner, faiss.IndexIVF | faiss.IndexFlatCodes)
+        return isinstance(self._inner(), faiss.IndexIVF | faiss.IndexFlatCodes)
 
     def merge(self, shard: np.ndarray) -> None:
         """Move the vectors of a shard (serialised with :meth:`to_bytes`, trained like this index) into this index,
@@ -332,9 +331,13 @@ class FaissBackend:
         faiss.write_index(self.index, str(folder / INDEX_FILE))
         return [INDEX_FILE]
 
-    def describe(self) -> dict:
+    def _inner(self) -> Any:
+        """The index inside the id map, or the index itself when it stores ids on its own (IVF)."""
         wrapped = isinstance(self.index, faiss.IndexIDMap | faiss.IndexIDMap2)
-        inner = faiss.downcast_index(self.index.index) if wrapped else self.index
+        return faiss.downcast_index(self.index.index) if wrapped else self.index
+
+    def describe(self) -> dict:
+        inner = self._inner()
         ivf = faiss.try_extract_index_ivf(self.index)
         info = {
             "backend": "faiss",
