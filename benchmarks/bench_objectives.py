@@ -61,7 +61,7 @@ import embedkit
 from embedkit.encoders import DEFAULT_MODEL, Encoder, resolve_model_path
 from embedkit.eval import RetrievalEvaluator, STSEvaluator
 from embedkit.precision import autocast
-from embedkit.train import _epoch_order  # the same batch order as fit(), so both libraries see identical batches
+from embedkit.training.fit import _epoch_order  # the same batch order as fit(), so both libraries see identical batches
 from embedkit.types import Example, Kind
 
 REPO = Path(__file__).resolve().parent.parent

@@ -194,7 +194,7 @@ def worker_step(settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
     if library == "embedkit":
         # fit()'s own optimisation step (train.py's _Run.train_step), without fit()'s checkpoint and final
         # save, which would add the optimizer state's serialisation to the peak memory.
-        from embedkit.train import _Run
+        from embedkit.training.fit import _Run
 
         encoder = embedkit.load_encoder(path, device="cpu", precision=precision, max_seq_length=settings.max_seq_length)
         loss = embedkit.build_loss("infonce", temperature=settings.temperature)
@@ -276,8 +276,8 @@ def worker_equality(settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
 
     import embedkit
     from embedkit.encoders import resolve_model_path
-    from embedkit.gradcache import grad_cache_backward
-    from embedkit.train import embed_batch
+    from embedkit.training.gradcache import grad_cache_backward
+    from embedkit.training.fit import embed_batch
 
     path = resolve_model_path(embedkit.DEFAULT_MODEL)
     rows = rows_of_step(sentence_pairs(settings.data_dir), 0, settings.equality_batch)

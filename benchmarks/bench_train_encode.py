@@ -57,7 +57,7 @@ from torch import nn
 import embedkit
 from embedkit.encoders import resolve_model_path
 from embedkit.precision import cpu_flags, cpu_has_fast_bf16, resolve_precision
-from embedkit.train import embed_batch
+from embedkit.training.fit import embed_batch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WIKI_FILE = Path("wiki1m_subset") / "wiki1m_for_simcse.sample10k.txt"

@@ -12,20 +12,14 @@ The main entry points::
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from embedkit.data import collate, read_examples
 from embedkit.encoders import DEFAULT_MODEL, Encoder, load_encoder
 from embedkit.errors import ConfigError, DataError, EmbedkitError, UnknownNameError
 from embedkit.eval import EVALUATORS, STSEvaluator, evaluate_sts
 from embedkit.losses import LOSSES, build_loss
-from embedkit.train import FitResult, FitSettings, fit
+from embedkit.training.fit import FitResult, FitSettings, fit
 from embedkit.types import EmbeddedBatch, Example, Kind, Scores, TextBatch
-
-try:
-    __version__ = version("embedkit")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+from embedkit.version import __version__
 
 __all__ = [
     "DEFAULT_MODEL",

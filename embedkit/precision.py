@@ -61,3 +61,21 @@ def autocast(dtype: torch.dtype, device: torch.device | str) -> Iterator[None]:
         return
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+class PrecisionMixin:
+    """``device`` and ``compute_dtype()`` for an encoder that runs a torch ``model`` in ``precision``.
+
+    Shared by every encoder class, so that where a model runs and in which dtype is decided in one place.
+    """
+
+    model: torch.nn.Module
+    precision: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def compute_dtype(self) -> torch.dtype:
+        """The autocast dtype of :attr:`precision` on :attr:`device` (``torch.float32``: no autocast)."""
+        return resolve_precision(self.precision, self.device)

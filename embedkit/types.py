@@ -4,16 +4,22 @@ Every data kind becomes the same :class:`TextBatch`: ``B`` anchors, ``B`` positi
 per anchor. Encoding it gives an :class:`EmbeddedBatch`; scoring anchors against candidates gives a
 :class:`Scores` table ``[B, C]`` that filter steps shrink or re-weight and that every InfoNCE-family loss
 reduces with a cross-entropy.
+
+Two protocols are the seams between layers: every encoder satisfies :class:`TextEncoder`, every evaluator
+:class:`Evaluator`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class Kind(str, enum.Enum):
@@ -164,3 +170,53 @@ class Scores:
     def positive_values(self) -> Tensor:
         """``[B]`` the score of each row's positive."""
         return self.values.gather(1, self.targets[:, None]).squeeze(1)
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """What embedkit needs of an encoder: a sentence-transformers :class:`~embedkit.encoders.Encoder`, a reward
+    model's :class:`~embedkit.encoders.reward.RewardModelEncoder`, or any wrapper around one.
+
+    Attributes:
+        name: the name or path it was loaded from (recorded in index manifests and reports).
+        model: the underlying torch module.
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+    """
+
+    name: str
+    model: nn.Module
+    precision: str
+
+    @property
+    def dim(self) -> int:
+        """The embedding size ``D``."""
+        ...
+
+    @property
+    def max_seq_length(self) -> int:
+        """Inputs are truncated to this many tokens."""
+        ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        normalize: bool = False,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """``n`` texts -> a float32 ``[n, D]`` array, in input order, without gradients."""
+        ...
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """``evaluator(encoder) -> {metric: value}``; :func:`embedkit.fit` keeps the model that is best by
+    ``metrics[primary_metric]``, the highest when ``higher_is_better``, else the lowest."""
+
+    primary_metric: str
+    higher_is_better: bool
+
+    def __call__(self, encoder: TextEncoder) -> dict[str, float]: ...

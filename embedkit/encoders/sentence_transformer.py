@@ -2,7 +2,7 @@
 
 The saved format is the sentence-transformers format: ``SentenceTransformer(path)`` loads a folder written by
 :meth:`Encoder.save` and gives the same embeddings. Training-only heads (SimCSE's MLP) are saved beside the
-model in ``embedkit_heads/`` and never take part in inference.
+model in ``embedkit_heads/`` (:mod:`embedkit.encoders.heads`) and never take part in inference.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
+from embedkit.encoders.heads import has_head, read_head, write_head
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.fsutil import atomic_directory
-from embedkit.precision import autocast, resolve_precision
+from embedkit.precision import PrecisionMixin, autocast
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -32,7 +32,7 @@ OFFLINE_MODEL_PACKAGES = {
 }
 
 POOLING_MODES = {"cls": "cls", "mean": "mean", "last": "lasttoken"}
-HEADS_DIR = "embedkit_heads"
+MLP_HEAD = "mlp"
 ENCODER_CONFIG = "embedkit.json"
 
 
@@ -68,7 +68,7 @@ class MLPHead(nn.Module):
         return self.activation(self.dense(embeddings))
 
 
-class Encoder(nn.Module):
+class Encoder(PrecisionMixin, nn.Module):
     """A trainable sentence encoder.
 
     ``forward(texts)`` is the training path (gradients, dropout when in train mode, the MLP head when there is
@@ -93,11 +93,7 @@ class Encoder(nn.Module):
         self.name = name
         self.mlp_head = mlp_head
         self.precision = precision
-        resolve_precision(precision, self.device)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        self.compute_dtype()  # an unknown precision fails here, not at the first batch
 
     @property
     def dim(self) -> int:
@@ -115,9 +111,6 @@ class Encoder(nn.Module):
     def pooling(self) -> str:
         mode = _pooling_module(self.model).pooling_mode
         return {v: k for k, v in POOLING_MODES.items()}.get(mode, str(mode))
-
-    def compute_dtype(self) -> torch.dtype:
-        return resolve_precision(self.precision, self.device)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
         features = self.model.preprocess(list(texts))
@@ -168,8 +161,7 @@ class Encoder(nn.Module):
             self.model.save(str(tmp), create_model_card=False)
             config = {"name": self.name, "pooling": self.pooling, "mlp_head": self.mlp_head is not None}
             if self.mlp_head is not None:
-                (tmp / HEADS_DIR).mkdir()
-                save_file(self.mlp_head.state_dict(), str(tmp / HEADS_DIR / "mlp.safetensors"))
+                write_head(tmp, MLP_HEAD, self.mlp_head.state_dict(), {"dim": self.dim})
             (tmp / ENCODER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         return Path(path)
 
@@ -223,9 +215,8 @@ def load_encoder(
     head = None
     if mlp_head:
         head = MLPHead(int(model.get_embedding_dimension()))
-        head_file = Path(path) / HEADS_DIR / "mlp.safetensors"
-        if head_file.exists():
-            head.load_state_dict(load_file(str(head_file)))
+        if has_head(path, MLP_HEAD):
+            head.load_state_dict(read_head(path, MLP_HEAD)[0])
         head.to(device)
     return Encoder(model, name=recorded_name, mlp_head=head, precision=precision)
 

@@ -23,20 +23,18 @@ Metrics (accuracy and ECE in percent, as STS reports Spearman x100):
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
 from embedkit.data import Kind, read_examples
+from embedkit.data.render import render_pairs, tokenizer_of
+from embedkit.encoders.reward import RewardModel
 from embedkit.errors import ConfigError, EmbedkitError
-from embedkit.preference.render import render_pairs, tokenizer_of
-from embedkit.preference.reward import RewardModel, has_reward_head, load_reward_model
 
 MODES = ("similarity", "reward")
 PROMPT_TRUNCATION = ("left", "right")
@@ -141,7 +139,7 @@ class PreferenceEvaluator:
         batch_size: encoding batch size.
         temperature: similarity mode: the temperature that turns cosine gaps into probabilities.
         prompt_truncation: similarity mode: ``"left"`` keeps the end of a long prompt (the latest turns, as
-            :func:`embedkit.preference.render_pair` does); ``"right"`` leaves the prompt to the encoder, which keeps
+            :func:`embedkit.data.render_pair` does); ``"right"`` leaves the prompt to the encoder, which keeps
             its beginning (the protocol of the DESIGN.md zero-shot reference number).
         reward_head: reward mode: the head to score an encoder's representations with, for evaluating a model
             while it trains (:attr:`RewardModelObjective.head`).
@@ -210,28 +208,3 @@ class PreferenceEvaluator:
             f"reward-mode evaluation needs a reward model, but {getattr(model, 'name', type(model).__name__)} "
             "has no reward head; load one with load_reward_model(), pass reward_head=, or use mode='similarity'"
         )
-
-
-def load_reward_scorer(
-    name_or_path: str | os.PathLike[str], *, device: str | None = None, precision: str = "auto"
-) -> Any:
-    """A model with ``score(prompts, responses)``: an embedkit reward model or a Hugging Face one.
-
-    Raises:
-        EmbedkitError: a local folder that is neither an embedkit reward model nor a sequence-classification
-            model (for instance a plain encoder), or a model that cannot be loaded.
-    """
-    from embedkit.encoders.reward_model import load_reward_model_encoder
-
-    path = Path(name_or_path)
-    if has_reward_head(path) or (path.exists() and not _is_sequence_classifier(path)):
-        return load_reward_model(path, device=device, precision=precision)  # names the missing head if absent
-    return load_reward_model_encoder(name_or_path, device=device, precision=precision)
-
-
-def _is_sequence_classifier(folder: Path) -> bool:
-    config = folder / "config.json"
-    if not config.is_file():
-        return False
-    architectures = json.loads(config.read_text()).get("architectures") or []
-    return any(name.endswith("ForSequenceClassification") for name in architectures)

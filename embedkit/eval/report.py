@@ -44,6 +44,7 @@ from embedkit.eval.preference import PreferenceEvaluator
 from embedkit.eval.retrieval import RetrievalEvaluator
 from embedkit.eval.sts import STSEvaluator, sts_files
 from embedkit.fsutil import atomic_write_bytes
+from embedkit.version import __version__
 
 # section -> (the evaluator option that ``path`` stands for, the options that are paths)
 SECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -328,8 +329,6 @@ def write_report(
         figures["training.png"] = plots.training_curves(logs)
     for name, figure in figures.items():
         plots.save_figure(figure, out / name)
-
-    from embedkit import __version__
 
     document = {
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from embedkit.index.store import (
     read_manifest,
     write_folder,
 )
+from embedkit.version import __version__
 
 CHUNK_SIZE = 16384
 """Documents embedded and added at a time: the corpus's embeddings are never all in memory at once."""
@@ -72,13 +72,6 @@ class SearchResult:
     def __iter__(self) -> Iterator[np.ndarray]:
         yield self.scores
         yield self.ids
-
-
-def _embedkit_version() -> str:
-    try:
-        return version("embedkit")
-    except PackageNotFoundError:
-        return "0.0.0+unknown"
 
 
 def _progress(total: int, description: str, show: bool | None) -> tqdm:
@@ -353,7 +346,7 @@ class Index:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the index folder atomically: a failure leaves any previous folder at ``path`` intact."""
         self.manifest.count = len(self.backend)
-        self.manifest.embedkit_version = _embedkit_version()
+        self.manifest.embedkit_version = __version__
         self.path = write_folder(path, self.manifest, [self.backend.save, self.store.save])
         return self.path
 
@@ -402,7 +395,7 @@ class Index:
             "id_type": self.manifest.id_type,
             "model": {"name": self.manifest.model_name, "fingerprint": self.manifest.model_fingerprint},
             "created": self.manifest.created,
-            "embedkit_version": self.manifest.embedkit_version or _embedkit_version(),
+            "embedkit_version": self.manifest.embedkit_version or __version__,
             "search_params": dict(self.manifest.search_params),
             "backend": self.backend.describe(),
             "files": dict(self.manifest.files),
@@ -432,7 +425,7 @@ def empty_index(encoder: Any, spec: str | IndexSpec, metric: str, device: str) -
         dimension=encoder.dim,
         model_name=encoder.name,
         model_fingerprint=model_fingerprint(encoder.model),
-        embedkit_version=_embedkit_version(),
+        embedkit_version=__version__,
         created=now(),
     )
     index = Index(backend, PayloadStore.create(), manifest)

@@ -13,13 +13,14 @@ from embedkit.losses.cosent import CoSENTLoss  # noqa: F401  (registers cosent)
 from embedkit.losses.dclr import DCLRObjective  # noqa: F401  (registers dclr)
 from embedkit.losses.debiased import DebiasedInfoNCELoss  # noqa: F401  (registers debiased-infonce)
 from embedkit.losses.diffcse import DiffCSEObjective  # noqa: F401  (registers diffcse)
-from embedkit.losses.filters import STEPS, build_steps  # noqa: F401
 from embedkit.losses.gist import GISTEmbedObjective  # noqa: F401  (registers gist)
 from embedkit.losses.infonce import InfoNCELoss, cosine_table, info_nce_from_scores
 from embedkit.losses.objective import Objective
 from embedkit.losses.queue import MemoryQueue, MomentumQueueObjective  # noqa: F401  (registers infonce-queue)
 from embedkit.losses.registry import LOSSES, LossSpec, build_loss
+from embedkit.losses.preference import RewardModelObjective  # noqa: F401  (registers reward-bt)
 from embedkit.losses.steps import (
+    STEPS,
     MarginFilter,
     MaskDuplicates,
     RankWindow,
@@ -27,8 +28,8 @@ from embedkit.losses.steps import (
     Step,
     TopKHardest,
     apply_steps,
+    build_steps,
 )
-from embedkit.preference import reward as _reward  # noqa: F401  (registers reward-bt)
 
 __all__ = [
     "LOSSES",
@@ -39,9 +40,11 @@ __all__ = [
     "Objective",
     "RankWindow",
     "ScoreCeiling",
+    "STEPS",
     "Step",
     "TopKHardest",
     "apply_steps",
+    "build_steps",
     "build_loss",
     "cosine_table",
     "info_nce_from_scores",

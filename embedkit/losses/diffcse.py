@@ -36,21 +36,17 @@ masked, since its input is replaced by the condition anyway.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from embedkit.encoders.generators import TokenGenerator, load_generator, special_token_mask
-from embedkit.encoders.sentence_transformer import HEADS_DIR
+from embedkit.encoders.heads import read_head, write_head
 from embedkit.errors import ConfigError, EmbedkitError
-from embedkit.fsutil import atomic_write_bytes
 from embedkit.losses.infonce import InfoNCELoss
 from embedkit.losses.objective import Objective
 from embedkit.losses.registry import LOSSES, LossSpec
@@ -59,10 +55,7 @@ from embedkit.types import EmbeddedBatch, Kind, TextBatch
 if TYPE_CHECKING:
     from embedkit.encoders import Encoder
 
-DIFFCSE_HEADS = "diffcse"
-HEADS_FILE = "heads.safetensors"
-HEADS_CONFIG = "config.json"
-HEADS_FORMAT = "embedkit-diffcse-heads/1"
+DIFFCSE_HEAD = "diffcse"
 HEAD_MODULES = ("discriminator", "projector", "rtd_head")
 HEADS_SEED = 0
 
@@ -280,19 +273,14 @@ class DiffCSEObjective(Objective):
         }
 
     def save_heads(self, path: str | os.PathLike[str]) -> Path:
-        """Write the heads beside the model in folder ``path``: ``embedkit_heads/diffcse/`` (safetensors + JSON)."""
-        folder = Path(path) / HEADS_DIR / DIFFCSE_HEADS
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / HEADS_FILE, safetensors_bytes(self.heads_state()))
+        """Write the heads beside the model in folder ``path``: ``embedkit_heads/diffcse.*``."""
         config = {
-            "format": HEADS_FORMAT,
             "generator": self.generator_name,
             "lambda_weight": self.lambda_weight,
             "mask_ratio": self.mask_ratio,
             "batchnorm": self.batchnorm,
         }
-        atomic_write_bytes(folder / HEADS_CONFIG, (json.dumps(config, indent=2) + "\n").encode())
-        return folder
+        return write_head(path, DIFFCSE_HEAD, self.heads_state(), config)
 
     def load_heads(self, path: str | os.PathLike[str]) -> None:
         """Load heads written by :meth:`save_heads` (after :meth:`setup`, which builds them), e.g. to continue.
@@ -300,14 +288,11 @@ class DiffCSEObjective(Objective):
         Raises:
             EmbedkitError: ``path`` has no DiffCSE heads, or they do not fit this objective's heads.
         """
-        file = Path(path) / HEADS_DIR / DIFFCSE_HEADS / HEADS_FILE
-        if not file.is_file():
-            raise EmbedkitError(f"{path} has no DiffCSE heads ({file} is missing)")
-        tensors = load_file(str(file))
+        tensors, _ = read_head(path, DIFFCSE_HEAD)
         expected = set(self.heads_state())
         if set(tensors) != expected:
             raise EmbedkitError(
-                f"the DiffCSE heads in {file} do not fit this objective (set up for another encoder, or another "
+                f"the DiffCSE heads in {path} do not fit this objective (set up for another encoder, or another "
                 f"lambda_weight/batchnorm): {len(set(tensors) ^ expected)} tensors differ"
             )
         self.load_state_dict(tensors, strict=False)

@@ -26,10 +26,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from embedkit import distributed
 from embedkit.encoders import Encoder, load_encoder
+from embedkit.encoders.batching import embed_batch
 from embedkit.errors import ConfigError, EmbedkitError
-from embedkit.losses.filters import with_filters
+from embedkit.losses.steps import with_filters
 from embedkit.losses.infonce import cosine_table, info_nce_from_scores
 from embedkit.losses.objective import Objective
 from embedkit.losses.queue import positive_columns
@@ -161,12 +161,9 @@ class GISTEmbedObjective(Objective):
         return apply_steps(scores.replace(guide=guide.to(scores.values.device)), self.steps)
 
     def forward(self, encoder: Encoder, batch: TextBatch) -> Tensor:
-        # Imported here: embedkit.train imports this package.
-        from embedkit.train import embed_batch
-
-        embedded = distributed.gather_candidates(embed_batch(encoder, batch))
+        embedded = embed_batch(encoder, batch)
         with torch.no_grad(), _own_precision(self.guide):
-            guided = distributed.gather_candidates(embed_batch(self.guide, batch))
+            guided = embed_batch(self.guide, batch)
         return info_nce_from_scores(self.scores(embedded, guided), self.temperature)
 
     def extra_repr(self) -> str:

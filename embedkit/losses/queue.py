@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from embedkit import distributed
+from embedkit.encoders.batching import embed_batch
 from embedkit.errors import ConfigError
-from embedkit.losses.filters import FilterSpec, loss_steps
+from embedkit.losses.steps import FilterSpec, loss_steps
 from embedkit.losses.infonce import InfoNCELoss
 from embedkit.losses.objective import Objective
 from embedkit.losses.registry import CONTRASTIVE_KINDS, LOSSES, LossSpec
@@ -197,12 +198,9 @@ class MomentumQueueObjective(Objective):
         self.register_load_state_dict_pre_hook(_resize_to_loaded("momentum_weights"))
 
     def forward(self, encoder: Encoder, batch: TextBatch) -> Tensor:
-        # Imported here: embedkit.train imports this package.
-        from embedkit.train import embed_batch
-
         if self.training:
             self._update_momentum_weights(encoder)
-        embedded = distributed.gather_candidates(embed_batch(encoder, batch))
+        embedded = embed_batch(encoder, batch)
         value = self.queue.loss(self.queue.extend(embedded))
         if self.training:
             with torch.no_grad():

@@ -1,27 +1,15 @@
-"""Preference data end to end: rendering (prompt, response), reward models on encoders, pair selection.
+"""Preference data, under the names of embedkit 0.1 (kept so that existing imports keep working).
 
-Preference rows are one more contrastive data kind (anchor = prompt, positive = chosen, hard negative =
-rejected, trained by any InfoNCE-family loss); this package adds what is specific to them:
-
-- :func:`render_pair`: ``(prompt, response)`` as one encoder input within the model's maximum length;
-- :class:`RewardModelObjective` (loss ``reward-bt``), :class:`RewardModel`, :func:`load_reward_model`: a
-  Bradley-Terry reward head on an encoder, with a contrastive representation term;
-- :func:`select_pairs`: which response pairs to label, by response-embedding dissimilarity (REAL).
-
-Evaluation is :class:`embedkit.eval.preference.PreferenceEvaluator`; reward-model representations as
-embeddings are :func:`embedkit.encoders.reward_model.load_reward_model_encoder`.
+Preference rows are one more contrastive data kind; what is specific to them now lives in its layer:
+rendering in :mod:`embedkit.data.render`, reward heads and models in :mod:`embedkit.encoders.reward`, the
+``reward-bt`` loss in :mod:`embedkit.losses.preference`, pair selection in :mod:`embedkit.mining.response_pairs`,
+evaluation in :mod:`embedkit.eval.preference`.
 """
 
-from embedkit.preference.render import render_for, render_pair, render_pairs, tokenizer_of, truncate_left
-from embedkit.preference.reward import (
-    RewardHead,
-    RewardModel,
-    RewardModelObjective,
-    bradley_terry_loss,
-    has_reward_head,
-    load_reward_model,
-)
-from embedkit.preference.select import STRATEGIES, SelectedPair, read_response_groups, select_pairs
+from embedkit.data.render import render_for, render_pair, render_pairs, tokenizer_of, truncate_left
+from embedkit.encoders.reward import RewardHead, RewardModel, has_reward_head, load_reward_model
+from embedkit.losses.preference import RewardModelObjective, bradley_terry_loss
+from embedkit.mining.response_pairs import STRATEGIES, SelectedPair, read_response_groups, select_pairs
 
 __all__ = [
     "STRATEGIES",

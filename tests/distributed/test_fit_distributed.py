@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from embedkit.data import Examples
 from embedkit.encoders import build_tiny_model, load_encoder
 from embedkit.losses import build_loss
-from embedkit.train import FitSettings, fit
+from embedkit.training.fit import FitSettings, fit
 from embedkit.types import Example, Kind
 
 SENTENCES = [f"sentence {i} about the {w}" for i, w in enumerate(["cat", "dog", "sun", "rain", "train", "ship"] * 3)]

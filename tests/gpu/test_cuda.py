@@ -9,7 +9,7 @@ import torch
 from embedkit.data import Examples
 from embedkit.encoders import load_encoder
 from embedkit.losses import build_loss
-from embedkit.train import FitSettings, fit
+from embedkit.training.fit import FitSettings, fit
 from embedkit.types import Example, Kind
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

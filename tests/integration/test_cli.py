@@ -104,7 +104,7 @@ def test_bad_data_is_one_line_without_traceback(tmp_path) -> None:
 def test_reward_model_recipe_evaluates_preference_and_saves_a_loadable_reward_model(
     capsys, tiny_model_path, tmp_path
 ) -> None:
-    from embedkit.preference import load_reward_model
+    from embedkit.encoders.reward import load_reward_model
 
     rows = [{"prompt": f"Human: question {i}?\n\nAssistant:", "chosen": f" the cat answer {i}",
              "rejected": " no", "margin": 0.5} for i in range(8)]

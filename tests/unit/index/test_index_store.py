@@ -266,8 +266,9 @@ def test_corpus_files_and_beir_folders(encoder, tmp_path, shared_data) -> None:
         "title": "Wings",
         "metadata": {"a": 1},
     }
-    (tmp_path / "lines.txt").write_text("first line\nsecond line\n")
-    assert build_index(encoder, tmp_path / "lines.txt").search("second line", k=1).ids[0, 0] == 1
+    # words of the tiny model's vocabulary, so that the two lines embed apart
+    (tmp_path / "lines.txt").write_text("the cat sat on the mat\nrain falls on the green hills\n")
+    assert build_index(encoder, tmp_path / "lines.txt").search("rain falls on the hills", k=1).ids[0, 0] == 1
     (tmp_path / "bad.jsonl").write_text('{"_id": "1", "text": "ok"}\n{"_id": "2"}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2: column 'text'"):
         build_index(encoder, tmp_path / "bad.jsonl")

@@ -15,7 +15,7 @@ from embedkit.encoders import load_encoder
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.losses import LOSSES, InfoNCELoss, build_loss
 from embedkit.losses.dclr import DCLRObjective
-from embedkit.train import FitSettings, fit
+from embedkit.training.fit import FitSettings, fit
 from embedkit.types import EmbeddedBatch, Example, Kind
 
 SENTENCES = [
@@ -251,7 +251,7 @@ def test_fit_two_steps_with_a_frozen_copy_and_an_exact_resume(tiny_model_path: P
 
 
 def test_recipe_builds() -> None:
-    from embedkit.config import load_config
+    from embedkit.training.recipe import load_config
 
     config = load_config(Path(__file__).resolve().parents[3] / "recipes" / "dclr.toml")
     loss = LOSSES.get(config.loss.name).build(**config.loss.params)

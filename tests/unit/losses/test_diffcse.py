@@ -20,7 +20,8 @@ from embedkit.encoders.generators import MaskedLMGenerator, UnigramGenerator, lo
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.losses import LOSSES, InfoNCELoss, build_loss
 from embedkit.losses.diffcse import DiffCSEObjective, maskable_positions, replacement_mask, rtd_loss
-from embedkit.train import FitSettings, embed_batch, fit
+from embedkit.encoders.batching import embed_batch
+from embedkit.training.fit import FitSettings, fit
 from embedkit.types import Example, Kind
 
 SENTENCES = [
@@ -204,9 +205,9 @@ def test_the_condition_enters_the_discriminator(tiny_model_path: Path) -> None:
 def test_heads_save_and_load(tiny_model_path: Path, tmp_path: Path) -> None:
     encoder = load_encoder(tiny_model_path, precision="fp32")
     objective = diffcse(encoder, "unigram")
-    folder = objective.save_heads(tmp_path / "model")
-    assert folder == tmp_path / "model" / "embedkit_heads" / "diffcse"
-    saved = load_file(str(folder / "heads.safetensors"))
+    weights = objective.save_heads(tmp_path / "model")
+    assert weights == tmp_path / "model" / "embedkit_heads" / "diffcse.safetensors"
+    saved = load_file(str(weights))
     assert saved and all(k.split(".")[0] in ("discriminator", "projector", "rtd_head") for k in saved)
     other = diffcse(load_encoder(tiny_model_path, precision="fp32"), "unigram")
     torch.nn.init.ones_(other.rtd_head.weight)
@@ -291,7 +292,7 @@ def test_fit_trains_and_checkpoints_the_heads_and_resumes_exactly(
     assert fit(straight, examples, objective, settings("straight")).steps == 2
     trained = objective.heads_state()
     assert any(not torch.equal(before[k], trained[k]) for k in before)  # the heads are optimised
-    saved = load_file(str(tmp_path / "straight" / "final" / "embedkit_heads" / "diffcse" / "heads.safetensors"))
+    saved = load_file(str(tmp_path / "straight" / "final" / "embedkit_heads" / "diffcse.safetensors"))
     assert saved.keys() == trained.keys() and all(torch.equal(saved[k], trained[k]) for k in saved)
 
     state = load_file(str(tmp_path / "straight" / "checkpoint" / "loss.safetensors"))
@@ -309,7 +310,7 @@ def test_fit_trains_and_checkpoints_the_heads_and_resumes_exactly(
 
 
 def test_recipe_builds_offline() -> None:
-    from embedkit.config import load_config
+    from embedkit.training.recipe import load_config
 
     config = load_config(Path(__file__).resolve().parents[3] / "recipes" / "diffcse.toml")
     objective = LOSSES.get(config.loss.name).build(**config.loss.params)

@@ -13,7 +13,8 @@ from embedkit.encoders import load_encoder
 from embedkit.errors import ConfigError
 from embedkit.losses import build_loss
 from embedkit.losses.objective import Objective
-from embedkit.train import FitSettings, embed_batch, fit, linear_schedule
+from embedkit.encoders.batching import embed_batch
+from embedkit.training.fit import FitSettings, fit, linear_schedule
 from embedkit.types import Example, Kind
 
 SENTENCES = [

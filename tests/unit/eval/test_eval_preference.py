@@ -9,11 +9,12 @@ import math
 import numpy as np
 import pytest
 
-from embedkit.cli_preference import add_eval_preference
+from embedkit.cli.eval import register
 from embedkit.encoders import load_encoder
 from embedkit.errors import ConfigError, DataError, EmbedkitError
 from embedkit.eval.preference import PreferenceEvaluator, preference_report, wilson_interval
-from embedkit.preference import RewardModel, RewardModelObjective
+from embedkit.encoders.reward import RewardModel
+from embedkit.losses.preference import RewardModelObjective
 
 
 def sigmoid(x: float) -> float:
@@ -132,10 +133,9 @@ def test_bad_settings_and_data(data, tmp_path) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The ``eval`` sub-command as embedkit.cli.build_parser() wires it."""
+    """The ``eval`` command as embedkit.cli.build_parser() wires it."""
     root = argparse.ArgumentParser(prog="embedkit")
-    commands = root.add_subparsers(dest="command", required=True)
-    add_eval_preference(commands.add_parser("eval").add_subparsers(dest="task", required=True))
+    register(root.add_subparsers(dest="command", required=True))
     return root
 
 

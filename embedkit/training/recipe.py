@@ -1,7 +1,7 @@
-"""Training recipes: frozen dataclasses read from TOML, with ``section.key=value`` overrides.
+"""Training recipes: frozen dataclasses read from TOML, with ``section.key=value`` overrides, and running them.
 
 A recipe has the sections ``[model]``, ``[data]``, ``[loss]``, ``[train]`` (the fields of
-:class:`embedkit.train.FitSettings`) and ``[eval]``. Every key of
+:class:`embedkit.training.fit.FitSettings`) and ``[eval]``. Every key of
 ``[loss]`` other than ``name`` is a parameter of that loss. Unknown sections and keys are errors that list
 the valid ones, so a typo never silently falls back to a default.
 """
@@ -9,15 +9,22 @@ the valid ones, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedkit.encoders.sentence_transformer import DEFAULT_MODEL
+from embedkit.data import read_examples
+from embedkit.encoders import DEFAULT_MODEL, load_encoder
 from embedkit.errors import ConfigError
-from embedkit.train import FitSettings
+from embedkit.eval import CombinedEvaluator, Evaluator, STSEvaluator
+from embedkit.eval.preference import PreferenceEvaluator
+from embedkit.fsutil import atomic_write_bytes
+from embedkit.losses import LOSSES
+from embedkit.losses.preference import RewardModelObjective
+from embedkit.training.fit import FitResult, FitSettings, fit
 
 
 @dataclass(frozen=True)
@@ -147,3 +154,59 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
     return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+# -- running a recipe --------------------------------------------------------------------------------------
+def dev_evaluator(config: EvalConfig, loss: Any) -> Evaluator | None:
+    """The evaluator of a recipe's ``[eval]`` section for training with ``loss``; ``None`` when it names no set."""
+    evaluators: dict[str, Evaluator] = {}
+    if config.sts:
+        evaluators["sts"] = STSEvaluator(config.sts)
+    if config.preference:
+        evaluators["preference"] = (
+            PreferenceEvaluator(config.preference, mode="reward", reward_head=loss.head)
+            if isinstance(loss, RewardModelObjective)
+            else PreferenceEvaluator(config.preference)
+        )
+    if len(evaluators) < 2:
+        return next(iter(evaluators.values()), None)
+    return CombinedEvaluator(evaluators)
+
+
+def run_training(config: RunConfig, show_progress: bool = True) -> FitResult:
+    """Load the model and data a recipe names, train, and keep the best and final models.
+
+    The resolved recipe is written to ``<output_dir>/recipe.json`` so a run records how it was made.
+    """
+    if not config.data.path:
+        raise ConfigError("the recipe names no training data: set data.path")
+    spec = LOSSES.get(config.loss.name)
+    loss = spec.build(**config.loss.params)
+    examples = read_examples(
+        config.data.path,
+        kind=config.data.kind,
+        columns=config.data.columns or None,
+        format=config.data.format,
+        limit=config.data.limit,
+    )
+    kind = examples.kind
+    if kind not in spec.kinds:
+        raise ConfigError(
+            f"loss {spec.name!r} takes {', '.join(k.value for k in spec.kinds)} data, "
+            f"but {config.data.path} is {kind.value}"
+        )
+    evaluator = dev_evaluator(config.eval, loss)
+    encoder = load_encoder(
+        config.model.name,
+        pooling=config.model.pooling,
+        mlp_head=config.model.mlp_head,
+        max_seq_length=config.model.max_seq_length,
+        device=config.model.device,
+        precision=config.model.precision,
+    )
+    settings = dataclasses.replace(config.train, show_progress=show_progress and config.train.show_progress)
+    output_dir = Path(settings.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(output_dir / "recipe.json", (json.dumps(config_to_dict(config), indent=2) + "\n").encode())
+    return fit(encoder, examples, loss, settings, kind=kind, evaluator=evaluator)
+

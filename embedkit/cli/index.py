@@ -1,6 +1,4 @@
-"""Command-line commands for indexes and mining: ``embedkit index ...``, ``embedkit search``, ``embedkit mine``.
-
-:func:`register` adds them to the sub-parser collection that :func:`embedkit.cli.build_parser` makes::
+"""``embedkit index build | info | add | remove`` and ``embedkit search``::
 
     embedkit index build --model M --corpus corpus.jsonl --out idx/ --spec faiss:IVF1024,Flat [--metric cosine]
     embedkit index info idx/
@@ -8,19 +6,16 @@
     embedkit index remove idx/ --ids ids.txt
     embedkit search idx/ "how do boundary layers behave at high speed" -k 10
     embedkit search idx/ --queries queries.jsonl -k 100 --output run.jsonl
-    embedkit mine --model M --pairs pairs.jsonl --corpus corpus.jsonl --out triplets.jsonl \\
-                  --negatives 5 --range 10:100 --margin relative:0.05
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
-from embedkit.cli import _add_model_options, _load, _print_json
+from embedkit.cli.options import add_model_options, load_model, print_json
 from embedkit.errors import ConfigError, DataError
 
 TEXT_WIDTH = 100  # characters of a result's text shown by `search`
@@ -65,34 +60,6 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def parse_range(text: str) -> tuple[int, int]:
-    """``"10:100"`` -> ``(10, 100)``."""
-    start, sep, end = text.partition(":")
-    try:
-        window = (int(start), int(end))
-    except ValueError:
-        raise ConfigError(f"a rank range looks like 10:100, got {text!r}") from None
-    if not sep or not 0 <= window[0] < window[1]:
-        raise ConfigError(f"a rank range needs 0 <= start < end, like 10:100; got {text!r}")
-    return window
-
-
-def parse_margin(text: str) -> tuple[str, float] | None:
-    """``"relative:0.05"`` -> ``("relative", 0.05)``; ``"none"`` -> ``None``."""
-    from embedkit.losses.steps import MARGIN_MODES
-
-    if text == "none":
-        return None
-    mode, _, value = text.partition(":")
-    try:
-        margin = float(value)
-    except ValueError:
-        margin = None
-    if mode not in MARGIN_MODES or margin is None:
-        raise ConfigError(f"a margin looks like relative:0.05 or absolute:0.1 (or none), got {text!r}")
-    return mode, margin
-
-
 def parse_params(items: list[str]) -> dict[str, float]:
     """``["nprobe=16"]`` -> ``{"nprobe": 16.0}``."""
     params = {}
@@ -114,7 +81,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
     distributed.init_from_environment()  # under torchrun: each process embeds a shard, rank 0 merges and saves
     index = build_index_sharded(
-        _load(args),
+        load_model(args),
         args.corpus,
         spec=args.spec,
         metric=args.metric,
@@ -128,7 +95,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         return 0
     index.save(args.out)
     if args.json:
-        _print_json(index.info())
+        print_json(index.info())
     else:
         print(f"indexed {len(index)} documents with {args.spec} ({args.metric}) into {args.out}")
     return 0
@@ -137,7 +104,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 def cmd_index_info(args: argparse.Namespace) -> int:
     info = _open_index(args, with_encoder=False).info()
     if args.json:
-        _print_json(info)
+        print_json(info)
         return 0
     for key in ("path", "spec", "metric", "normalize", "dimension", "count", "id_type", "created", "embedkit_version"):
         print(f"{key:<17} {info[key]}")
@@ -153,7 +120,7 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     added = index.add(args.corpus, batch_size=args.batch_size, show_progress=not args.json)
     index.save(args.index)
     if args.json:
-        _print_json({"index": str(args.index), "added": added, "count": len(index)})
+        print_json({"index": str(args.index), "added": added, "count": len(index)})
     else:
         print(f"added {added} documents to {args.index}; it holds {len(index)}")
     return 0
@@ -185,7 +152,7 @@ def cmd_index_remove(args: argparse.Namespace) -> int:
     removed = index.remove(_read_ids(args.ids, index.manifest.id_type))
     index.save(args.index)
     if args.json:
-        _print_json({"index": str(args.index), "removed": removed, "count": len(index)})
+        print_json({"index": str(args.index), "removed": removed, "count": len(index)})
     else:
         print(f"removed {removed} documents from {args.index}; it holds {len(index)}")
     return 0
@@ -211,7 +178,7 @@ def _search_one(index, args: argparse.Namespace) -> int:
         if text is not None
     ]
     if args.json:
-        _print_json(hits)
+        print_json(hits)
         return 0
     for hit in hits:
         text = " ".join(hit["text"].split())
@@ -245,77 +212,22 @@ def _search_many(index, args: argparse.Namespace) -> int:
         return 0
     atomic_write_bytes(args.output, text.encode("utf-8"))
     if args.json:
-        _print_json({"output": str(args.output), "queries": len(queries), "k": args.k})
+        print_json({"output": str(args.output), "queries": len(queries), "k": args.k})
     else:
         print(f"wrote the top {args.k} of {len(queries)} queries to {args.output}")
     return 0
 
 
-# -- mine ----------------------------------------------------------------------------------------------------
-def cmd_mine(args: argparse.Namespace) -> int:
-    from embedkit.data import read_examples
-    from embedkit.encoders import load_encoder
-    from embedkit.fsutil import atomic_write_bytes
-    from embedkit.index import Index
-    from embedkit.mining import MiningWarning, mine_hard_negatives
-
-    if args.corpus is not None and args.index is not None:
-        raise ConfigError("give --corpus or --index, not both")
-    encoder = _load(args)
-    corpus = Index.load(args.index, encoder=encoder) if args.index is not None else args.corpus
-    guide = None if args.guide is None else load_encoder(args.guide, device=args.device, precision=args.precision)
-    pairs = read_examples(args.pairs, format=args.format)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MiningWarning)  # the summary below says how many pairs were left out
-        triplets = mine_hard_negatives(
-            encoder,
-            pairs,
-            corpus,
-            num_negatives=args.negatives,
-            rank_range=parse_range(args.range),
-            margin=parse_margin(args.margin),
-            max_score=args.max_score,
-            guide=guide,
-            sampling=args.sampling,
-            seed=args.seed,
-            spec=args.spec,
-            batch_size=args.batch_size,
-            show_progress=not args.json,
-        )
-    lines = [
-        json.dumps(
-            {"anchor": row.anchor, "positive": row.positive, "negatives": list(row.negatives)}, ensure_ascii=False
-        )
-        for row in triplets
-    ]
-    atomic_write_bytes(args.out, "".join(line + "\n" for line in lines).encode("utf-8"))
-    summary = {
-        "output": str(args.out),
-        "pairs": len(pairs),
-        "triplets": len(triplets),
-        "left_out": len(pairs) - len(triplets),
-        "negatives": args.negatives,
-    }
-    if args.json:
-        _print_json(summary)
-    else:
-        print(
-            f"wrote {len(triplets)} triplets with {args.negatives} negatives each to {args.out} "
-            f"({summary['left_out']} of {len(pairs)} pairs left out: too few negatives passed the filters)"
-        )
-    return 0
-
-
 # -- parsers -------------------------------------------------------------------------------------------------
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add ``index`` (build, info, add, remove), ``search`` and ``mine``."""
+    """Add ``index`` (build, info, add, remove) and ``search``."""
     from embedkit.index.spec import METRICS
 
     index = commands.add_parser("index", help="build, inspect and change an index folder")
     actions = index.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     build = actions.add_parser("build", help="embed a corpus and save it as an index folder")
-    _add_model_options(build)
+    add_model_options(build)
     build.add_argument("--corpus", required=True, help="jsonl/csv/tsv/parquet/txt file, or a BEIR folder")
     build.add_argument("--out", required=True, type=Path, help="the index folder to write")
     build.add_argument(
@@ -363,29 +275,3 @@ def register(commands: argparse._SubParsersAction) -> None:
     _add_index_device(search)
     search.add_argument("--json", action="store_true", help="print the results as JSON")
     search.set_defaults(func=cmd_search)
-
-    mine = commands.add_parser("mine", help="mine hard negatives for (anchor, positive) pairs into triplets")
-    _add_model_options(mine)
-    mine.add_argument("--pairs", required=True, help="a file of pairs (anchor, positive) or triplets")
-    mine.add_argument("--format", default=None, help="pairs file format, if the suffix does not say")
-    mine.add_argument("--corpus", default=None, help="documents to mine from (default: the distinct positives)")
-    mine.add_argument("--index", type=Path, default=None, help="an index folder to mine from instead of --corpus")
-    mine.add_argument("--out", required=True, type=Path, help="the triplets file (jsonl) to write")
-    mine.add_argument("--negatives", type=int, default=5, help="negatives per pair (default: 5)")
-    mine.add_argument(
-        "--range", default="10:100", help="rank window START:END among the filtered candidates (default: 10:100)"
-    )
-    mine.add_argument(
-        "--margin",
-        default="relative:0.05",
-        help="relative:M, absolute:M or none: drop candidates scoring within M of the positive (default: relative:0.05)",
-    )
-    mine.add_argument("--max-score", type=float, default=None, help="drop candidates scoring above this")
-    mine.add_argument(
-        "--guide", default=None, help="a guide model whose scores the margin and ceiling judge (GISTEmbed)"
-    )
-    mine.add_argument("--sampling", choices=("top", "random"), default="top", help="the hardest or a random sample")
-    mine.add_argument("--seed", type=int, default=0, help="seed of random sampling")
-    mine.add_argument("--spec", default="torch", help="index spec for --corpus (default: torch)")
-    mine.add_argument("--json", action="store_true", help="print the summary as JSON")
-    mine.set_defaults(func=cmd_mine)

@@ -1,8 +1,4 @@
-"""Command-line evaluation tasks: ``embedkit eval retrieval | mteb | geometry | all``.
-
-:func:`add_eval_tasks` adds them under ``embedkit eval``; it takes the sub-parser collection that
-:func:`embedkit.cli.build_parser` makes for the ``eval`` command.
-"""
+"""``embedkit eval sts | retrieval | mteb | geometry | preference | all``."""
 
 from __future__ import annotations
 
@@ -10,7 +6,7 @@ import argparse
 import importlib.util
 from pathlib import Path
 
-from embedkit.cli import _add_model_options, _load, _print_json
+from embedkit.cli.options import add_model_options, load_model, print_json
 from embedkit.errors import ConfigError
 
 
@@ -36,10 +32,18 @@ def _print_metrics(results: dict[str, float]) -> None:
         print(f"{name:<40} {value:8.2f}")
 
 
-def add_eval_tasks(tasks: argparse._SubParsersAction) -> None:
-    """Add ``retrieval``, ``mteb``, ``geometry`` and ``all`` under ``embedkit eval``."""
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``eval`` and its tasks."""
     from embedkit.eval.mteb_local import SOURCES
     from embedkit.eval.retrieval import GAINS
+
+    evaluate = commands.add_parser("eval", help="evaluate an encoder")
+    tasks = evaluate.add_subparsers(dest="task", required=True, metavar="TASK")
+    sts = tasks.add_parser("sts", help="Spearman x100 of cosine similarity on an STS file or folder")
+    add_model_options(sts)
+    sts.add_argument("--data", required=True, type=Path, help="a scored file or a folder of them")
+    sts.add_argument("--json", action="store_true", help="print machine-readable results")
+    sts.set_defaults(func=cmd_eval_sts)
 
     retrieval = tasks.add_parser(
         "retrieval",
@@ -47,7 +51,7 @@ def add_eval_tasks(tasks: argparse._SubParsersAction) -> None:
         description="Documents are embedded as title + ' ' + text; the queries of the split's qrels are searched "
         "through the index spec given; metrics come from trec_eval (pytrec_eval), x100.",
     )
-    _add_model_options(retrieval)
+    add_model_options(retrieval)
     retrieval.add_argument("--data", required=True, type=Path,
                            help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     retrieval.add_argument("--split", default="test", help="the qrels split (default: test)")
@@ -69,7 +73,7 @@ def add_eval_tasks(tasks: argparse._SubParsersAction) -> None:
         "--source auto, registered tasks run from the hub when it answers and from their local declaration "
         "otherwise. Results are written in mteb's format under --out.",
     )
-    _add_model_options(mteb)
+    add_model_options(mteb)
     mteb.add_argument("--tasks", required=True, type=_names, help="comma-separated task names or paths")
     mteb.add_argument("--local-tasks", type=Path, default=None, help="a TOML file declaring local tasks ([tasks.NAME])")
     mteb.add_argument("--source", choices=SOURCES, default="auto", help="where tasks come from (default: auto)")
@@ -83,7 +87,7 @@ def add_eval_tasks(tasks: argparse._SubParsersAction) -> None:
         description="Alignment on the positive pairs (scored pairs at or above --threshold, or every row of a pairs "
         "file); uniformity and anisotropy on a sample of sentences (--sentences, default: those of --data).",
     )
-    _add_model_options(geometry)
+    add_model_options(geometry)
     geometry.add_argument("--data", required=True, type=Path, help="a scored (STS) or pairs file")
     geometry.add_argument("--sentences", type=Path, default=None, help="sentences for uniformity and anisotropy")
     geometry.add_argument("--threshold", type=float, default=4.0, help="lowest score of a positive pair (default: 4)")
@@ -98,13 +102,52 @@ def add_eval_tasks(tasks: argparse._SubParsersAction) -> None:
         "the model and every --compare model side by side. A training run folder as --model (or --log) adds loss "
         "and dev-score curves.",
     )
-    _add_model_options(report)
+    add_model_options(report)
     report.add_argument("--suite", required=True, type=Path, help="the suite TOML")
     report.add_argument("--compare", nargs="+", default=[], metavar="MODEL", help="more models, side by side")
     report.add_argument("--log", type=Path, default=None, help="the training log.jsonl of --model")
     report.add_argument("--out", required=True, type=Path, help="the report folder")
     report.add_argument("--json", action="store_true", help="print report.json")
     report.set_defaults(func=cmd_eval_all)
+
+    _add_preference(tasks)
+
+
+def _add_preference(tasks: argparse._SubParsersAction) -> None:
+    """Add ``embedkit eval preference --model M --data F [--mode similarity|reward] [--json]``."""
+    from embedkit.eval.preference import MODES, PROMPT_TRUNCATION
+
+    parser = tasks.add_parser(
+        "preference",
+        help="preference accuracy (chosen above rejected), mean margin and calibration",
+        description="Similarity mode: cos(prompt, chosen) > cos(prompt, rejected) with an encoder. Reward mode: "
+        "r(chosen) > r(rejected) with an embedkit reward model or a Hugging Face sequence-classification model.",
+    )
+    add_model_options(parser)
+    parser.add_argument("--data", required=True, type=Path, help="a preference file (prompt, chosen, rejected)")
+    parser.add_argument("--mode", choices=MODES, default="similarity", help="default: similarity")
+    parser.add_argument(
+        "--prompt-truncation", choices=PROMPT_TRUNCATION, default="left",
+        help="similarity mode: keep the end (left, default) or the start (right) of a prompt that is too long",
+    )
+    parser.add_argument("--temperature", type=float, default=0.05,
+                        help="similarity mode: temperature turning cosine gaps into probabilities (default: 0.05)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N rows only")
+    parser.add_argument("--json", action="store_true", help="print machine-readable results")
+    parser.set_defaults(func=cmd_eval_preference)
+
+
+def cmd_eval_sts(args: argparse.Namespace) -> int:
+    from embedkit.eval import STSEvaluator
+
+    evaluator = STSEvaluator(args.data, batch_size=args.batch_size)
+    results = evaluator(load_model(args))
+    if args.json:
+        print_json({"model": args.model, "task": "sts", "data": str(args.data), "metrics": results})
+    else:
+        for name, value in results.items():
+            print(f"{name:<40} {value:7.2f}")
+    return 0
 
 
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
@@ -114,9 +157,9 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
         args.data, split=args.split, index_spec=args.index, k=args.k, recall_at=args.recall_at, gain=args.gain,
         batch_size=args.batch_size,
     )
-    results = evaluator(_load(args))
+    results = evaluator(load_model(args))
     if args.json:
-        _print_json({"model": args.model, "task": "retrieval", "data": str(args.data), "split": args.split,
+        print_json({"model": args.model, "task": "retrieval", "data": str(args.data), "split": args.split,
                      "index": args.index, "queries": len(evaluator.data.query_ids), "metrics": results})
     else:
         _print_metrics(results)
@@ -128,11 +171,11 @@ def cmd_eval_mteb(args: argparse.Namespace) -> int:
     from embedkit.eval.mteb_adapter import run_mteb
 
     outcomes = run_mteb(
-        _load(args), args.tasks, local_tasks=args.local_tasks, task_source=args.source, model_source=args.model,
+        load_model(args), args.tasks, local_tasks=args.local_tasks, task_source=args.source, model_source=args.model,
         output_dir=args.out, batch_size=args.batch_size,
     )
     if args.json:
-        _print_json({"model": args.model, "task": "mteb", "results": [vars(o) for o in outcomes]})
+        print_json({"model": args.model, "task": "mteb", "results": [vars(o) for o in outcomes]})
         return 0
     for o in outcomes:
         print(f"{o.task:<30} {o.source:<6} {o.main_score_name:<18} {o.main_score:8.2f}")
@@ -147,9 +190,9 @@ def cmd_eval_geometry(args: argparse.Namespace) -> int:
         args.data, sentences=args.sentences, positive_threshold=args.threshold, max_sentences=args.max_sentences,
         batch_size=args.batch_size,
     )
-    results = evaluator(_load(args))
+    results = evaluator(load_model(args))
     if args.json:
-        _print_json({"model": args.model, "task": "geometry", "data": str(args.data),
+        print_json({"model": args.model, "task": "geometry", "data": str(args.data),
                      "positive_pairs": len(evaluator.positive_pairs), "sentences": len(evaluator.sample),
                      "metrics": results})
     else:
@@ -168,8 +211,36 @@ def cmd_eval_all(args: argparse.Namespace) -> int:
         load=lambda model: load_encoder(model, device=args.device, precision=args.precision),
     )
     if args.json:
-        _print_json(document)
+        print_json(document)
     else:
         print((args.out / "report.md").read_text())
         print(f"report in {args.out}: report.json, report.md, {', '.join(document['plots']) or 'no plots'}")
+    return 0
+
+
+def cmd_eval_preference(args: argparse.Namespace) -> int:
+    from embedkit.encoders.reward import load_reward_model
+    from embedkit.eval.preference import PreferenceEvaluator
+
+    evaluator = PreferenceEvaluator(
+        args.data,
+        mode=args.mode,
+        batch_size=args.batch_size,
+        temperature=args.temperature,
+        prompt_truncation=args.prompt_truncation,
+        limit=args.limit,
+    )
+    if args.mode == "reward":
+        model = load_reward_model(args.model, device=args.device, precision=args.precision)
+    else:
+        model = load_model(args)
+    report = evaluator.report(model)
+    if args.json:
+        print_json({"model": args.model, "task": "preference", "data": str(args.data), **report.to_dict()})
+        return 0
+    print(f"{'accuracy':<14} {report.accuracy:7.2f}  (95% CI {report.accuracy_low:.2f} to {report.accuracy_high:.2f}, "
+          f"n = {report.n}, ties = {report.ties})")
+    print(f"{'mean_margin':<14} {report.mean_margin:7.4f}")
+    print(f"{'ece':<14} {report.ece:7.2f}")
+    print(f"{'log_loss':<14} {report.log_loss:7.4f}")
     return 0

@@ -29,10 +29,11 @@ from tqdm.auto import tqdm
 
 from embedkit import distributed
 from embedkit.data import collate
+from embedkit.encoders.batching import embed_batch
 from embedkit.encoders.sentence_transformer import Encoder
 from embedkit.errors import ConfigError
 from embedkit.fsutil import atomic_directory, atomic_write_bytes
-from embedkit.gradcache import grad_cache_backward
+from embedkit.training.gradcache import grad_cache_backward
 from embedkit.losses.objective import Objective
 from embedkit.precision import autocast
 from embedkit.types import EmbeddedBatch, Example, Kind, TextBatch
@@ -53,7 +54,7 @@ class FitSettings:
     ``max_steps`` overrides ``epochs``; ``warmup_ratio`` is the share of steps with a linear warmup;
     ``max_grad_norm`` clips the global gradient norm (``None``: no clipping); ``eval_steps`` and
     ``save_steps`` count optimisation steps; ``mini_batch_size`` turns on gradient caching
-    (:mod:`embedkit.gradcache`): the loss sees ``batch_size`` rows, the encoder at most that many texts at once.
+    (:mod:`embedkit.training.gradcache`): the loss sees ``batch_size`` rows, the encoder at most that many texts at once.
     """
 
     output_dir: str | Path = "runs/run"
@@ -86,20 +87,6 @@ class FitResult:
     first_eval: dict[str, float] | None = None
     last_eval: dict[str, float] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def embed_batch(encoder: Encoder, batch: TextBatch) -> EmbeddedBatch:
-    """Encode anchors and candidates in one forward pass (so each text gets its own dropout mask)."""
-    texts = [*batch.anchors, *batch.candidates]
-    embeddings = encoder(texts)
-    b = len(batch)
-    return EmbeddedBatch(
-        anchors=embeddings[:b],
-        candidates=embeddings[b:],
-        anchor_groups=batch.anchor_groups.to(embeddings.device),
-        candidate_groups=batch.candidate_groups.to(embeddings.device),
-        scores=None if batch.scores is None else batch.scores.to(embeddings.device),
-    )
 
 
 def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -200,7 +187,7 @@ class _Run:
                 else:
                     embedded = embed_batch(self.encoder, batch)
             if not isinstance(self.loss, Objective):
-                value = self.loss(distributed.gather_candidates(embedded))
+                value = self.loss(embedded)
             scale(value).backward()
         distributed.average_gradients([p for group in self.optimizer.param_groups for p in group["params"]])
         if not torch.isfinite(value):

@@ -8,7 +8,7 @@ import pytest
 from transformers import BertTokenizerFast
 
 from embedkit.errors import ConfigError
-from embedkit.preference import render_pair, render_pairs, truncate_left
+from embedkit.data.render import render_pair, render_pairs, truncate_left
 
 # a word-level vocabulary with two sub-word pieces: "playing" is "play ##ing", "cats" is "cat ##s"
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "human", "assistant", ":", "?", ".", "the", "cat", "play",

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from embedkit.config import RunConfig, config_to_dict, load_config, parse_override
+from embedkit.training.recipe import RunConfig, config_to_dict, load_config, parse_override
 from embedkit.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -12,16 +12,10 @@ from embedkit.data import Examples, collate
 from embedkit.encoders import load_encoder
 from embedkit.errors import ConfigError, DataError, EmbedkitError
 from embedkit.losses import LOSSES, build_loss
-from embedkit.preference import (
-    RewardHead,
-    RewardModel,
-    RewardModelObjective,
-    bradley_terry_loss,
-    has_reward_head,
-    load_reward_model,
-    render_for,
-)
-from embedkit.train import FitSettings, fit
+from embedkit.data.render import render_for
+from embedkit.encoders.reward import RewardHead, RewardModel, has_reward_head, load_reward_model
+from embedkit.losses.preference import RewardModelObjective, bradley_terry_loss
+from embedkit.training.fit import FitSettings, fit
 from embedkit.types import Example, Kind
 
 ROWS = [

@@ -8,10 +8,12 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 from embedkit.encoders import Encoder, load_encoder
-from embedkit.encoders.reward_model import RewardModelEncoder, load_reward_model_encoder, pool
+from embedkit.encoders.reward import RewardModelEncoder, load_reward_model_encoder, pool
 from embedkit.encoders.tiny import tiny_vocabulary
 from embedkit.errors import ConfigError, EmbedkitError
-from embedkit.preference import RewardModel, RewardModelObjective, render_for
+from embedkit.data.render import render_for
+from embedkit.encoders.reward import RewardModel
+from embedkit.losses.preference import RewardModelObjective
 
 TEXTS = ["the cat sat on the mat", "a dog", "the sun rises in the east over the green hills", "rain"]
 
@@ -94,7 +96,7 @@ def test_bad_names_are_clear_errors(tmp_path) -> None:
     with pytest.raises(EmbedkitError, match="model folder not found"):
         load_reward_model_encoder(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(EmbedkitError, match="cannot load"):
+    with pytest.raises(EmbedkitError, match="empty holds no reward head"):
         load_reward_model_encoder(tmp_path / "empty")
     with pytest.raises(ConfigError, match="pooling"):
         load_reward_model_encoder(tmp_path / "missing", pooling="max")

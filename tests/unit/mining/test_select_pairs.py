@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from embedkit.cli_preference import register
+from embedkit.cli.mine import register
 from embedkit.errors import ConfigError, DataError
-from embedkit.preference import read_response_groups, select_pairs
+from embedkit.mining import read_response_groups, select_pairs
 
 # unit vectors at 0, 10, 90 and 180 degrees: cos(a, b) = 0.985, cos(a, c) = 0, cos(a, d) = -1, cos(b, d) = -0.985
 ANGLES = {"a": 0, "b": 10, "c": 90, "d": 180, "x": 0, "y": 45}

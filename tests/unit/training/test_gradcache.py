@@ -9,9 +9,10 @@ from conftest import TINY_TEXTS
 from embedkit.data import collate
 from embedkit.encoders import build_tiny_model, load_encoder
 from embedkit.errors import ConfigError
-from embedkit.gradcache import grad_cache_backward
+from embedkit.training.gradcache import grad_cache_backward
 from embedkit.losses import Objective, build_loss
-from embedkit.train import FitSettings, embed_batch, fit
+from embedkit.encoders.batching import embed_batch
+from embedkit.training.fit import FitSettings, fit
 from embedkit.types import Example, Kind
 
 

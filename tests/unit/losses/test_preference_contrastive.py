@@ -10,7 +10,7 @@ import torch
 from embedkit.data import collate, read_examples
 from embedkit.encoders import load_encoder
 from embedkit.losses import build_loss
-from embedkit.train import FitSettings, fit
+from embedkit.training.fit import FitSettings, fit
 from embedkit.types import Kind
 
 ROWS = [

@@ -19,10 +19,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from embedkit import distributed
 from embedkit.encoders import Encoder
+from embedkit.encoders.batching import embedded_from
 from embedkit.precision import autocast
-from embedkit.types import EmbeddedBatch, TextBatch
+from embedkit.types import TextBatch
 
 
 def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
@@ -68,15 +68,7 @@ def grad_cache_backward(
                 pieces.append(encoder(chunk).float())
     end_state = _rng_state(device)
     embeddings = torch.cat(pieces).requires_grad_()
-    b = len(batch)
-    embedded = EmbeddedBatch(
-        anchors=embeddings[:b],
-        candidates=embeddings[b:],
-        anchor_groups=batch.anchor_groups.to(device),
-        candidate_groups=batch.candidate_groups.to(device),
-        scores=None if batch.scores is None else batch.scores.to(device),
-    )
-    value = loss(distributed.gather_candidates(embedded))
+    value = loss(embedded_from(embeddings, batch))
     scale(value).backward()
     cached = embeddings.grad.split([len(chunk) for chunk in chunks])
     for chunk, state, grad in zip(chunks, states, cached):

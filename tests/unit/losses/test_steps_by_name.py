@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from embedkit.cli import main
-from embedkit.config import load_config
+from embedkit.training.recipe import load_config
 from embedkit.errors import ConfigError, UnknownNameError
 from embedkit.losses import LOSSES, InfoNCELoss, build_loss
 from embedkit.losses.debiased import DebiasedInfoNCELoss
-from embedkit.losses.filters import STEPS, build_step, build_steps, loss_steps, step_parameters, with_filters
+from embedkit.losses.steps import STEPS, build_step, build_steps, loss_steps, step_parameters, with_filters
 from embedkit.losses.steps import MarginFilter, MaskDuplicates, RankWindow, ScoreCeiling, TopKHardest
 from embedkit.types import EmbeddedBatch, Scores
 

@@ -1,0 +1,52 @@
+"""The ``embedkit`` command line: train | encode | eval | index | search | mine | select-pairs | losses.
+
+One module per command group (:mod:`~embedkit.cli.train`, :mod:`~embedkit.cli.encode`, :mod:`~embedkit.cli.eval`,
+:mod:`~embedkit.cli.index`, :mod:`~embedkit.cli.mine`), each adding its commands with ``register``; shared
+options live in :mod:`~embedkit.cli.options`.
+
+User errors (bad data, unknown names, bad recipes) print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from embedkit.cli import encode, eval, index, mine, train
+from embedkit.errors import EmbedkitError
+
+EXIT_USAGE = 2
+
+
+def _quiet_libraries() -> None:
+    """Hide the per-file progress bars of model loading; embedkit shows its own for long work."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedkit", description="Contrastive text embeddings: train, encode, evaluate.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in (train, encode, eval, index, mine):
+        group.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _quiet_libraries()
+        return args.func(args)
+    except EmbedkitError as error:
+        print(f"embedkit: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("embedkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Options and output helpers that several commands share."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from embedkit.encoders import DEFAULT_MODEL, Encoder, load_encoder
+from embedkit.precision import PRECISIONS
+
+JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
+
+
+def print_json(value: JsonValue) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--precision``, ``--batch-size`` and ``--device``: what :func:`load_model` reads."""
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or folder (default: {DEFAULT_MODEL})")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def load_model(args: argparse.Namespace) -> Encoder:
+    """The encoder that :func:`add_model_options` describes."""
+    return load_encoder(args.model, device=args.device, precision=args.precision)
