@@ -22,6 +22,11 @@ import torch
 from torch import Tensor, nn
 
 
+PADDING_GROUP = -(2**63)
+"""The group id of a padding candidate: a row with fewer negatives than its batch's widest row is padded with
+empty texts in this group, which no score table ever counts (:meth:`Scores.from_values`)."""
+
+
 class Kind(str, enum.Enum):
     """The data kinds of DESIGN.md; each becomes (anchor, positive, negatives[, score])."""
 
@@ -148,11 +153,14 @@ class Scores:
         anchor_groups: Tensor | None = None,
         candidate_groups: Tensor | None = None,
     ) -> Scores:
-        """A table where every candidate is valid and every weight is 1."""
+        """A table where every candidate is valid but padding (:data:`PADDING_GROUP`), and every weight is 1."""
+        valid = torch.ones_like(values, dtype=torch.bool)
+        if candidate_groups is not None:
+            valid &= (candidate_groups != PADDING_GROUP)[None, :]
         return cls(
             values=values,
             targets=targets,
-            valid=torch.ones_like(values, dtype=torch.bool),
+            valid=valid,
             log_weights=torch.zeros_like(values),
             anchor_groups=anchor_groups,
             candidate_groups=candidate_groups,

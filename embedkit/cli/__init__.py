@@ -1,8 +1,9 @@
-"""The ``embedkit`` command line: train | encode | eval | index | search | mine | select-pairs | losses.
+"""The ``embedkit`` command line: train | encode | eval | index | search | mine | select-pairs | split-queries |
+losses.
 
 One module per command group (:mod:`~embedkit.cli.train`, :mod:`~embedkit.cli.encode`, :mod:`~embedkit.cli.eval`,
-:mod:`~embedkit.cli.index`, :mod:`~embedkit.cli.mine`), each adding its commands with ``register``; shared
-options live in :mod:`~embedkit.cli.options`.
+:mod:`~embedkit.cli.index`, :mod:`~embedkit.cli.mine`, :mod:`~embedkit.cli.data`), each adding its commands with
+``register``; shared options live in :mod:`~embedkit.cli.options`.
 
 User errors (bad data, unknown names, bad recipes) print one line on stderr and exit with status 2.
 """
@@ -13,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from embedkit.cli import encode, eval, index, mine, train
+from embedkit.cli import data, encode, eval, index, mine, train
 from embedkit.errors import EmbedkitError
 
 EXIT_USAGE = 2
@@ -30,7 +31,7 @@ def _quiet_libraries() -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedkit", description="Contrastive text embeddings: train, encode, evaluate.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (train, encode, eval, index, mine):
+    for group in (train, encode, eval, index, mine, data):
         group.register(commands)
     return parser
 

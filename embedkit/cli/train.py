@@ -6,35 +6,60 @@ import argparse
 from pathlib import Path
 
 from embedkit.cli.options import print_json
+from embedkit.training.fit import FitResult
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from embedkit import distributed
-    from embedkit.training.recipe import load_config
-    from embedkit.training.recipe import run_training
+    from embedkit.training.recipe import load_config, run_training
 
     config = load_config(args.recipe, args.set)
     distributed.init_from_environment()  # under torchrun: one process per device, gradients averaged
-    result = run_training(config, show_progress=not args.json)
+    result = run_training(config, show_progress=not args.json, overwrite=args.overwrite)
     if not distributed.is_main_process():
         return 0
-    summary = {
-        "output_dir": str(result.output_dir),
-        "steps": result.steps,
-        "best_score": result.best_score,
-        "best_step": result.best_step,
-        "first_eval": result.first_eval,
-        "last_eval": result.last_eval,
-    }
     if args.json:
-        print_json(summary)
+        print_json({
+            "output_dir": str(result.output_dir),
+            "steps": result.steps,
+            "trained_steps": result.steps - result.start_step,
+            "best_score": result.best_score,
+            "best_step": result.best_step,
+            "best_interpolation": result.best_interpolation,
+            "metric": result.metric,
+            "first_eval": result.first_eval,
+            "last_eval": result.last_eval,
+            "models": [str(folder) for folder in _models(result)],
+        })
         return 0
-    print(f"trained {result.steps} steps; models in {result.output_dir}/best and {result.output_dir}/final")
-    if result.first_eval is not None and result.last_eval is not None:
-        before, after = result.first_eval[result.metric], result.last_eval[result.metric]
-        print(f"dev {result.metric}: {before:.2f} before, {after:.2f} after "
-              f"(best {result.best_score:.2f} at step {result.best_step})")
+    for line in summary_lines(result):
+        print(line)
     return 0
+
+
+def _models(result: FitResult) -> list[Path]:
+    return [result.output_dir / name for name in ("best", "final") if (result.output_dir / name).is_dir()]
+
+
+def summary_lines(result: FitResult) -> list[str]:
+    """What a training run did, for people: steps, the model folders that exist, dev scores."""
+    trained = result.steps - result.start_step
+    if trained == 0:
+        lines = [f"nothing to train: the run in {result.output_dir} had finished its {result.steps} steps"]
+    elif result.start_step:
+        lines = [f"trained {trained} steps, resuming at step {result.start_step} of {result.steps}"]
+    else:
+        lines = [f"trained {trained} steps"]
+    models = _models(result)
+    lines.append(f"models in {' and '.join(map(str, models))}" if models else f"no model was saved in {result.output_dir}")
+    if result.metric is not None and result.first_eval is not None and result.last_eval is not None:
+        chosen = (f"step {result.best_step}" if result.best_interpolation is None
+                  else f"interpolation {result.best_interpolation} of the start and final models")
+        lines.append(
+            f"dev {result.metric}: {result.first_eval[result.metric]:.2f} before, "
+            f"{result.last_eval[result.metric]:.2f} after (best {result.best_score:.2f} at {chosen})"
+        )
+    return lines
 
 
 def cmd_losses(args: argparse.Namespace) -> int:
@@ -68,6 +93,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train an encoder from a TOML recipe")
     train.add_argument("recipe", type=Path, help="the TOML recipe")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a recipe value")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start over when the output folder holds a run of a different recipe")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     train.set_defaults(func=cmd_train)
 

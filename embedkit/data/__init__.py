@@ -6,6 +6,7 @@ import itertools
 import os
 from collections.abc import Mapping
 
+from embedkit.data.beir import beir_pairs, is_beir_folder, read_beir, split_queries
 from embedkit.data.collate import collate
 from embedkit.data.io import FORMATS, read_rows
 from embedkit.data.kinds import KIND_COLUMNS, as_kind, infer_kind, remap, to_example
@@ -19,10 +20,13 @@ __all__ = [
     "Examples",
     "Kind",
     "as_kind",
+    "beir_pairs",
     "collate",
     "infer_kind",
     "read_examples",
+    "read_beir",
     "read_rows",
+    "split_queries",
     "to_example",
 ]
 
@@ -42,16 +46,21 @@ def read_examples(
     format: str | None = None,
     split: str = "train",
     limit: int | None = None,
+    min_relevance: int = 1,
 ) -> Examples:
-    """The examples of a file or Hugging Face dataset (see :func:`read_rows` for what ``path`` may be).
+    """The examples of a file, a BEIR folder or a Hugging Face dataset (see :func:`read_rows` for files).
+
+    A BEIR folder gives the (query, relevant document) pairs its ``split`` judges (see
+    :func:`~embedkit.data.beir.beir_pairs`), of kind pairs.
 
     Args:
-        path: the file, or a Hugging Face dataset name.
+        path: the file, a BEIR folder, or a Hugging Face dataset name.
         kind: the data kind; inferred from the columns of the first row when ``None``.
         columns: renames the file's columns to the kind's canonical names, e.g. ``{"premise": "anchor"}``.
         format: the file format; inferred from the suffix when ``None``.
-        split: the split of a Hugging Face dataset.
+        split: the split of a Hugging Face dataset or a BEIR folder.
         limit: read at most this many rows.
+        min_relevance: BEIR folders: the lowest qrels score that makes a (query, document) pair.
 
     Raises:
         DataError: unreadable or malformed input, or no rows at all; the message names file and line.
@@ -62,6 +71,10 @@ def read_examples(
         raise ConfigError(f"limit must be at least 1, got {limit}")
     wanted = None if kind is None else as_kind(kind)
     name = str(path)
+    if is_beir_folder(path):
+        if wanted not in (None, Kind.PAIRS):
+            raise ConfigError(f"{name} is a BEIR folder: its rows are (query, document) pairs, not {wanted.value}")
+        return Examples(beir_pairs(path, split, min_relevance)[:limit], Kind.PAIRS)
     examples = []
     for line, row in itertools.islice(read_rows(path, format=format, split=split), limit):
         if wanted is None:

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from embedkit.errors import DataError
-from embedkit.types import Example, Kind, TextBatch
+from embedkit.types import PADDING_GROUP, Example, Kind, TextBatch
 
 
 def collate(examples: Sequence[Example], kind: Kind) -> TextBatch:
@@ -16,20 +15,24 @@ def collate(examples: Sequence[Example], kind: Kind) -> TextBatch:
 
     Every text gets the id :func:`text_id` gives it, so that rows sharing a text share a group and never serve
     as each other's negatives, also across processes and against texts kept from earlier batches (a memory
-    queue), since the id depends on the text alone.
+    queue), since the id depends on the text alone. Rows with fewer negatives than the widest row (mined rows
+    for which no negative survived the filters) are padded with empty texts in :data:`PADDING_GROUP`, which no
+    loss scores: such rows train on in-batch negatives alone.
 
     Raises:
         ValueError: ``examples`` is empty.
-        DataError: the rows do not all have the same number of negatives; names the first row that differs.
     """
     if not examples:
         raise ValueError("cannot collate an empty batch")
-    width = _negative_count(examples)
+    width = max(len(example.negatives) for example in examples)
     anchors = [example.anchor for example in examples]
     positives = [example.positive for example in examples]
-    negatives = [[example.negatives[column] for example in examples] for column in range(width)]
+    negatives = [[_negative(example, column) for example in examples] for column in range(width)]
     anchor_groups = text_ids(anchors)
-    candidate_groups = text_ids([*positives, *(text for column in negatives for text in column)])
+    candidate_groups = torch.cat([
+        text_ids(positives),
+        *(_negative_ids(examples, column) for column in range(width)),
+    ])
     return TextBatch(
         kind=kind,
         anchors=anchors,
@@ -41,14 +44,16 @@ def collate(examples: Sequence[Example], kind: Kind) -> TextBatch:
     )
 
 
-def _negative_count(examples: Sequence[Example]) -> int:
-    width = len(examples[0].negatives)
-    for example in examples:
-        if len(example.negatives) != width:
-            path, line = example.source or (None, None)
-            message = f"a row with {len(example.negatives)} negatives in a batch whose first row has {width}"
-            raise DataError(f"{message}; every row of a batch needs the same number of negatives", path, line)
-    return width
+def _negative(example: Example, column: int) -> str:
+    return example.negatives[column] if column < len(example.negatives) else ""
+
+
+def _negative_ids(examples: Sequence[Example], column: int) -> torch.Tensor:
+    """``[B]`` group ids of one column of negatives, :data:`PADDING_GROUP` where a row has none."""
+    return torch.tensor(
+        [text_id(e.negatives[column]) if column < len(e.negatives) else PADDING_GROUP for e in examples],
+        dtype=torch.long,
+    )
 
 
 def text_id(text: str) -> int:

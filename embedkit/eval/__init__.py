@@ -1,9 +1,13 @@
-"""Evaluators: callables ``evaluator(encoder) -> dict[str, float]`` with a ``primary_metric``, found by name."""
+"""Evaluators: callables ``evaluator(encoder) -> dict[str, float]`` with a ``primary_metric`` and
+``higher_is_better`` (the :class:`~embedkit.types.Evaluator` protocol), found by name in :data:`EVALUATORS`.
+
+Recipes' ``[eval]`` sections and report suites both build their evaluators from that one table.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from embedkit.errors import ConfigError
 from embedkit.eval.geometry import GeometryEvaluator, alignment, anisotropy, uniformity
@@ -11,8 +15,7 @@ from embedkit.eval.preference import PreferenceEvaluator
 from embedkit.eval.retrieval import EmptyQuerySetError, RetrievalEvaluator, UnknownIdError, read_beir
 from embedkit.eval.sts import STSEvaluator, sts_spearman
 from embedkit.registry import Registry
-
-Evaluator = Callable[[Any], dict[str, float]]
+from embedkit.types import Evaluator, TextEncoder
 
 
 class CombinedEvaluator:
@@ -31,10 +34,10 @@ class CombinedEvaluator:
         else:
             self.evaluators = [("", e) for e in evaluators]
         prefix, first = self.evaluators[0]
-        self.primary_metric = prefix + getattr(first, "primary_metric", "spearman")
-        self.higher_is_better = getattr(first, "higher_is_better", True)
+        self.primary_metric = prefix + first.primary_metric
+        self.higher_is_better = first.higher_is_better
 
-    def __call__(self, encoder: Any) -> dict[str, float]:
+    def __call__(self, encoder: TextEncoder) -> dict[str, float]:
         merged: dict[str, float] = {}
         for prefix, evaluator in self.evaluators:
             for name, value in evaluator(encoder).items():
@@ -48,11 +51,16 @@ class CombinedEvaluator:
         return merged
 
 
-def _mteb_evaluator(*args: Any, **kwargs: Any) -> Evaluator:
+def _mteb_evaluator(
+    tasks: Sequence[str],
+    local_tasks: str | os.PathLike[str] | None = None,
+    task_source: str = "auto",
+    batch_size: int = 64,
+) -> Evaluator:
     """:class:`~embedkit.eval.mteb_adapter.MtebEvaluator`, imported on use: mteb is an optional dependency."""
     from embedkit.eval.mteb_adapter import MtebEvaluator
 
-    return MtebEvaluator(*args, **kwargs)
+    return MtebEvaluator(tasks, local_tasks=local_tasks, task_source=task_source, batch_size=batch_size)
 
 
 EVALUATORS: Registry[Callable[..., Evaluator]] = Registry("evaluator")
@@ -63,13 +71,13 @@ EVALUATORS.register("mteb", _mteb_evaluator)
 EVALUATORS.register("preference", PreferenceEvaluator)
 
 
-def evaluate_sts(encoder, path, columns: dict[str, str] | None = None, batch_size: int = 64) -> dict[str, float]:
+def evaluate_sts(encoder: TextEncoder, path, columns: dict[str, str] | None = None, batch_size: int = 64) -> dict[str, float]:
     """Spearman x100 of cosine similarity on an STS file or folder (see :class:`STSEvaluator`)."""
     return STSEvaluator(path, columns=columns, batch_size=batch_size)(encoder)
 
 
 def evaluate_retrieval(
-    encoder, folder, split: str = "test", index_spec: str = "torch", k: int = 100
+    encoder: TextEncoder, folder, split: str = "test", index_spec: str = "torch", k: int = 100
 ) -> dict[str, float]:
     """nDCG@10, MRR@10, recall@k and MAP (x100) on a BEIR folder (see :class:`RetrievalEvaluator`)."""
     return RetrievalEvaluator(folder, split=split, index_spec=index_spec, k=k)(encoder)

@@ -223,6 +223,7 @@ class MtebEvaluator:
     output_dir: str | os.PathLike[str] | None = None
     batch_size: int = 64
     primary_metric: str = field(default="mean", init=False)
+    higher_is_better: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.local_tasks, (str, os.PathLike)):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -157,6 +157,7 @@ class PreferenceEvaluator:
     n_bins: int = 10
     limit: int | None = None
     primary_metric: str = "accuracy"
+    higher_is_better: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

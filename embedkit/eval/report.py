@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import json
 import os
 import tomllib
@@ -39,9 +40,8 @@ from typing import Any
 import numpy as np
 
 from embedkit.errors import ConfigError, DataError
+from embedkit.eval import EVALUATORS
 from embedkit.eval.geometry import GeometryEvaluator
-from embedkit.eval.preference import PreferenceEvaluator
-from embedkit.eval.retrieval import RetrievalEvaluator
 from embedkit.eval.sts import STSEvaluator, sts_files
 from embedkit.fsutil import atomic_write_bytes
 from embedkit.version import __version__
@@ -89,16 +89,10 @@ class Suite:
     mteb: MtebSuite | None = None
 
 
-SECTION_EVALUATORS: dict[str, type] = {
-    "sts": STSEvaluator,
-    "retrieval": RetrievalEvaluator,
-    "preference": PreferenceEvaluator,
-    "geometry": GeometryEvaluator,
-}
-
-
-def _options_of(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls) if f.init and f.name != "primary_metric"}
+def _options_of(section: str) -> set[str]:
+    """The options the evaluator registered as ``section`` takes."""
+    parameters = inspect.signature(EVALUATORS.get(section)).parameters
+    return {name for name in parameters if name != "primary_metric"}
 
 
 def read_suite(path: str | os.PathLike[str]) -> Suite:
@@ -128,7 +122,7 @@ def read_suite(path: str | os.PathLike[str]) -> Suite:
             if "path" not in options:
                 raise ConfigError(f"{where}: needs a path")
             options[main] = options.pop("path")
-            valid = _options_of(SECTION_EVALUATORS[section])
+            valid = _options_of(section)
             extra = set(options) - valid
             if extra:
                 raise ConfigError(f"{where}: unknown options {', '.join(sorted(extra))}; valid: path, "
@@ -174,21 +168,20 @@ def build_evaluators(suite: Suite, batch_size: int = 64) -> dict[str, Any]:
     evaluators = {}
     for entry in suite.entries:
         options = {"batch_size": batch_size, **entry.options}
-        evaluators[entry.key] = SECTION_EVALUATORS[entry.section](**options)
+        evaluators[entry.key] = EVALUATORS.get(entry.section)(**options)
     sts = [e for e in suite.entries if e.section == "sts"]
     if sts and not any(e.section == "geometry" for e in suite.entries):
         first_file = sts_files(sts[0].options["path"])[0]
         evaluators[f"geometry/{sts[0].name}"] = GeometryEvaluator(first_file, batch_size=batch_size)
     if suite.mteb is not None:
         try:  # mteb is optional: imported only when asked for
-            from embedkit.eval.mteb_adapter import MtebEvaluator
+            evaluators["mteb"] = EVALUATORS.get("mteb")(
+                suite.mteb.tasks, local_tasks=suite.mteb.local_tasks, task_source=suite.mteb.source,
+                batch_size=batch_size,
+            )
         except ImportError:
             message = "the suite's [mteb] section needs the mteb package: pip install 'embedkit[eval]'"
             raise ConfigError(message) from None
-
-        evaluators["mteb"] = MtebEvaluator(
-            suite.mteb.tasks, local_tasks=suite.mteb.local_tasks, task_source=suite.mteb.source, batch_size=batch_size
-        )
     return evaluators
 
 

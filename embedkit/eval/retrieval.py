@@ -1,8 +1,8 @@
 """Retrieval evaluation on BEIR-layout folders, searched through the project's index, scored by trec_eval.
 
-A BEIR folder holds ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``, ``text``) and
-``qrels/<split>.tsv`` (header ``query-id corpus-id score``). A document is embedded as ``title + " " + text``;
-the queries evaluated are those the split's qrels name, as in BEIR and MTEB.
+A BEIR folder (read by :func:`embedkit.data.beir.read_beir`) holds a corpus, queries and qrels per split. A
+document is embedded as ``title + " " + text``; the queries evaluated are those the split's qrels name, as in
+BEIR and MTEB.
 
 Metrics (x100, as every embedkit score) come from ``pytrec_eval``, the trec_eval binding that BEIR and MTEB use:
 ``ndcg@10``, ``mrr@10``, ``recall@k`` and ``map@<k>`` (MAP over the ``k`` retrieved documents).
@@ -22,127 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytrec_eval
 
-from embedkit.data import read_rows
-from embedkit.errors import ConfigError, DataError
+from embedkit.data.beir import BeirData, EmptyQuerySetError, UnknownIdError, read_beir
+from embedkit.errors import ConfigError
 
 GAINS = ("exponential", "linear")
 NDCG_AT = 10
 MRR_AT = 10
-
-
-class UnknownIdError(DataError):
-    """A qrels row names a query or document id that the folder's queries or corpus do not have."""
-
-
-class EmptyQuerySetError(DataError):
-    """There is no query to evaluate: no queries at all, or qrels that judge none of them."""
-
-
-@dataclass(frozen=True)
-class BeirData:
-    """A BEIR split, read and checked.
-
-    Attributes:
-        doc_ids: ``n`` document ids in corpus order.
-        titles: ``n`` document titles (``""`` where a document has none).
-        texts: ``n`` document texts.
-        query_ids: ids of the queries the split judges, in ``queries.jsonl`` order.
-        queries: their texts.
-        qrels: ``{query_id: {doc_id: relevance}}`` of the split.
-    """
-
-    doc_ids: list[str]
-    titles: list[str]
-    texts: list[str]
-    query_ids: list[str]
-    queries: list[str]
-    qrels: dict[str, dict[str, int]]
-
-    @property
-    def documents(self) -> list[str]:
-        """What is embedded for each document: ``title + " " + text``, or the text alone when there is no title."""
-        return [f"{title} {text}" if title else text for title, text in zip(self.titles, self.texts, strict=True)]
-
-
-def _string(row: dict, column: str, path: Path, line: int, *, missing_ok: bool = False, empty_ok: bool = False) -> str:
-    """A string cell; numeric ids, as some BEIR exports write them, become strings."""
-    value = row.get(column)
-    if value is None and missing_ok:
-        return ""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str) or not (empty_ok or value.strip()):
-        need = "a string" if empty_ok else "a non-empty string"
-        raise DataError(f"column {column!r} is missing or not {need}", str(path), line)
-    return value
-
-
-def _read_id_texts(path: Path, corpus: bool) -> tuple[list[str], list[str], list[str]]:
-    """Ids, titles (corpus only, else empty) and texts of ``corpus.jsonl`` or ``queries.jsonl``."""
-    ids: list[str] = []
-    titles: list[str] = []
-    texts: list[str] = []
-    first_line: dict[str, int] = {}
-    for line, row in read_rows(path, format="jsonl"):
-        item = _string(row, "_id", path, line)
-        if item in first_line:
-            raise DataError(f"duplicate _id {item!r} (first on line {first_line[item]})", str(path), line)
-        first_line[item] = line
-        ids.append(item)
-        titles.append(_string(row, "title", path, line, missing_ok=True, empty_ok=True) if corpus else "")
-        # BEIR corpora hold a few empty documents (Cranfield has two); they stay, as in BEIR and MTEB
-        texts.append(_string(row, "text", path, line, empty_ok=corpus))
-    return ids, titles, texts
-
-
-def read_beir(folder: str | os.PathLike[str], split: str = "test") -> BeirData:
-    """Read and check a BEIR folder's corpus, queries and ``split`` qrels.
-
-    Raises:
-        DataError: a missing file or malformed row (the message names file and line), an empty corpus.
-        UnknownIdError: a qrels row names an id that is not in ``queries.jsonl`` or ``corpus.jsonl``.
-        EmptyQuerySetError: no queries, or a qrels file that judges none.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError("not a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)", str(folder))
-    qrels_file = folder / "qrels" / f"{split}.tsv"
-    if not qrels_file.is_file():
-        splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
-        raise DataError(f"no qrels for split {split!r}; splits here: {', '.join(splits) or 'none'}", str(qrels_file))
-    doc_ids, titles, texts = _read_id_texts(folder / "corpus.jsonl", corpus=True)
-    if not doc_ids:
-        raise DataError("the corpus has no documents", str(folder / "corpus.jsonl"))
-    query_file = folder / "queries.jsonl"
-    all_query_ids, _, all_queries = _read_id_texts(query_file, corpus=False)
-    if not all_query_ids:
-        raise EmptyQuerySetError("no queries", str(query_file))
-
-    known_queries, known_docs = set(all_query_ids), set(doc_ids)
-    qrels: dict[str, dict[str, int]] = {}
-    for line, row in read_rows(qrels_file, format="tsv"):
-        query_id = _string(row, "query-id", qrels_file, line)
-        doc_id = _string(row, "corpus-id", qrels_file, line)
-        if query_id not in known_queries:
-            raise UnknownIdError(f"query id {query_id!r} is not in {query_file.name}", str(qrels_file), line)
-        if doc_id not in known_docs:
-            raise UnknownIdError(f"corpus id {doc_id!r} is not in corpus.jsonl", str(qrels_file), line)
-        try:
-            relevance = int(row.get("score", ""))
-        except ValueError:
-            raise DataError(f"score {row.get('score')!r} is not an integer", str(qrels_file), line) from None
-        qrels.setdefault(query_id, {})[doc_id] = relevance
-    judged = [i for i, query_id in enumerate(all_query_ids) if query_id in qrels]
-    if not judged:
-        raise EmptyQuerySetError(f"the {split} qrels judge no query", str(qrels_file))
-    return BeirData(
-        doc_ids=doc_ids,
-        titles=titles,
-        texts=texts,
-        query_ids=[all_query_ids[i] for i in judged],
-        queries=[all_queries[i] for i in judged],
-        qrels=qrels,
-    )
 
 
 def retrieval_metrics(
@@ -206,6 +91,7 @@ class RetrievalEvaluator:
     gain: str = "exponential"
     batch_size: int = 64
     primary_metric: str = field(default=f"ndcg@{NDCG_AT}", init=False)
+    higher_is_better: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
         self.recall_at = tuple(sorted(set(self.recall_at)))

@@ -7,7 +7,7 @@ reports every file and their mean.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,7 @@ class STSEvaluator:
     columns: dict[str, str] | None = None
     batch_size: int = 64
     primary_metric: str = "spearman"
+    higher_is_better: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
         self.sets: dict[str, list[Example]] = {}

@@ -39,5 +39,10 @@ class Objective(nn.Module):
         without such parts write nothing and return ``None``."""
         return None
 
+    def eval_options(self) -> dict[str, dict[str, object]]:
+        """Options this objective adds to the dev evaluators a recipe names, by evaluator name (``{"preference":
+        {"mode": "reward", "reward_head": head}}`` for a reward model); none by default."""
+        return {}
+
     def forward(self, encoder: Encoder, batch: TextBatch) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

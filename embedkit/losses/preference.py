@@ -115,6 +115,10 @@ class RewardModelObjective(Objective):
             loss = loss + self.contrastive_weight * self.contrastive(views)
         return loss
 
+    def eval_options(self) -> dict[str, dict[str, object]]:
+        """Preference dev sets are scored by the reward head being trained."""
+        return {"preference": {"mode": "reward", "reward_head": self.head}}
+
     def save_heads(self, path: str | os.PathLike[str]) -> Path:
         """Write the reward head beside the model in folder ``path``: ``embedkit_heads/reward.*``."""
         return write_reward_head(self.head, Path(path))

@@ -4,19 +4,28 @@ AdamW with linear warmup and decay, gradient clipping, autocast in the encoder's
 dev set every N steps with the best model kept (as SimCSE does), periodic checkpoints and exact resume: an
 interrupted run restarted with the same settings ends with the same weights as one that never stopped.
 
+A run never hands back a model worse than its start on the dev set: the start model (step 0) is always a
+candidate for ``best/``, and after training the weights between the start and the fine-tuned model can be
+tried too (``interpolation``: WiSE-FT, Wortsman et al., 2022, "Robust fine-tuning of zero-shot models"), the
+mixing weight chosen on the dev set. Inputs may be truncated shorter in training than at inference
+(``max_seq_length``); saved models keep the encoder's own inference length.
+
 Layout of ``output_dir``::
 
-    log.jsonl       one JSON object per logged step or evaluation
-    checkpoint/     the latest checkpoint: encoder.safetensors + trainer_state.pt
-    best/           the best model by the evaluator's primary metric (sentence-transformers folder)
-    final/          the model at the end of training
+    log.jsonl          one JSON object per logged step or evaluation
+    checkpoint/        the latest checkpoint: encoder.safetensors + trainer_state.pt
+    start.safetensors  the start weights, kept for interpolation (only when ``interpolation`` is set)
+    best/              the best model by the evaluator's primary metric (sentence-transformers folder + card)
+    final/             the model at the end of training (sentence-transformers folder + card)
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
+from collections.abc import Iterator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,27 +33,29 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from tqdm.auto import tqdm
 
 from embedkit import distributed
 from embedkit.data import collate
 from embedkit.encoders.batching import embed_batch
+from embedkit.encoders.card import ModelCard, write_model_card
 from embedkit.encoders.sentence_transformer import Encoder
 from embedkit.errors import ConfigError
 from embedkit.fsutil import atomic_directory, atomic_write_bytes
 from embedkit.training.gradcache import grad_cache_backward
 from embedkit.losses.objective import Objective
 from embedkit.precision import autocast
-from embedkit.types import EmbeddedBatch, Example, Kind, TextBatch
+from embedkit.types import Evaluator, Example, Kind, TextBatch
 
-Evaluator = Callable[[Encoder], dict[str, float]]
 StepCallback = Callable[[int, dict[str, float]], None]
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "trainer_state.pt"
 WEIGHTS_FILE = "encoder.safetensors"
 LOSS_STATE_FILE = "loss.safetensors"
+START_FILE = "start.safetensors"
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,11 @@ class FitSettings:
     ``max_steps`` overrides ``epochs``; ``warmup_ratio`` is the share of steps with a linear warmup;
     ``max_grad_norm`` clips the global gradient norm (``None``: no clipping); ``eval_steps`` and
     ``save_steps`` count optimisation steps; ``mini_batch_size`` turns on gradient caching
-    (:mod:`embedkit.training.gradcache`): the loss sees ``batch_size`` rows, the encoder at most that many texts at once.
+    (:mod:`embedkit.training.gradcache`): the loss sees ``batch_size`` rows, the encoder at most that many texts at
+    once. ``max_seq_length`` truncates inputs in training only (``None``: the encoder's own length); evaluation and
+    saved models use the encoder's inference length. ``interpolation`` lists WiSE-FT mixing weights ``a`` in
+    ``(0, 1)`` tried after training, each the model ``(1 - a) * start + a * final``; with a dev evaluator the best
+    of every evaluated model, the start among them, becomes ``best/``.
     """
 
     output_dir: str | Path = "runs/run"
@@ -70,19 +85,27 @@ class FitSettings:
     log_steps: int = 10
     eval_steps: int = 125
     mini_batch_size: int | None = None
-    eval_at_start: bool = True
+    max_seq_length: int | None = None
+    interpolation: tuple[float, ...] = ()
     resume: bool = True
     show_progress: bool = True
 
 
 @dataclass
 class FitResult:
-    """What a training run produced."""
+    """What a training run produced.
+
+    ``steps`` is the run's length; ``start_step`` the step this call resumed from (``steps`` when the run had
+    already finished and nothing was trained). The best model is the one at ``best_step``, or, when
+    ``best_interpolation`` is set, the interpolation with that weight between the start and the final model.
+    """
 
     steps: int
     output_dir: Path
+    start_step: int = 0
     best_score: float | None = None
     best_step: int | None = None
+    best_interpolation: float | None = None
     metric: str | None = None
     first_eval: dict[str, float] | None = None
     last_eval: dict[str, float] | None = None
@@ -118,6 +141,7 @@ class _Run:
         self.step = 0
         self.best_score: float | None = None
         self.best_step: int | None = None
+        self.best_interpolation: float | None = None
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -125,6 +149,7 @@ class _Run:
             "step": self.step,
             "best_score": self.best_score,
             "best_step": self.best_step,
+            "best_interpolation": self.best_interpolation,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
@@ -156,6 +181,7 @@ class _Run:
         self.step = int(state["step"])
         self.best_score = state["best_score"]
         self.best_step = state["best_step"]
+        self.best_interpolation = state.get("best_interpolation")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state["scaler"] is not None:
@@ -232,16 +258,58 @@ def _truncate_log(path: Path, after_step: int) -> None:
     """Drop log lines written after the checkpoint a resumed run restarts from."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= after_step]
-    atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= after_step]
+    if len(kept) < len(lines):
+        atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
 
-def _save_model(encoder: Encoder, loss: nn.Module, path: Path) -> None:
-    """The encoder and the heads its objective trained beside it (a reward head, DiffCSE's), in one atomic save."""
+@contextlib.contextmanager
+def _truncated(encoder: Encoder, max_seq_length: int | None) -> Iterator[None]:
+    """Inputs truncated to ``max_seq_length`` tokens inside the block (``None``: unchanged)."""
+    if max_seq_length is None:
+        yield
+        return
+    inference_length = encoder.max_seq_length
+    encoder.max_seq_length = max_seq_length
+    try:
+        yield
+    finally:
+        encoder.max_seq_length = inference_length
+
+
+def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every tensor of ``module``'s state, to restore or interpolate later."""
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def interpolate_weights(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor]:
+    """WiSE-FT: ``(1 - weight) * start + weight * end`` for floating-point tensors; others (step counters,
+    position ids) are ``end``'s. ``weight = 0`` is ``start`` exactly and ``weight = 1`` is ``end``."""
+    if start.keys() != end.keys():
+        raise ConfigError("cannot interpolate the weights of two different models")
+    return {
+        name: torch.lerp(start[name], end[name], weight) if end[name].is_floating_point() else end[name]
+        for name in end
+    }
+
+
+def _load_saved_model(encoder: Encoder, folder: Path) -> None:
+    """Load the weights of a model ``encoder.save`` wrote into ``encoder`` (the inference modules only)."""
+    from sentence_transformers import SentenceTransformer
+
+    saved = SentenceTransformer(str(folder), device=str(encoder.device))
+    encoder.model.load_state_dict(saved.state_dict())
+
+
+def _save_model(encoder: Encoder, loss: nn.Module, path: Path, card: ModelCard) -> None:
+    """The encoder, the heads its objective trained beside it (a reward head, DiffCSE's) and the model card, in
+    one atomic save."""
     with atomic_directory(path) as tmp:
         encoder.save(tmp)
         if isinstance(loss, Objective):
             loss.save_heads(tmp)
+        write_model_card(tmp, card, name=str(path))
 
 
 def fit(
@@ -253,43 +321,38 @@ def fit(
     kind: Kind | str | None = None,
     evaluator: Evaluator | None = None,
     callbacks: Sequence[StepCallback] = (),
+    source: str | None = None,
 ) -> FitResult:
     """Train ``encoder`` on ``examples`` with ``loss``.
 
     Args:
-        encoder: the model to train, in place.
+        encoder: the model to train, in place. With an evaluator it ends holding the best model's weights (the
+            start model's if nothing beat it), else the final weights.
         examples: training rows (see :func:`embedkit.read_examples`), all of kind ``kind``.
         loss: a loss from :mod:`embedkit.losses` (``EmbeddedBatch -> scalar``), or an
             :class:`~embedkit.losses.objective.Objective` (``(encoder, TextBatch) -> scalar``).
         settings: optimisation, evaluation and checkpoint settings.
         kind: the data kind of ``examples``; default: ``examples.kind`` (set by :func:`embedkit.read_examples`).
-        evaluator: ``evaluator(encoder) -> metrics`` with a ``primary_metric`` attribute (default
-            ``"spearman"``); run every ``settings.eval_steps`` steps and at the end, keeping the best model.
+        evaluator: an :class:`~embedkit.types.Evaluator`, run on the start model, every ``settings.eval_steps``
+            steps, at the end and on each interpolation; the best by its primary metric (highest or lowest, as
+            its ``higher_is_better`` says) is saved in ``best/``.
         callbacks: called as ``callback(step, metrics)`` after every optimisation step.
+        source: where the examples came from, for the model card (default: their count and kind).
 
     Returns:
         A :class:`FitResult`; the models are in ``settings.output_dir`` (``best/`` and ``final/``).
     """
-    if settings.mini_batch_size is not None:
-        if settings.mini_batch_size < 1:
-            raise ConfigError(f"mini_batch_size must be at least 1, got {settings.mini_batch_size}")
-        if isinstance(loss, Objective):
-            raise ConfigError(
-                f"{type(loss).__name__} needs the tokens of the whole batch at once, so it cannot be split into "
-                "mini-batches (gradient caching works with embedding losses only); unset mini_batch_size"
-            )
+    _check_settings(settings, loss, evaluator)
     kind = Kind(kind) if kind is not None else getattr(examples, "kind", None)
     if kind is None:
         raise ConfigError("fit() needs kind= when the examples do not come from read_examples()")
-    if settings.batch_size < 2:
-        raise ConfigError("batch_size must be at least 2 for in-batch negatives")
     # Under torchrun every optimisation step consumes one batch per rank: rank r takes the r-th slice.
     world, rank = distributed.world_size(), distributed.rank()
     global_batch = settings.batch_size * world
     steps_per_epoch = len(examples) // global_batch
     if steps_per_epoch == 0:
         raise ConfigError(f"{len(examples)} examples do not fill one batch of {settings.batch_size} x {world} processes")
-    total_steps = settings.max_steps or settings.epochs * steps_per_epoch
+    total_steps = settings.max_steps if settings.max_steps is not None else settings.epochs * steps_per_epoch
     if isinstance(loss, Objective):
         loss.setup(encoder)
     run = _Run(encoder, loss, settings, total_steps)
@@ -298,6 +361,7 @@ def fit(
         run.output_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
     log_path = run.output_dir / "log.jsonl"
+    start_path = run.output_dir / START_FILE
     result = FitResult(steps=total_steps, output_dir=run.output_dir)
 
     resumed = settings.resume and run.load_checkpoint()
@@ -313,6 +377,20 @@ def fit(
         torch.manual_seed(settings.seed + rank)
         if main_process:
             log_path.unlink(missing_ok=True)
+            if settings.interpolation:
+                atomic_write_bytes(start_path, safetensors_bytes(_snapshot(encoder)))
+    result.start_step = run.step
+    primary = evaluator.primary_metric if evaluator is not None else None
+    card_base = dict(
+        base_model=encoder.name,
+        objective=f"{type(loss).__name__}({loss.extra_repr()})",
+        data=source or f"{len(examples)} {kind.value} rows",
+        precision=str(run.dtype).removeprefix("torch."),
+        max_seq_length=encoder.max_seq_length,
+        train_max_seq_length=settings.max_seq_length or encoder.max_seq_length,
+        dev_metric=primary,
+    )
+    best_state: dict[str, torch.Tensor] | None = None
 
     def log(record: dict[str, Any]) -> None:
         result.history.append(record)
@@ -320,24 +398,39 @@ def fit(
             with log_path.open("a") as file:
                 file.write(json.dumps(record) + "\n")
 
-    primary = getattr(evaluator, "primary_metric", "spearman")
-
-    def evaluate() -> None:
-        # Rank 0 evaluates and saves; the others wait and learn the verdict, so all agree on the best step.
+    def evaluate(interpolation: float | None = None) -> None:
+        # Rank 0 evaluates and saves; the others wait and learn the verdict, so all agree on the best model.
+        nonlocal best_state
         metrics = evaluator(encoder) if main_process else None
         metrics = distributed.broadcast_object(metrics)
-        log({"step": run.step, "eval": metrics})
-        score = metrics[primary]
+        log({"step": run.step, **({} if interpolation is None else {"interpolation": interpolation}), "eval": metrics})
         if result.first_eval is None:
             result.first_eval = metrics
-        result.last_eval = metrics
-        if run.best_score is None or score > run.best_score:
-            run.best_score, run.best_step = score, run.step
-            if main_process:
-                _save_model(encoder, loss, run.output_dir / "best")
+        if interpolation is None:
+            result.last_eval = metrics
+        score = metrics[primary]
+        if not _better(score, run.best_score, evaluator.higher_is_better):
+            return
+        run.best_score, run.best_step, run.best_interpolation = score, run.step, interpolation
+        best_state = _snapshot(encoder)
+        if main_process:
+            chosen = f"step {run.step}" if interpolation is None else (
+                f"interpolation {interpolation} between the start model and step {run.step} (WiSE-FT)")
+            card = ModelCard(steps=run.step, dev_before=result.first_eval, dev_after=metrics, chosen=chosen, **card_base)
+            _save_model(encoder, loss, run.output_dir / "best", card)
         distributed.barrier()
 
-    if evaluator is not None and settings.eval_at_start and run.step == 0:
+    finished = resumed and run.step >= total_steps
+    if finished:
+        # nothing to train: hand back what the run made, and write nothing
+        result.best_score, result.best_step = run.best_score, run.best_step
+        result.best_interpolation = run.best_interpolation
+        result.metric = primary
+        if evaluator is not None and (run.output_dir / "best").is_dir():
+            _load_saved_model(encoder, run.output_dir / "best")
+        return result
+
+    if evaluator is not None and run.step == 0:
         evaluate()
 
     progress = tqdm(
@@ -348,13 +441,14 @@ def fit(
         disable=not (settings.show_progress and main_process),
     )
     started = time.perf_counter()
-    last_eval_step = 0 if settings.eval_at_start else -1
+    last_eval_step = run.step if evaluator is not None and run.step == 0 else -1
     while run.step < total_steps:
         epoch, position = divmod(run.step, steps_per_epoch)
         order = _epoch_order(len(examples), settings.seed, epoch)
         start = position * global_batch + rank * settings.batch_size
         rows = order[start : start + settings.batch_size]
-        value = distributed.mean(run.train_step(collate([examples[i] for i in rows], kind)))
+        with _truncated(encoder, settings.max_seq_length):
+            value = distributed.mean(run.train_step(collate([examples[i] for i in rows], kind)))
         metrics = {"loss": value, "lr": run.scheduler.get_last_lr()[0]}
         progress.update(1)
         progress.set_postfix(loss=f"{value:.4f}", lr=f"{metrics['lr']:.2e}")
@@ -372,8 +466,55 @@ def fit(
     if evaluator is not None and last_eval_step != run.step:
         evaluate()
     if main_process:
-        _save_model(encoder, loss, run.output_dir / "final")
+        card = ModelCard(steps=run.step, dev_before=result.first_eval or {}, dev_after=result.last_eval or {},
+                         chosen=f"the last step ({run.step})", **card_base)
+        _save_model(encoder, loss, run.output_dir / "final", card)
+    if evaluator is not None and settings.interpolation:
+        final_state = _snapshot(encoder)
+        start_state = load_file(str(start_path), device=str(encoder.device))
+        for weight in settings.interpolation:
+            encoder.load_state_dict(interpolate_weights(start_state, final_state, weight))
+            evaluate(interpolation=weight)
+        encoder.load_state_dict(final_state)
     run.save_checkpoint()
+    if best_state is not None:
+        encoder.load_state_dict(best_state)
+    elif evaluator is not None and run.best_step != run.step and (run.output_dir / "best").is_dir():
+        _load_saved_model(encoder, run.output_dir / "best")  # the best was found before this call resumed
     result.best_score, result.best_step = run.best_score, run.best_step
-    result.metric = primary if evaluator is not None else None
+    result.best_interpolation = run.best_interpolation
+    result.metric = primary
     return result
+
+
+def _better(score: float, best: float | None, higher_is_better: bool) -> bool:
+    if best is None:
+        return True
+    return score > best if higher_is_better else score < best
+
+
+def _check_settings(settings: FitSettings, loss: nn.Module, evaluator: Evaluator | None) -> None:
+    """Errors for settings that cannot work together, before anything is loaded or written."""
+    if settings.mini_batch_size is not None:
+        if settings.mini_batch_size < 1:
+            raise ConfigError(f"mini_batch_size must be at least 1, got {settings.mini_batch_size}")
+        if isinstance(loss, Objective):
+            raise ConfigError(
+                f"{type(loss).__name__} needs the tokens of the whole batch at once, so it cannot be split into "
+                "mini-batches (gradient caching works with embedding losses only); unset mini_batch_size"
+            )
+    if settings.batch_size < 2:
+        raise ConfigError("batch_size must be at least 2 for in-batch negatives")
+    if settings.max_seq_length is not None and settings.max_seq_length < 1:
+        raise ConfigError(f"max_seq_length must be at least 1, got {settings.max_seq_length}")
+    bad = [weight for weight in settings.interpolation if not 0 < weight < 1]
+    if bad:
+        raise ConfigError(f"interpolation weights must lie strictly between 0 and 1 (0 is the start, 1 the final "
+                          f"model, both always evaluated), got {', '.join(map(str, bad))}")
+    if settings.interpolation and evaluator is None:
+        raise ConfigError("interpolation picks its weight on a dev set: give an evaluator ([eval] in a recipe)")
+    if evaluator is not None and not isinstance(evaluator, Evaluator):
+        raise ConfigError(
+            f"{type(evaluator).__name__} is not an evaluator: it needs primary_metric, higher_is_better and "
+            "__call__(encoder) -> metrics"
+        )

@@ -11,25 +11,32 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
+from embedkit import distributed
 from embedkit.data import read_examples
 from embedkit.encoders import DEFAULT_MODEL, load_encoder
 from embedkit.errors import ConfigError
-from embedkit.eval import CombinedEvaluator, Evaluator, STSEvaluator
-from embedkit.eval.preference import PreferenceEvaluator
+from embedkit.eval import EVALUATORS, CombinedEvaluator
 from embedkit.fsutil import atomic_write_bytes
-from embedkit.losses import LOSSES
-from embedkit.losses.preference import RewardModelObjective
+from embedkit.losses import LOSSES, Objective
 from embedkit.training.fit import FitResult, FitSettings, fit
+from embedkit.types import Evaluator
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which encoder to start from and how to run it (see :func:`embedkit.load_encoder`)."""
+    """Which encoder to start from and how to run it (see :func:`embedkit.load_encoder`).
+
+    ``max_seq_length`` changes the model's inference length, which saved models keep; to truncate inputs in
+    training only (SimCSE's 32 tokens), set ``train.max_seq_length``.
+    """
 
     name: str = DEFAULT_MODEL
     pooling: str | None = None
@@ -62,13 +69,35 @@ class LossConfig:
 class EvalConfig:
     """The dev sets evaluated during training (how often: ``train.eval_steps``); the best model is kept.
 
-    ``sts``: an STS file (Spearman). ``preference``: a preference file (accuracy), scored by the reward head when
-    the loss is ``reward-bt`` and by prompt-reply similarity otherwise. With both, STS picks the best model, the
-    preference metrics are logged beside it, and metric names get the prefixes ``sts/`` and ``preference/``.
+    ``sts``: an STS file (Spearman). ``retrieval``: a BEIR folder, its queries of split ``retrieval_split``
+    searched over its corpus (nDCG@10). ``preference``: a preference file (accuracy), scored by the reward head
+    when the objective trains one (``reward-bt``) and by prompt-reply similarity otherwise. ``primary`` names the
+    set whose primary metric picks the best model (default: the first given of sts, retrieval, preference); with
+    several sets the others are logged beside it, and metric names get the prefixes ``sts/``, ``retrieval/`` and
+    ``preference/``.
     """
 
     sts: str | None = None
+    retrieval: str | None = None
+    retrieval_split: str = "dev"
     preference: str | None = None
+    primary: str | None = None
+
+    def sets(self) -> dict[str, dict[str, str]]:
+        """``{evaluator name: its options}`` for the dev sets given, the primary one first."""
+        given = {
+            "sts": {"path": self.sts},
+            "retrieval": {"folder": self.retrieval, "split": self.retrieval_split},
+            "preference": {"path": self.preference},
+        }
+        sets = {name: options for name, options in given.items() if next(iter(options.values()))}
+        if self.primary is not None:
+            if self.primary not in given:
+                raise ConfigError(f"eval.primary must be one of {', '.join(given)}, got {self.primary!r}")
+            if self.primary not in sets:
+                raise ConfigError(f"eval.primary is {self.primary!r}, but the recipe gives no eval.{self.primary} set")
+            sets = {self.primary: sets.pop(self.primary), **sets}
+        return sets
 
 
 @dataclass(frozen=True)
@@ -157,26 +186,73 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
 
 
 # -- running a recipe --------------------------------------------------------------------------------------
-def dev_evaluator(config: EvalConfig, loss: Any) -> Evaluator | None:
-    """The evaluator of a recipe's ``[eval]`` section for training with ``loss``; ``None`` when it names no set."""
-    evaluators: dict[str, Evaluator] = {}
-    if config.sts:
-        evaluators["sts"] = STSEvaluator(config.sts)
-    if config.preference:
-        evaluators["preference"] = (
-            PreferenceEvaluator(config.preference, mode="reward", reward_head=loss.head)
-            if isinstance(loss, RewardModelObjective)
-            else PreferenceEvaluator(config.preference)
-        )
+def dev_evaluator(config: EvalConfig, loss: nn.Module) -> Evaluator | None:
+    """The evaluator of a recipe's ``[eval]`` section for training with ``loss``; ``None`` when it names no set.
+
+    Evaluators come from :data:`embedkit.eval.EVALUATORS`; an objective adds the options only it can give (a
+    reward head to score preferences with) through :meth:`~embedkit.losses.Objective.eval_options`.
+    """
+    extra = loss.eval_options() if isinstance(loss, Objective) else {}
+    evaluators = {
+        name: EVALUATORS.get(name)(**options, **extra.get(name, {})) for name, options in config.sets().items()
+    }
     if len(evaluators) < 2:
         return next(iter(evaluators.values()), None)
     return CombinedEvaluator(evaluators)
 
 
-def run_training(config: RunConfig, show_progress: bool = True) -> FitResult:
+RECIPE_FILE = "recipe.json"
+
+
+def recipe_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``section.key: old -> new`` for every value that differs between two nested recipe dicts."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes += recipe_changes(before, after, f"{prefix}{key}.")
+        elif before != after:
+            changes.append(f"{prefix}{key}: {before!r} -> {after!r}")
+    return changes
+
+
+def prepare_output_dir(config: RunConfig, overwrite: bool = False, write: bool = True) -> Path:
+    """Make ``train.output_dir`` ready for ``config``: a new run, the resumption of the same recipe, or (with
+    ``overwrite``) a fresh start over an earlier run of another one.
+
+    ``recipe.json`` is written when a run starts, and never rewritten by a resumed run, so the folder always
+    says how its model was made. ``write=False`` only checks (the processes other than rank 0 under torchrun).
+
+    Raises:
+        ConfigError: the folder holds a run of a different recipe and ``overwrite`` is not set; the message names
+            the keys that differ.
+    """
+    output_dir = Path(config.train.output_dir)
+    recorded = output_dir / RECIPE_FILE
+    resolved = json.loads(json.dumps(config_to_dict(config)))  # as JSON would read it back: lists, not tuples
+    resolved["train"].pop("show_progress", None)  # how a run is watched is not how its model is made
+    if recorded.is_file() and not overwrite:
+        changes = recipe_changes(json.loads(recorded.read_text()), resolved)
+        if changes:
+            raise ConfigError(
+                f"{output_dir} holds a run of another recipe ({'; '.join(changes)}): pass --overwrite to start it "
+                "again from scratch, or set another train.output_dir"
+            )
+        return output_dir
+    if not write:
+        return output_dir
+    if overwrite and output_dir.exists():
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(recorded, (json.dumps(resolved, indent=2) + "\n").encode())
+    return output_dir
+
+
+def run_training(config: RunConfig, show_progress: bool = True, overwrite: bool = False) -> FitResult:
     """Load the model and data a recipe names, train, and keep the best and final models.
 
-    The resolved recipe is written to ``<output_dir>/recipe.json`` so a run records how it was made.
+    The resolved recipe is written to ``<output_dir>/recipe.json`` so a run records how it was made; running a
+    recipe into a folder that holds a run of the same recipe resumes it (see :func:`prepare_output_dir`).
     """
     if not config.data.path:
         raise ConfigError("the recipe names no training data: set data.path")
@@ -205,8 +281,7 @@ def run_training(config: RunConfig, show_progress: bool = True) -> FitResult:
         precision=config.model.precision,
     )
     settings = dataclasses.replace(config.train, show_progress=show_progress and config.train.show_progress)
-    output_dir = Path(settings.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(output_dir / "recipe.json", (json.dumps(config_to_dict(config), indent=2) + "\n").encode())
-    return fit(encoder, examples, loss, settings, kind=kind, evaluator=evaluator)
-
+    prepare_output_dir(config, overwrite, write=distributed.is_main_process())
+    distributed.barrier()
+    source = f"{config.data.path} ({kind.value}, {len(examples)} rows)"
+    return fit(encoder, examples, loss, settings, kind=kind, evaluator=evaluator, source=source)

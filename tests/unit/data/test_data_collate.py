@@ -7,8 +7,8 @@ import torch
 
 from embedkit.data import collate
 from embedkit.data.collate import text_id, text_ids
-from embedkit.errors import DataError
-from embedkit.types import Example, Kind
+from embedkit.losses import InfoNCELoss
+from embedkit.types import PADDING_GROUP, EmbeddedBatch, Example, Kind
 
 
 def test_pairs_batch_keeps_order_and_numbers_distinct_texts() -> None:
@@ -54,21 +54,26 @@ def test_scores_are_a_float_tensor_when_every_row_has_one() -> None:
     assert collate([Example("a", "b", score=1.5), Example("c", "d")], Kind.SCORED).scores is None
 
 
-def test_unequal_negatives_name_the_first_offending_row() -> None:
-    examples = [
-        Example("q1", "d1", ("n1",), source=("t.jsonl", 1)),
-        Example("q2", "d2", ("n2",), source=("t.jsonl", 2)),
-        Example("q3", "d3", ("n3", "n4"), source=("t.jsonl", 5)),
-        Example("q4", "d4", (), source=("t.jsonl", 9)),
-    ]
-    with pytest.raises(DataError) as caught:
-        collate(examples, Kind.TRIPLETS)
-    assert str(caught.value).startswith("t.jsonl:5: a row with 2 negatives in a batch whose first row has 1")
+def test_rows_with_fewer_negatives_are_padded_with_an_uncounted_group() -> None:
+    examples = [Example("q1", "d1", ("n1", "n2")), Example("q2", "d2", ("n3",)), Example("q3", "d3")]
+    batch = collate(examples, Kind.TRIPLETS)
+    assert batch.negatives == [["n1", "n3", ""], ["n2", "", ""]]
+    groups = batch.candidate_groups.tolist()
+    assert groups[:5] == text_ids(["d1", "d2", "d3", "n1", "n3"]).tolist()
+    assert groups[5:] == [PADDING_GROUP, text_id("n2"), PADDING_GROUP, PADDING_GROUP]
 
 
-def test_unequal_negatives_without_a_source_still_fail() -> None:
-    with pytest.raises(DataError, match="same number of negatives"):
-        collate([Example("q1", "d1"), Example("q2", "d2", ("n",))], Kind.TRIPLETS)
+def test_a_padded_row_trains_as_if_its_padding_were_absent() -> None:
+    # InfoNCE over the padded batch equals InfoNCE over the same rows with the padding columns cut out
+    torch.manual_seed(0)
+    examples = [Example("q1", "d1", ("n1",)), Example("q2", "d2"), Example("q3", "d3", ("n3",))]
+    batch = collate(examples, Kind.TRIPLETS)
+    anchors, candidates = torch.randn(3, 8), torch.randn(6, 8)
+    loss = InfoNCELoss(temperature=0.1)
+    padded = loss(EmbeddedBatch(anchors, candidates, batch.anchor_groups, batch.candidate_groups))
+    kept = [0, 1, 2, 3, 5]  # candidate 4 is q2's padding
+    expected = loss(EmbeddedBatch(anchors, candidates[kept], batch.anchor_groups, batch.candidate_groups[kept]))
+    torch.testing.assert_close(padded, expected)
 
 
 def test_empty_batch_is_refused() -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from embedkit.training.recipe import RunConfig, config_to_dict, load_config, parse_override
 from embedkit.errors import ConfigError
+from embedkit.training.recipe import RunConfig, config_from_dict, config_to_dict, load_config, parse_override
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -60,5 +61,45 @@ def test_shipped_recipes_load(name: str) -> None:
 
 def test_simcse_unsup_recipe_has_the_paper_settings() -> None:
     config = load_config(REPO / "recipes" / "simcse-unsup.toml")
-    assert (config.train.batch_size, config.train.lr, config.model.max_seq_length) == (64, 3e-5, 32)
+    assert (config.train.batch_size, config.train.lr, config.train.max_seq_length) == (64, 3e-5, 32)
     assert config.model.mlp_head and config.train.eval_steps == 125
+
+
+def test_retrieval_is_a_dev_metric_that_picks_the_best_model(tmp_path, tiny_model_path) -> None:
+    from conftest import TINY_TEXTS
+
+    from embedkit.training.recipe import run_training
+
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n"
+                                                 for i, t in enumerate(TINY_TEXTS)))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": " ".join(t.split()[:3])}) + "\n"
+                                                  for i, t in enumerate(TINY_TEXTS)))
+    qrels = "".join(f"q{i}\td{i}\t1\n" for i in range(len(TINY_TEXTS)))
+    for split in ("train", "dev"):
+        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
+    (tmp_path / "sts.jsonl").write_text("".join(
+        json.dumps({"sentence1": TINY_TEXTS[i], "sentence2": TINY_TEXTS[i + 1], "score": i}) + "\n" for i in range(5)))
+    raw = {
+        "model": {"name": str(tiny_model_path), "precision": "fp32"},
+        "data": {"path": str(folder)},
+        "loss": {"name": "infonce"},
+        "train": {"output_dir": str(tmp_path / "run"), "batch_size": 4, "max_steps": 2, "eval_steps": 1,
+                  "show_progress": False},
+        "eval": {"sts": str(tmp_path / "sts.jsonl"), "retrieval": str(folder), "primary": "retrieval"},
+    }
+    result = run_training(config_from_dict(raw))
+    assert result.metric == "retrieval/ndcg@10"
+    evals = [record["eval"] for record in result.history if "eval" in record]
+    assert len(evals) == 3 and all({"retrieval/ndcg@10", "sts/spearman"} <= set(e) for e in evals)
+    assert result.best_score == max(e["retrieval/ndcg@10"] for e in evals)
+
+
+@pytest.mark.parametrize(("eval_section", "match"), [
+    ({"sts": "a.jsonl", "primary": "mteb"}, "eval.primary must be one of sts, retrieval, preference"),
+    ({"sts": "a.jsonl", "primary": "retrieval"}, "gives no eval.retrieval set"),
+])
+def test_bad_primary_dev_sets(eval_section, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict({"eval": eval_section}).eval.sets()
