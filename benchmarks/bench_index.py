@@ -427,8 +427,10 @@ def bench_mining(data_dir: Path) -> dict[str, Any]:
                         pairs,
                         corpus,
                         num_negatives=MINING["num_negatives"],
-                        rank_range=(start, end),
-                        margin=("relative", MINING["relative_margin"]),
+                        steps=[
+                            {"name": "margin", "margin": MINING["relative_margin"], "mode": "relative"},
+                            {"name": "rank-window", "start": start, "end": end},
+                        ],
                         batch_size=MINING["batch_size"],
                         show_progress=False,
                     )

@@ -6,37 +6,45 @@ import argparse
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embedkit.cli.options import add_model_options, load_model, print_json
 from embedkit.errors import ConfigError
 
+if TYPE_CHECKING:  # the CLI imports torch-backed modules only when a command runs
+    from embedkit.losses.steps import FilterSpec
 
-def parse_range(text: str) -> tuple[int, int]:
-    """``"10:100"`` -> ``(10, 100)``."""
-    start, sep, end = text.partition(":")
+
+def parse_range(text: str) -> FilterSpec:
+    """``"10:100"`` -> ``{"name": "rank-window", "start": 10, "end": 100}``; the step checks the bounds."""
+    start, _, end = text.partition(":")  # without a colon end is "", which int() refuses
     try:
-        window = (int(start), int(end))
+        return {"name": "rank-window", "start": int(start), "end": int(end)}
     except ValueError:
         raise ConfigError(f"a rank range looks like 10:100, got {text!r}") from None
-    if not sep or not 0 <= window[0] < window[1]:
-        raise ConfigError(f"a rank range needs 0 <= start < end, like 10:100; got {text!r}")
-    return window
 
 
-def parse_margin(text: str) -> tuple[str, float] | None:
-    """``"relative:0.05"`` -> ``("relative", 0.05)``; ``"none"`` -> ``None``."""
-    from embedkit.losses.steps import MARGIN_MODES
+def parse_margin(text: str) -> FilterSpec | None:
+    """``"relative:0.05"`` -> ``{"name": "margin", "mode": "relative", "margin": 0.05}``; ``"none"`` -> ``None``.
 
+    Only the shape ``MODE:VALUE`` is read here; the margin step itself judges the mode and the value, so a bad
+    mode gets the same message as from Python or a recipe.
+    """
     if text == "none":
         return None
-    mode, _, value = text.partition(":")
+    mode, _, value = text.partition(":")  # without a colon value is "", which float() refuses
     try:
-        margin = float(value)
+        return {"name": "margin", "mode": mode, "margin": float(value)}
     except ValueError:
-        margin = None
-    if mode not in MARGIN_MODES or margin is None:
-        raise ConfigError(f"a margin looks like relative:0.05 or absolute:0.1 (or none), got {text!r}")
-    return mode, margin
+        raise ConfigError(f"a margin looks like relative:0.05 or absolute:0.1 (or none), got {text!r}") from None
+
+
+def mining_filters(range_text: str, margin_text: str, max_score: float | None) -> list[FilterSpec]:
+    """The step tables of ``--margin``, ``--max-score`` and ``--range``, in the order mining has always run
+    them: the rank window counts what the margin and the ceiling left."""
+    margin = parse_margin(margin_text)
+    ceiling = None if max_score is None else {"name": "ceiling", "max_score": max_score}
+    return [spec for spec in (margin, ceiling, parse_range(range_text)) if spec is not None]
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
@@ -59,9 +67,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
             pairs,
             corpus,
             num_negatives=args.negatives,
-            rank_range=parse_range(args.range),
-            margin=parse_margin(args.margin),
-            max_score=args.max_score,
+            steps=mining_filters(args.range, args.margin, args.max_score),
             guide=guide,
             sampling=args.sampling,
             seed=args.seed,

@@ -8,7 +8,7 @@ Filters that judge "too similar to be a true negative" (margins, ceilings) compa
 table's own ``values`` or, when ``source="guide"``, the similarities of a frozen guide model stored in
 ``Scores.guide`` (GISTEmbed).
 
-A recipe's, and mining's,  ``[loss]`` section of any InfoNCE-family loss may say::
+A recipe's ``[loss]`` section of any InfoNCE-family loss may say::
 
     mask_duplicates = true                       # the default: MaskDuplicates runs first
     filters = [
@@ -17,7 +17,8 @@ A recipe's, and mining's,  ``[loss]`` section of any InfoNCE-family loss may say
     ]
 
 Each table names a step of :data:`STEPS` and gives its parameters; :func:`build_steps` turns the list into the
-``steps`` tuple that the loss classes take from Python. The names and their parameters:
+``steps`` tuple that the loss classes take from Python. Hard-negative mining takes the same tables
+(:func:`~embedkit.mining.mine_hard_negatives`'s ``steps``). The names and their parameters:
 
 - ``duplicates``: :class:`~embedkit.losses.steps.MaskDuplicates` (none);
 - ``margin``: :class:`~embedkit.losses.steps.MarginFilter` (margin, mode, source);
@@ -216,8 +217,11 @@ def step_parameters(name: str) -> dict[str, Any]:
     return {param.name: param.default for param in signature.parameters.values()}
 
 
-def build_step(spec: FilterSpec) -> Step:
+def build_step(spec: FilterSpec, *, default_source: ScoreSource = "values") -> Step:
     """One step from ``{"name": ..., **params}``.
+
+    ``default_source`` is the ``source`` of a step that reads one (margin, ceiling) when ``spec`` names none:
+    hard-negative mining with a guide model passes ``"guide"``.
 
     Raises:
         ConfigError: ``spec`` is not a table, has no name, has unknown or missing parameters, or the step
@@ -239,17 +243,19 @@ def build_step(spec: FilterSpec) -> Step:
     missing = [key for key, default in valid.items() if default is inspect.Parameter.empty and key not in params]
     if missing:
         raise ConfigError(f"filter {name!r} needs {', '.join(missing)}")
+    if "source" in valid:
+        params.setdefault("source", default_source)
     try:
         return factory(**params)
     except ConfigError as error:
         raise ConfigError(f"filter {name!r}: {error}") from None
 
 
-def build_steps(specs: Sequence[FilterSpec]) -> tuple[Step, ...]:
-    """The steps of a recipe's ``filters`` list, in order."""
+def build_steps(specs: Sequence[FilterSpec], *, default_source: ScoreSource = "values") -> tuple[Step, ...]:
+    """The steps of a recipe's ``filters`` list, in order; ``default_source`` as in :func:`build_step`."""
     if isinstance(specs, (str, Mapping)) or not isinstance(specs, Sequence):
         raise ConfigError(f"filters must be a list of tables, got {specs!r}")
-    return tuple(build_step(spec) for spec in specs)
+    return tuple(build_step(spec, default_source=default_source) for spec in specs)
 
 
 def loss_steps(filters: Sequence[FilterSpec] = (), mask_duplicates: bool = True) -> tuple[Step, ...]:

@@ -3,21 +3,21 @@
 For each (anchor, positive) pair the anchor's nearest corpus documents are retrieved, and each pair becomes a
 row of a score table whose target column is the positive (scored by the same encoder) and whose other
 columns are the retrieved candidates. The table then goes through the very step classes of
-:mod:`embedkit.losses.steps` that filter in-batch negatives during training (DESIGN.md, principle 2):
+:mod:`embedkit.losses.steps` that filter in-batch negatives during training (DESIGN.md, principle 2), named by
+the same step tables a recipe's ``filters`` list uses:
 
-1. :class:`~embedkit.losses.steps.MaskDuplicates`: never the anchor's or the positive's own text, nor any
-   other known positive of the anchor (candidates that are a known positive share the positive's group id);
-2. :class:`~embedkit.losses.steps.MarginFilter`: drop candidates scoring within a margin of the positive
-   (``absolute``: ``s > p - m``; ``relative``: ``s > p (1 - m)``);
-3. :class:`~embedkit.losses.steps.ScoreCeiling`: drop candidates above ``max_score``;
-4. :class:`~embedkit.losses.steps.RankWindow`: keep ranks ``start..end`` of what is left (0 = hardest);
-5. ``sampling="top"``: :class:`~embedkit.losses.steps.TopKHardest` keeps the ``num_negatives`` hardest;
+1. :class:`~embedkit.losses.steps.MaskDuplicates`, always first: never the anchor's or the positive's own text,
+   nor any other known positive of the anchor (candidates that are a known positive share the positive's
+   group id);
+2. the caller's ``steps``, in order; by default (:data:`DEFAULT_STEPS`) a relative margin of 0.05 against the
+   positive's score, then the rank window 10:100 of what is left (0 = hardest);
+3. ``sampling="top"``: :class:`~embedkit.losses.steps.TopKHardest` keeps the ``num_negatives`` hardest;
    ``"random"``: a seeded uniform sample of ``num_negatives`` of what is left.
 
-With a ``guide`` encoder (GISTEmbed), the margin and the ceiling judge the guide's similarities of the same
-pairs instead of the mined model's (``source="guide"``); ranks still follow the mined model. The order of the
-steps is that of sentence-transformers' ``mine_hard_negatives``: the rank window counts the candidates left
-after the margin and ceiling filters.
+With a ``guide`` encoder (GISTEmbed), a step that reads a score source (``margin``, ``ceiling``) and names
+none judges the guide's similarities of the same pairs instead of the mined model's (``source="guide"``);
+ranks still follow the mined model. Steps run in the order given, so a margin listed before the rank window
+acts as in sentence-transformers' ``mine_hard_negatives``: the window counts the candidates the margin left.
 
 Each row of the score table has its own candidates, while a :class:`Scores` table shares its ``C`` columns
 among rows; so ``R`` rows are laid out block-diagonally, ``C = R * (1 + K)``: row ``r``'s positive sits at
@@ -26,10 +26,12 @@ column ``r (1 + K)`` followed by its ``K`` candidates, and every column outside 
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -40,20 +42,28 @@ from tqdm.auto import tqdm
 from embedkit.data import Examples
 from embedkit.data.collate import text_id
 from embedkit.errors import ConfigError, DataError
-from embedkit.index import Index, as_corpus, build_index
+from embedkit.index import Corpus, Index, as_corpus, build_index
 from embedkit.losses.steps import (
-    MARGIN_MODES,
-    MarginFilter,
+    FilterSpec,
     MaskDuplicates,
     RankWindow,
-    ScoreCeiling,
     Step,
     TopKHardest,
     apply_steps,
+    build_steps,
 )
-from embedkit.types import Example, Kind, Scores
+from embedkit.types import Example, Kind, Scores, TextEncoder
 
 SAMPLING = ("top", "random")
+DEFAULT_STEPS: tuple[FilterSpec, ...] = (
+    MappingProxyType({"name": "margin", "margin": 0.05, "mode": "relative"}),
+    MappingProxyType({"name": "rank-window", "start": 10, "end": 100}),
+)
+"""Mining's filters unless told otherwise: drop candidates above 95% of the positive's score (likely unlabelled
+positives), then keep ranks 10 to 100 of the rest; read-only, as a default argument is shared by every call."""
+SEARCH_HEADROOM = 20
+"""Candidates searched per wanted negative when no rank window ends the search: 100 for the default 5
+negatives, as deep as the default window."""
 ROWS_PER_TABLE = 64
 """Pairs per score table; the block-diagonal table has ``64 * 64 * (1 + K)`` entries."""
 
@@ -78,28 +88,54 @@ class Candidates:
     kept: np.ndarray
 
 
-def mining_steps(
-    rank_range: tuple[int, int],
-    margin: tuple[str, float] | None,
-    max_score: float | None,
-    guide: bool,
-    num_negatives: int | None = None,
-) -> tuple[Step, ...]:
-    """The filter steps of a mining run, in order (see the module docs); ``num_negatives`` adds
-    :class:`TopKHardest` (``sampling="top"``)."""
-    source = "guide" if guide else "values"
-    steps: list[Step] = [MaskDuplicates()]
-    if margin is not None:
-        mode, value = margin
-        if mode not in MARGIN_MODES:
-            raise ConfigError(f"unknown margin mode {mode!r}; valid: {', '.join(MARGIN_MODES)}")
-        steps.append(MarginFilter(value, mode, source))  # type: ignore[arg-type]  # checked just above
-    if max_score is not None:
-        steps.append(ScoreCeiling(max_score, source))  # type: ignore[arg-type]
-    steps.append(RankWindow(*rank_range))
-    if num_negatives is not None:
-        steps.append(TopKHardest(num_negatives))
-    return tuple(steps)
+def mining_steps(specs: Sequence[FilterSpec], *, guided: bool, top_k: int | None = None) -> tuple[Step, ...]:
+    """The steps of a mining run, in order (see the module docs).
+
+    Args:
+        specs: step tables (``{"name": "margin", "margin": 0.05, "mode": "relative"}``, ...), checked by
+            :func:`~embedkit.losses.steps.build_steps`.
+        guided: a guide model scores the pairs: steps that read a score source and name none read the guide's.
+        top_k: adds :class:`TopKHardest` last (``sampling="top"``), or ``None``.
+    """
+    chosen = build_steps(specs, default_source="guide" if guided else "values")
+    hardest = (TopKHardest(top_k),) if top_k is not None else ()
+    return (MaskDuplicates(), *chosen, *hardest)
+
+
+def _rank_window(steps: Sequence[Step]) -> RankWindow | None:
+    """The one rank window of ``steps``, or ``None``.
+
+    Two windows are refused: the second would count ranks among the first's survivors, so no single search
+    depth follows from them, and one window says the same.
+    """
+    windows = [step for step in steps if isinstance(step, RankWindow)]
+    if len(windows) > 1:
+        raise ConfigError(f"mining takes at most one rank-window step, got {len(windows)}: {windows}")
+    return windows[0] if windows else None
+
+
+def _check_room(steps: Sequence[Step], num_negatives: int) -> None:
+    """Refuse steps that can never leave ``num_negatives`` negatives: every pair would be left out."""
+    for step in steps:
+        if isinstance(step, RankWindow) and step.end is not None and num_negatives > step.end - step.start:
+            raise ConfigError(f"cannot keep {num_negatives} negatives from the rank window {step.start}:{step.end}")
+        if isinstance(step, TopKHardest) and num_negatives > step.k:
+            raise ConfigError(f"cannot keep {num_negatives} negatives after a top-k of {step.k}")
+
+
+def search_depth(window: RankWindow | None, num_negatives: int, most_positives: int) -> int:
+    """Candidates to retrieve per anchor.
+
+    A window's end says how deep the ranks go; without one (no window, or an open ``end``) the search goes
+    :data:`SEARCH_HEADROOM` candidates per negative past the window's start, because the filters mostly drop
+    the top candidates. Either way the depth adds room for what duplicate masking removes: the anchor's own
+    text and its ``most_positives`` known positives.
+    """
+    if window is not None and window.end is not None:
+        reach = window.end
+    else:
+        reach = (0 if window is None else window.start) + SEARCH_HEADROOM * num_negatives
+    return reach + most_positives + 1
 
 
 def candidate_table(
@@ -178,18 +214,18 @@ def _pairs(pairs: Sequence[Any]) -> list[Example]:
     return rows
 
 
-def _encode(encoder: Any, texts: list[str], normalize: bool, batch_size: int) -> np.ndarray:
+def _encode(encoder: TextEncoder, texts: list[str], normalize: bool, batch_size: int) -> np.ndarray:
     return encoder.encode(texts, batch_size=batch_size, normalize=normalize, show_progress=None)
 
 
 def filter_candidates(
-    encoder: Any,
-    pairs: Sequence[Any],
+    encoder: TextEncoder,
+    pairs: Sequence[Example | tuple[str, str]],
     index: Index,
     steps: Sequence[Step],
     k: int,
     *,
-    guide: Any = None,
+    guide: TextEncoder | None = None,
     embed: Callable[[list[str]], np.ndarray] | None = None,
     batch_size: int = 64,
     rows_per_table: int = ROWS_PER_TABLE,
@@ -263,7 +299,7 @@ def filter_candidates(
 
 
 def _guide_scores(
-    guide: Any,
+    guide: TextEncoder,
     anchors: list[str],
     positives: list[str],
     internal: np.ndarray,
@@ -289,15 +325,13 @@ def _guide_scores(
 
 
 def mine_hard_negatives(
-    encoder: Any,
-    pairs: Sequence[Any],
-    corpus: Index | Any = None,
+    encoder: TextEncoder,
+    pairs: Sequence[Example | tuple[str, str]],
+    corpus: Index | Corpus | str | os.PathLike[str] | Sequence[Any] | None = None,
     *,
     num_negatives: int = 5,
-    rank_range: tuple[int, int] = (10, 100),
-    margin: tuple[str, float] | None = ("relative", 0.05),
-    max_score: float | None = None,
-    guide: Any = None,
+    steps: Sequence[FilterSpec] = DEFAULT_STEPS,
+    guide: TextEncoder | None = None,
     sampling: str = "top",
     seed: int = 0,
     spec: str = "torch",
@@ -313,10 +347,13 @@ def mine_hard_negatives(
         corpus: an :class:`~embedkit.index.Index` built by ``encoder``; or a corpus to index with ``spec``
             (anything :func:`~embedkit.index.build_index` takes); ``None`` indexes the distinct positives.
         num_negatives: negatives per pair; pairs that keep fewer are left out (with a :class:`MiningWarning`).
-        rank_range: ``(start, end)``: candidates ranked ``start <= rank < end`` among those left by the filters.
-        margin: ``("relative", m)`` or ``("absolute", m)`` against the positive's score, or ``None``.
-        max_score: drop candidates scoring above this, or ``None``.
-        guide: an encoder whose similarities the margin and ceiling judge instead (GISTEmbed), or ``None``.
+        steps: filter steps as a recipe's ``filters`` names them, run after duplicate masking and in order,
+            e.g. ``[{"name": "margin", "margin": 0.1, "mode": "absolute"}, {"name": "rank-window", "start": 0,
+            "end": 50}]``; :data:`DEFAULT_STEPS` (relative margin 0.05, ranks 10:100) by default, ``()`` for
+            none. At most one ``rank-window``: its end is the search depth; without one the search goes
+            ``SEARCH_HEADROOM * num_negatives`` past its start (see :func:`search_depth`).
+        guide: an encoder whose similarities judge the ``margin`` and ``ceiling`` steps that name no ``source``
+            (GISTEmbed), or ``None``; a step's own ``source`` wins.
         sampling: ``"top"`` (the hardest) or ``"random"`` (seeded, uniform over what the filters left).
         seed: seed of the random sampling.
         spec: index spec when ``corpus`` is not an index.
@@ -326,26 +363,35 @@ def mine_hard_negatives(
     Returns:
         :class:`~embedkit.data.Examples` of kind triplets; each row has the pair's anchor and positive and a
         ``negatives`` tuple of ``num_negatives`` texts, hardest first.
+
+    Raises:
+        ConfigError: an unknown sampling, fewer than one negative, a bad step table (the message is the
+            step's own), two rank windows, or steps that cannot leave ``num_negatives`` negatives.
     """
     if sampling not in SAMPLING:
         raise ConfigError(f"unknown sampling {sampling!r}; valid: {', '.join(SAMPLING)}")
-    start, end = rank_range
     if num_negatives < 1:
         raise ConfigError(f"num_negatives must be at least 1, got {num_negatives}")
-    if num_negatives > end - start:
-        raise ConfigError(f"cannot keep {num_negatives} negatives from the rank window {start}:{end}")
-    steps = mining_steps(rank_range, margin, max_score, guide is not None, num_negatives if sampling == "top" else None)
+    filters = mining_steps(steps, guided=guide is not None, top_k=num_negatives if sampling == "top" else None)
+    window = _rank_window(filters)
+    _check_room(filters, num_negatives)
     rows = _pairs(pairs)
     embed = None
     if isinstance(corpus, Index):
         index = corpus
     else:
         index, embed = _index_with_embeddings(encoder, rows, corpus, spec, batch_size, show_progress)
-    # room for the window, plus what MaskDuplicates removes: the anchor's text and its known positives
-    most_positives = max(np.unique([row.anchor for row in rows], return_counts=True)[1])
-    k = end + int(most_positives) + 1
+    most_positives = int(max(np.unique([row.anchor for row in rows], return_counts=True)[1]))
     found = filter_candidates(
-        encoder, rows, index, steps, k, guide=guide, embed=embed, batch_size=batch_size, show_progress=show_progress
+        encoder,
+        rows,
+        index,
+        filters,
+        search_depth(window, num_negatives, most_positives),
+        guide=guide,
+        embed=embed,
+        batch_size=batch_size,
+        show_progress=show_progress,
     )
     chosen = _choose(found, num_negatives, sampling, seed)  # [P, n] internal ids, -1 where too few
     texts, _ = index.store.payloads(chosen)
@@ -365,7 +411,12 @@ def mine_hard_negatives(
 
 
 def _index_with_embeddings(
-    encoder: Any, rows: list[Example], corpus: Any, spec: str, batch_size: int, show_progress: bool | None
+    encoder: TextEncoder,
+    rows: list[Example],
+    corpus: Corpus | str | os.PathLike[str] | Sequence[Any] | None,
+    spec: str,
+    batch_size: int,
+    show_progress: bool | None,
 ) -> tuple[Index, Callable[[list[str]], np.ndarray]]:
     """Index ``corpus`` (``None``: the distinct positives), embedding every distinct text of the corpus, the
     anchors and the positives once: positives are usually corpus documents, and embedding is most of the cost.

@@ -203,3 +203,64 @@ def test_mine_triplets(capsys, tiny_model_path, corpus) -> None:
         "5",
     )
     assert code == 2 and "a rank range" in err
+
+
+def test_mine_flags_are_step_tables() -> None:
+    from embedkit.cli.mine import mining_filters
+    from embedkit.mining.hard_negatives import DEFAULT_STEPS
+
+    # the flags' defaults are mine_hard_negatives's defaults
+    assert mining_filters("10:100", "relative:0.05", None) == [dict(table) for table in DEFAULT_STEPS]
+    # in the order mining has always run them: margin, ceiling, then the window over what they left
+    assert mining_filters("0:5", "absolute:0.1", 0.9) == [
+        {"name": "margin", "mode": "absolute", "margin": 0.1},
+        {"name": "ceiling", "max_score": 0.9},
+        {"name": "rank-window", "start": 0, "end": 5},
+    ]
+    assert mining_filters("2:8", "none", None) == [{"name": "rank-window", "start": 2, "end": 8}]
+
+
+def test_mine_flags_mine_what_the_python_steps_mine(capsys, tiny_model_path, corpus) -> None:
+    from embedkit.encoders import load_encoder
+    from embedkit.mining import mine_hard_negatives
+
+    pairs = [(d["text"], d["text"].split()[-1] + " " + d["text"]) for d in DOCS[:4]]
+    write_jsonl(corpus / "pairs.jsonl", [{"anchor": a, "positive": p} for a, p in pairs])
+    flags = ["--negatives", "2", "--range", "1:6", "--margin", "absolute:0.0", "--max-score", "0.9999"]
+    files = ["--pairs", corpus / "pairs.jsonl", "--corpus", corpus / "corpus.jsonl", "--out", corpus / "t.jsonl"]
+    code, _, _ = run(capsys, "mine", "--model", tiny_model_path, "--precision", "fp32", *files, *flags)
+    from_cli = [json.loads(line)["negatives"] for line in (corpus / "t.jsonl").read_text().splitlines()]
+    steps = [
+        {"name": "margin", "margin": 0.0, "mode": "absolute"},
+        {"name": "ceiling", "max_score": 0.9999},
+        {"name": "rank-window", "start": 1, "end": 6},
+    ]
+    encoder = load_encoder(tiny_model_path, precision="fp32")
+    from_python = mine_hard_negatives(encoder, pairs, corpus / "corpus.jsonl", num_negatives=2, steps=steps)
+    assert code == 0 and from_cli and from_cli == [list(row.negatives) for row in from_python]
+
+
+def test_mine_reports_a_bad_margin_mode_once_as_python_does(capsys, tiny_model_path, corpus) -> None:
+    from embedkit.encoders import load_encoder
+    from embedkit.errors import ConfigError
+    from embedkit.mining import mine_hard_negatives
+
+    pairs = [(d["text"], d["text"].split()[-1] + " " + d["text"]) for d in DOCS[:4]]
+    write_jsonl(corpus / "pairs.jsonl", [{"anchor": a, "positive": p} for a, p in pairs])
+    mine = ["mine", "--model", tiny_model_path, "--pairs", corpus / "pairs.jsonl", "--out", corpus / "t.jsonl"]
+    code, _, err = run(capsys, *mine, "--margin", "percent:0.05")
+    with pytest.raises(ConfigError) as from_python:
+        mine_hard_negatives(
+            load_encoder(tiny_model_path), pairs, steps=[{"name": "margin", "margin": 0.05, "mode": "percent"}]
+        )
+    assert code == 2 and err == f"embedkit: error: {from_python.value}\n"
+    assert err.count("unknown margin mode 'percent'") == 1 and "valid: absolute, relative" in err
+    # the flags' own shape errors, and the steps' bounds, are one line too
+    for flag, value, message in [
+        ("--margin", "relative", "a margin looks like relative:0.05"),
+        ("--margin", "relative:1.5", "filter 'margin': a relative margin must be in [0, 1), got 1.5"),
+        ("--range", "10-100", "a rank range looks like 10:100"),
+        ("--range", "50:10", "filter 'rank-window': a rank window needs 0 <= start < end, got 50:10"),
+    ]:
+        code, _, err = run(capsys, *mine, flag, value)
+        assert code == 2 and message in err and err.count("\n") == 1

@@ -45,6 +45,20 @@ def test_built_steps_act_like_the_classes() -> None:
     assert torch.equal(by_name.valid, direct.valid)
 
 
+def test_a_default_source_fills_only_the_steps_that_read_one_and_name_none() -> None:
+    margin, ceiling, top_k, own = build_steps(
+        [
+            {"name": "margin", "margin": 0.1},
+            {"name": "ceiling", "max_score": 0.9},
+            {"name": "top-k", "k": 2},
+            {"name": "margin", "source": "values"},
+        ],
+        default_source="guide",
+    )
+    assert (margin.source, ceiling.source, own.source, top_k.k) == ("guide", "guide", "values", 2)
+    assert build_step({"name": "margin"}).source == "values"
+
+
 def test_step_parameters() -> None:
     assert step_parameters("margin") == {"margin": 0.0, "mode": "absolute", "source": "values"}
     assert step_parameters("duplicates") == {}

@@ -1,4 +1,5 @@
-"""Hard-negative mining runs the in-batch filter steps: same scores, same keep/drop decisions."""
+"""Hard-negative mining runs the in-batch filter steps, named by the same step tables: same scores, same
+keep/drop decisions."""
 
 from __future__ import annotations
 
@@ -10,9 +11,20 @@ from embedkit.data import Examples
 from embedkit.data.collate import text_ids
 from embedkit.errors import ConfigError, DataError
 from embedkit.index import IndexMismatchError, build_index
+from embedkit.losses import build_loss
 from embedkit.losses.infonce import batch_scores, cosine_table
-from embedkit.losses.steps import MarginFilter, MaskDuplicates, RankWindow, ScoreCeiling, TopKHardest, apply_steps
+from embedkit.losses.steps import (
+    MarginFilter,
+    MaskDuplicates,
+    RankWindow,
+    ScoreCeiling,
+    TopKHardest,
+    apply_steps,
+    build_step,
+    loss_steps,
+)
 from embedkit.mining import MiningWarning, filter_candidates, mine_hard_negatives
+from embedkit.mining.hard_negatives import DEFAULT_STEPS, SEARCH_HEADROOM, mining_steps, search_depth
 from embedkit.types import EmbeddedBatch, Example, Kind
 
 DIM = 8
@@ -33,6 +45,12 @@ class TableEncoder:
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if normalize else vectors
 
 
+def _guide(vectors: dict[str, np.ndarray]) -> TableEncoder:
+    """A guide model that mostly agrees with the mined one: its vectors are the same plus a little noise."""
+    noise = np.random.default_rng(1).standard_normal(DIM)
+    return TableEncoder({text: vector + 0.5 * noise for text, vector in vectors.items()}, seed=1)
+
+
 @pytest.fixture(scope="module")
 def world() -> tuple[list[str], list[str], list[str], dict[str, np.ndarray]]:
     """6 anchors, their positives (close to them), and 30 negatives at every distance from some anchor."""
@@ -48,9 +66,13 @@ def world() -> tuple[list[str], list[str], list[str], dict[str, np.ndarray]]:
     return anchors, positives, negatives, vectors
 
 
-def steps_under_test(source: str, window: bool) -> tuple:
-    filters = (MaskDuplicates(), MarginFilter(0.05, "relative", source), ScoreCeiling(0.8, source))
-    return (*filters, RankWindow(1, 9), TopKHardest(4)) if window else filters
+def table_under_test(source: str, window: bool) -> list[dict]:
+    """Step tables as a recipe's ``filters`` or mining's ``steps`` name them."""
+    filters = [
+        {"name": "margin", "margin": 0.05, "mode": "relative", "source": source},
+        {"name": "ceiling", "max_score": 0.8, "source": source},
+    ]
+    return [*filters, {"name": "rank-window", "start": 1, "end": 9}, {"name": "top-k", "k": 4}] if window else filters
 
 
 @pytest.mark.parametrize("window", [False, True])
@@ -58,13 +80,11 @@ def steps_under_test(source: str, window: bool) -> tuple:
 def test_in_batch_steps_and_the_miner_keep_and_drop_the_same_candidates(world, source, window) -> None:
     anchors, positives, negatives, vectors = world
     encoder = TableEncoder(vectors)
-    guide_vectors = {
-        text: vector + 0.5 * np.random.default_rng(1).standard_normal(DIM) for text, vector in vectors.items()
-    }
-    guide = TableEncoder(guide_vectors, seed=1) if source == "guide" else None
+    guide = _guide(vectors) if source == "guide" else None
     # the corpus holds every positive (in-batch negatives of the other rows), the negatives and one anchor
     candidates = [*positives, *negatives, anchors[0]]
     embed = lambda model, texts: torch.from_numpy(model.encode(texts, normalize=True))
+    steps = loss_steps(table_under_test(source, window))  # built once, as a recipe's loss builds its steps
 
     # in-batch: one [B, C] table over the same texts, as a training batch would score it
     batch = EmbeddedBatch(
@@ -76,7 +96,7 @@ def test_in_batch_steps_and_the_miner_keep_and_drop_the_same_candidates(world, s
     table = batch_scores(batch)
     if guide is not None:
         table = table.replace(guide=cosine_table(embed(guide, anchors), embed(guide, candidates)))
-    filtered = apply_steps(table, steps_under_test(source, window))
+    filtered = apply_steps(table, steps)
     kept_in_batch = filtered.valid & ~filtered.target_mask()
     expected = [{candidates[j] for j in np.flatnonzero(row)} for row in kept_in_batch.numpy()]
 
@@ -86,7 +106,7 @@ def test_in_batch_steps_and_the_miner_keep_and_drop_the_same_candidates(world, s
         encoder,
         list(zip(anchors, positives, strict=True)),
         index,
-        steps_under_test(source, window),
+        steps,
         k=len(candidates),
         guide=guide,
     )
@@ -123,7 +143,11 @@ def test_mine_top_negatives_in_score_order(world) -> None:
     corpus = [*positives, *negatives]
     with pytest.warns(MiningWarning, match="1 of 7 pairs kept fewer than 3 negatives"):
         triplets = mine_hard_negatives(
-            encoder, pairs, corpus, num_negatives=3, rank_range=(0, 10), margin=("absolute", 0.0)
+            encoder,
+            pairs,
+            corpus,
+            num_negatives=3,
+            steps=[{"name": "margin", "margin": 0.0, "mode": "absolute"}, {"name": "rank-window", "end": 10}],
         )
     assert triplets.kind == Kind.TRIPLETS and [row.positive for row in triplets] == positives
     unit = {t: v / np.linalg.norm(v) for t, v in vectors.items()}
@@ -141,11 +165,10 @@ def test_random_sampling_is_seeded_and_stays_in_the_window(world) -> None:
     encoder = TableEncoder(vectors)
     pairs = list(zip(anchors, positives, strict=True))
     index = build_index(encoder, negatives)
-    window = mine_hard_negatives(encoder, pairs, index, num_negatives=8, rank_range=(2, 10), margin=None)
+    steps = [{"name": "rank-window", "start": 2, "end": 10}]
+    window = mine_hard_negatives(encoder, pairs, index, num_negatives=8, steps=steps)
     draws = [
-        mine_hard_negatives(
-            encoder, pairs, index, num_negatives=3, rank_range=(2, 10), margin=None, sampling="random", seed=seed
-        )
+        mine_hard_negatives(encoder, pairs, index, num_negatives=3, steps=steps, sampling="random", seed=seed)
         for seed in (0, 0, 1)
     ]
     assert [row.negatives for row in draws[0]] == [row.negatives for row in draws[1]]
@@ -160,7 +183,7 @@ def test_known_positives_of_an_anchor_are_never_its_negatives(world) -> None:
     encoder = TableEncoder(vectors)
     pairs = [(anchors[0], positives[0]), (anchors[0], positives[1]), (anchors[1], positives[2])]
     triplets = mine_hard_negatives(
-        encoder, pairs, [*positives, *negatives], num_negatives=5, rank_range=(0, 20), margin=None
+        encoder, pairs, [*positives, *negatives], num_negatives=5, steps=[{"name": "rank-window", "end": 20}]
     )
     for row in triplets[:2]:
         assert not {positives[0], positives[1]} & set(row.negatives)
@@ -173,8 +196,7 @@ def test_mining_from_the_positives_alone(world) -> None:
         TableEncoder(vectors),
         list(zip(anchors, positives, strict=True)),
         num_negatives=2,
-        rank_range=(0, 5),
-        margin=None,
+        steps=[{"name": "rank-window", "end": 5}],
     )
     assert len(triplets) == 6 and all(set(row.negatives) <= set(positives) - {row.positive} for row in triplets)
 
@@ -183,15 +205,136 @@ def test_bad_mining_requests(world) -> None:
     anchors, positives, negatives, vectors = world
     encoder = TableEncoder(vectors)
     pairs = list(zip(anchors, positives, strict=True))
+    window = {"name": "rank-window", "start": 10, "end": 20}
     with pytest.raises(ConfigError, match="cannot keep 20 negatives from the rank window 10:20"):
-        mine_hard_negatives(encoder, pairs, negatives, num_negatives=20, rank_range=(10, 20))
+        mine_hard_negatives(encoder, pairs, negatives, num_negatives=20, steps=[window])
+    with pytest.raises(ConfigError, match="cannot keep 5 negatives after a top-k of 3"):
+        mine_hard_negatives(encoder, pairs, negatives, steps=[{"name": "top-k", "k": 3}], sampling="random")
+    with pytest.raises(ConfigError, match="at most one rank-window step, got 2"):
+        mine_hard_negatives(encoder, pairs, negatives, steps=[window, {"name": "rank-window", "end": 8}])
+    with pytest.raises(ConfigError, match="filter 'ceiling' needs max_score"):
+        mine_hard_negatives(encoder, pairs, negatives, steps=[{"name": "ceiling"}])
+    with pytest.raises(ConfigError, match="filters must be a list of tables"):
+        mine_hard_negatives(encoder, pairs, negatives, steps={"name": "top-k", "k": 3})
     with pytest.raises(ConfigError, match="unknown sampling 'best'"):
         mine_hard_negatives(encoder, pairs, negatives, sampling="best")
-    with pytest.raises(ConfigError, match="unknown margin mode 'percent'"):
-        mine_hard_negatives(encoder, pairs, negatives, margin=("percent", 5))
     with pytest.raises(DataError, match="kind 'scored'"):
         mine_hard_negatives(encoder, Examples([Example("a", "b", score=1.0)], Kind.SCORED), negatives)
     with pytest.raises(IndexMismatchError):
         mine_hard_negatives(encoder, pairs, build_index(TableEncoder(vectors, seed=5), negatives))
     with pytest.raises(ConfigError, match="not 'l2'"):
         mine_hard_negatives(encoder, pairs, build_index(encoder, negatives, metric="l2"))
+
+
+def test_a_bad_margin_mode_is_reported_once_by_the_step(world) -> None:
+    anchors, positives, negatives, vectors = world
+    pairs = list(zip(anchors, positives, strict=True))
+    table = {"name": "margin", "margin": 0.05, "mode": "percent"}
+    with pytest.raises(ConfigError) as from_recipe:
+        build_step(table)
+    with pytest.raises(ConfigError) as from_mining:
+        mine_hard_negatives(TableEncoder(vectors), pairs, negatives, steps=[table])
+    expected = "filter 'margin': unknown margin mode 'percent'; valid: absolute, relative"
+    assert str(from_mining.value) == str(from_recipe.value) == expected
+
+
+# What mine_hard_negatives returned on the world above before `steps` replaced rank_range=(10, 100),
+# margin=("relative", 0.05) and max_score=None (the defaults then): negative numbers, or "p<i>" for positive i.
+PREVIOUS_DEFAULT_OUTPUT = {
+    "values": [
+        [1, 28, "p2", 17, "p3"],
+        [1, 19, 17, 18, "p4"],
+        [20, 3, "p4", 5, "p0"],
+        [7, 27, 2, 14, 1],
+        [27, 10, 16, 13, 18],
+        [16, 10, "p2", 4, "p0"],
+    ],
+    "guide": [
+        [4, 1, 28, "p2", 17],
+        [1, 19, 17, 18, "p4"],
+        [6, 20, 3, "p4", 5],
+        [27, 2, 14, 1, 4],
+        [16, 13, 18, 25, "p2"],
+        [16, 10, "p2", 4, "p0"],
+    ],
+}
+
+
+@pytest.mark.parametrize("source", ["values", "guide"])
+def test_the_default_steps_reproduce_the_previous_defaults(world, source) -> None:
+    anchors, positives, negatives, vectors = world
+    guide = _guide(vectors) if source == "guide" else None
+    pairs = list(zip(anchors, positives, strict=True))
+    triplets = mine_hard_negatives(TableEncoder(vectors), pairs, [*positives, *negatives], guide=guide)
+    short = lambda text: f"p{text.split()[-1]}" if text.startswith("positive") else int(text.split()[-1])
+    assert [[short(text) for text in row.negatives] for row in triplets] == PREVIOUS_DEFAULT_OUTPUT[source]
+    assert [dict(table) for table in DEFAULT_STEPS] == [
+        {"name": "margin", "margin": 0.05, "mode": "relative"},
+        {"name": "rank-window", "start": 10, "end": 100},
+    ]
+
+
+def test_a_recipe_loss_and_the_miner_filter_with_the_same_table(world) -> None:
+    """One ``filters`` table: the loss a recipe builds from it keeps, in-batch, exactly the negatives that
+    mining with it as ``steps`` chooses from (hardest first), over the same texts."""
+    anchors, positives, negatives, vectors = world
+    table = [{"name": "ceiling", "max_score": 0.7}, {"name": "margin", "margin": 0.1, "mode": "absolute"}]
+    encoder = TableEncoder(vectors)
+    candidates = [*positives, *negatives]
+    loss = build_loss("infonce", filters=table)
+    scores = batch_scores(
+        EmbeddedBatch(
+            anchors=torch.from_numpy(encoder.encode(anchors, normalize=True)),
+            candidates=torch.from_numpy(encoder.encode(candidates, normalize=True)),
+            anchor_groups=text_ids(anchors),
+            candidate_groups=text_ids(candidates),
+        )
+    )
+    kept = apply_steps(scores, loss.steps)
+    kept_negatives = kept.valid & ~kept.target_mask()
+    # no rank window: mining searches SEARCH_HEADROOM * 2 = 40 deep, the whole corpus of 36 texts
+    pairs = list(zip(anchors, positives, strict=True))
+    mined = mine_hard_negatives(encoder, pairs, candidates, num_negatives=2, steps=table)
+    assert len(mined) > 0
+    for row in mined:
+        i = anchors.index(row.anchor)
+        order = kept.values[i].masked_fill(~kept_negatives[i], float("-inf")).argsort(descending=True)
+        assert list(row.negatives) == [candidates[j] for j in order[:2]]
+    assert kept_negatives.sum(dim=1).lt(2).sum() == 6 - len(mined)  # the rows left out kept fewer in-batch too
+
+
+def test_a_guide_judges_margins_and_ceilings_that_name_no_source(world) -> None:
+    anchors, positives, negatives, vectors = world
+    encoder, guide = TableEncoder(vectors), _guide(vectors)
+    pairs = list(zip(anchors, positives, strict=True))
+    corpus = [*positives, *negatives]
+    margin = {"name": "margin", "margin": 0.05, "mode": "relative"}
+    window = {"name": "rank-window", "end": 10}
+
+    def mine(steps: list[dict], guide: TableEncoder | None) -> list[tuple[str, ...]]:
+        triplets = mine_hard_negatives(encoder, pairs, corpus, num_negatives=3, steps=steps, guide=guide)
+        return [row.negatives for row in triplets]
+
+    guided = mine([margin, window], guide)
+    assert guided == mine([{**margin, "source": "guide"}, window], guide)
+    assert guided != mine([margin, window], None)
+    # a step's own source wins: "values" with a guide mines as without one
+    assert mine([{**margin, "source": "values"}, window], guide) == mine([margin, window], None)
+    ceiling = mining_steps([{"name": "ceiling", "max_score": 0.9}], guided=True)[1]
+    assert isinstance(ceiling, ScoreCeiling) and ceiling.source == "guide"
+
+
+def test_mining_steps_frame_the_table_with_duplicates_and_top_k() -> None:
+    steps = mining_steps(DEFAULT_STEPS, guided=False, top_k=5)
+    assert [type(step) for step in steps] == [MaskDuplicates, MarginFilter, RankWindow, TopKHardest]
+    assert (steps[1].margin, steps[1].mode, steps[1].source) == (0.05, "relative", "values")
+    assert (steps[2].start, steps[2].end, steps[3].k) == (10, 100, 5)
+    assert [type(step) for step in mining_steps((), guided=False)] == [MaskDuplicates]
+
+
+def test_the_search_depth_covers_the_rank_window() -> None:
+    # the window's end, plus the anchor's own text and its known positives (dropped by duplicate masking)
+    assert search_depth(RankWindow(10, 100), num_negatives=5, most_positives=2) == 100 + 2 + 1
+    # no end: room for SEARCH_HEADROOM candidates per negative past the start
+    assert search_depth(None, num_negatives=5, most_positives=1) == SEARCH_HEADROOM * 5 + 2
+    assert search_depth(RankWindow(10), num_negatives=3, most_positives=1) == 10 + SEARCH_HEADROOM * 3 + 2
