@@ -337,6 +337,7 @@ def mine_hard_negatives(
     spec: str = "torch",
     batch_size: int = 64,
     show_progress: bool | None = None,
+    keep_incomplete: bool = False,
 ) -> Examples:
     """Mine ``num_negatives`` hard negatives for each (anchor, positive) pair; returns triplets.
 
@@ -359,10 +360,13 @@ def mine_hard_negatives(
         spec: index spec when ``corpus`` is not an index.
         batch_size: encoding batch size.
         show_progress: progress bars; by default for large inputs.
+        keep_incomplete: keep the pairs that fewer than ``num_negatives`` candidates survive, with the negatives
+            they have (maybe none: in training such a row has its in-batch negatives only), instead of leaving
+            them out with a :class:`MiningWarning`.
 
     Returns:
         :class:`~embedkit.data.Examples` of kind triplets; each row has the pair's anchor and positive and a
-        ``negatives`` tuple of ``num_negatives`` texts, hardest first.
+        ``negatives`` tuple of ``num_negatives`` texts (fewer only with ``keep_incomplete``), hardest first.
 
     Raises:
         ConfigError: an unknown sampling, fewer than one negative, a bad step table (the message is the
@@ -396,9 +400,14 @@ def mine_hard_negatives(
     chosen = _choose(found, num_negatives, sampling, seed)  # [P, n] internal ids, -1 where too few
     texts, _ = index.store.payloads(chosen)
     triplets = [
-        Example(anchor=row.anchor, positive=row.positive, negatives=tuple(negatives), source=row.source)
-        for row, negatives, complete in zip(rows, texts, (chosen >= 0).all(axis=1), strict=True)
-        if complete
+        Example(
+            anchor=row.anchor,
+            positive=row.positive,
+            negatives=tuple(text for text, found in zip(negatives, ids >= 0, strict=True) if found),
+            source=row.source,
+        )
+        for row, negatives, ids in zip(rows, texts, chosen, strict=True)
+        if keep_incomplete or (ids >= 0).all()
     ]
     if len(triplets) < len(rows):
         warnings.warn(

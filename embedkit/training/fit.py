@@ -45,6 +45,7 @@ from embedkit.encoders.sentence_transformer import Encoder
 from embedkit.errors import ConfigError
 from embedkit.fsutil import atomic_directory, atomic_write_bytes
 from embedkit.training.gradcache import grad_cache_backward
+from embedkit.training.negatives import NegativeMiner, load_mined, mining_summary, save_mined
 from embedkit.losses.objective import Objective
 from embedkit.precision import autocast
 from embedkit.types import Evaluator, Example, Kind, TextBatch
@@ -322,6 +323,7 @@ def fit(
     evaluator: Evaluator | None = None,
     callbacks: Sequence[StepCallback] = (),
     source: str | None = None,
+    negatives: NegativeMiner | None = None,
 ) -> FitResult:
     """Train ``encoder`` on ``examples`` with ``loss``.
 
@@ -338,6 +340,9 @@ def fit(
             its ``higher_is_better`` says) is saved in ``best/``.
         callbacks: called as ``callback(step, metrics)`` after every optimisation step.
         source: where the examples came from, for the model card (default: their count and kind).
+        negatives: mine hard negatives for the (anchor, positive) ``examples`` with the model being trained,
+            before the first step and every ``negatives.every`` steps (see :mod:`embedkit.training.negatives`);
+            training then runs on the mined triplets.
 
     Returns:
         A :class:`FitResult`; the models are in ``settings.output_dir`` (``best/`` and ``final/``).
@@ -380,6 +385,12 @@ def fit(
             if settings.interpolation:
                 atomic_write_bytes(start_path, safetensors_bytes(_snapshot(encoder)))
     result.start_step = run.step
+    pairs, mined_at = examples, None
+    if negatives is not None:
+        kind = Kind.TRIPLETS
+        restored = load_mined(run.output_dir, run.step) if resumed else None
+        if restored is not None:
+            mined_at, examples = restored
     primary = evaluator.primary_metric if evaluator is not None else None
     card_base = dict(
         base_model=encoder.name,
@@ -443,6 +454,12 @@ def fit(
     started = time.perf_counter()
     last_eval_step = run.step if evaluator is not None and run.step == 0 else -1
     while run.step < total_steps:
+        if negatives is not None and negatives.due(run.step) and mined_at != run.step:
+            examples = distributed.broadcast_object(negatives(encoder, pairs) if main_process else None)
+            mined_at = run.step
+            if main_process:
+                save_mined(run.output_dir, run.step, examples)
+            log({"step": run.step, "mined": mining_summary(examples, negatives.num_negatives)})
         epoch, position = divmod(run.step, steps_per_epoch)
         order = _epoch_order(len(examples), settings.seed, epoch)
         start = position * global_batch + rank * settings.batch_size

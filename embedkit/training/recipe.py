@@ -20,14 +20,16 @@ from typing import Any
 from torch import nn
 
 from embedkit import distributed
-from embedkit.data import read_examples
+from embedkit.data import is_beir_folder, read_examples
 from embedkit.encoders import DEFAULT_MODEL, load_encoder
 from embedkit.errors import ConfigError
 from embedkit.eval import EVALUATORS, CombinedEvaluator
 from embedkit.fsutil import atomic_write_bytes
 from embedkit.losses import LOSSES, Objective
+from embedkit.mining.hard_negatives import DEFAULT_STEPS
 from embedkit.training.fit import FitResult, FitSettings, fit
-from embedkit.types import Evaluator
+from embedkit.training.negatives import NegativeMiner
+from embedkit.types import Evaluator, Kind
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,31 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class MiningConfig:
+    """Hard negatives mined during training with the model being trained (see
+    :mod:`embedkit.training.negatives`); ``negatives = 0``, the default, mines nothing.
+
+    ``corpus``: the documents to mine from; default: the training data's own corpus when ``data.path`` is a BEIR
+    folder, else the distinct positives. ``steps``: filter step tables (default: a relative margin of 0.05 and
+    ranks 10 to 100). ``refresh_steps``: mine again every this many steps (``0``: once, before training).
+    ``spec``: the index searched.
+    """
+
+    negatives: int = 0
+    corpus: str | None = None
+    steps: tuple[dict[str, Any], ...] = field(default_factory=lambda: tuple(dict(step) for step in DEFAULT_STEPS))
+    refresh_steps: int = 0
+    spec: str = "torch"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: FitSettings = field(default_factory=FitSettings)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
 
 
 _SECTIONS: dict[str, type] = {
@@ -115,6 +136,7 @@ _SECTIONS: dict[str, type] = {
     "loss": LossConfig,
     "train": FitSettings,
     "eval": EvalConfig,
+    "mining": MiningConfig,
 }
 
 
@@ -271,6 +293,9 @@ def run_training(config: RunConfig, show_progress: bool = True, overwrite: bool 
             f"loss {spec.name!r} takes {', '.join(k.value for k in spec.kinds)} data, "
             f"but {config.data.path} is {kind.value}"
         )
+    negatives = negative_miner(config)
+    if negatives is not None and Kind.TRIPLETS not in spec.kinds:
+        raise ConfigError(f"loss {spec.name!r} takes no hard negatives; [mining] needs a loss that takes triplets")
     evaluator = dev_evaluator(config.eval, loss)
     encoder = load_encoder(
         config.model.name,
@@ -284,4 +309,16 @@ def run_training(config: RunConfig, show_progress: bool = True, overwrite: bool 
     prepare_output_dir(config, overwrite, write=distributed.is_main_process())
     distributed.barrier()
     source = f"{config.data.path} ({kind.value}, {len(examples)} rows)"
-    return fit(encoder, examples, loss, settings, kind=kind, evaluator=evaluator, source=source)
+    return fit(encoder, examples, loss, settings, kind=kind, evaluator=evaluator, source=source, negatives=negatives)
+
+
+def negative_miner(config: RunConfig) -> NegativeMiner | None:
+    """The miner of a recipe's ``[mining]`` section, or ``None`` when it mines nothing."""
+    mining = config.mining
+    if mining.negatives == 0:
+        return None
+    if mining.negatives < 0 or mining.refresh_steps < 0:
+        raise ConfigError("mining.negatives and mining.refresh_steps must be 0 or more")
+    corpus = mining.corpus or (config.data.path if is_beir_folder(config.data.path) else None)
+    return NegativeMiner(corpus=corpus, num_negatives=mining.negatives, steps=mining.steps,
+                         every=mining.refresh_steps, spec=mining.spec)

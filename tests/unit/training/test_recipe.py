@@ -103,3 +103,53 @@ def test_retrieval_is_a_dev_metric_that_picks_the_best_model(tmp_path, tiny_mode
 def test_bad_primary_dev_sets(eval_section, match) -> None:
     with pytest.raises(ConfigError, match=match):
         config_from_dict({"eval": eval_section}).eval.sets()
+
+
+def test_mining_inside_training_refreshes_and_keeps_every_pair(tmp_path, tiny_model_path) -> None:
+    from conftest import TINY_TEXTS
+
+    from embedkit.training.negatives import load_mined
+    from embedkit.training.recipe import run_training
+
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    docs = [*TINY_TEXTS, "the cat runs in the park", "a dog sat on the mat", "the sun falls on the hills"]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n"
+                                                 for i, t in enumerate(docs)))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": " ".join(t.split()[:3])}) + "\n"
+                                                  for i, t in enumerate(TINY_TEXTS)))
+    (folder / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(len(TINY_TEXTS))))
+    raw = {
+        "model": {"name": str(tiny_model_path), "precision": "fp32"},
+        "data": {"path": str(folder)},
+        "loss": {"name": "infonce"},
+        "train": {"output_dir": str(tmp_path / "run"), "batch_size": 4, "max_steps": 4, "show_progress": False},
+        "mining": {"negatives": 2, "refresh_steps": 2, "steps": [{"name": "rank-window", "start": 0, "end": 4}]},
+    }
+    result = run_training(config_from_dict(raw))
+    n = len(TINY_TEXTS)
+    mined = [record for record in result.history if "mined" in record]
+    assert [record["step"] for record in mined] == [0, 2]
+    assert [record["mined"] for record in mined] == [{"rows": n, "negatives": 2 * n, "short": 0, "in_batch_only": 0}] * 2
+    step, rows = load_mined(tmp_path / "run", 3)
+    assert step == 2 and len(rows) == len(TINY_TEXTS)
+    for row, text in zip(rows, TINY_TEXTS, strict=True):
+        assert text not in row.negatives and len(row.negatives) == 2  # never the pair's own positive
+
+    # a ceiling no candidate passes: every pair stays, with in-batch negatives only
+    raw["mining"] = {"negatives": 2, "steps": [{"name": "ceiling", "max_score": -2.0}]}
+    raw["train"]["output_dir"] = str(tmp_path / "none")
+    result = run_training(config_from_dict(raw))
+    assert [r["mined"] for r in result.history if "mined" in r] == [
+        {"rows": n, "negatives": 0, "short": n, "in_batch_only": n}]
+    assert all(record["loss"] > 0 for record in result.history if "loss" in record)
+
+
+def test_mining_needs_a_loss_that_takes_negatives(tmp_path) -> None:
+    from embedkit.training.recipe import run_training
+
+    (tmp_path / "s.jsonl").write_text('{"sentence1": "a", "sentence2": "b", "score": 1}\n' * 4)
+    raw = {"data": {"path": str(tmp_path / "s.jsonl")}, "loss": {"name": "cosent"}, "mining": {"negatives": 1}}
+    with pytest.raises(ConfigError, match="takes no hard negatives"):
+        run_training(config_from_dict(raw))
