@@ -276,8 +276,8 @@ def worker_equality(settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
 
     import embedkit
     from embedkit.encoders import resolve_model_path
-    from embedkit.training.gradcache import grad_cache_backward
     from embedkit.training.fit import embed_batch
+    from embedkit.training.gradcache import grad_cache_backward
 
     path = resolve_model_path(embedkit.DEFAULT_MODEL)
     rows = rows_of_step(sentence_pairs(settings.data_dir), 0, settings.equality_batch)

@@ -15,33 +15,56 @@ from __future__ import annotations
 from embedkit.data import collate, read_examples
 from embedkit.encoders import DEFAULT_MODEL, Encoder, load_encoder
 from embedkit.errors import ConfigError, DataError, EmbedkitError, UnknownNameError
-from embedkit.eval import EVALUATORS, STSEvaluator, evaluate_sts
+from embedkit.eval import (
+    EVALUATORS,
+    CombinedEvaluator,
+    GeometryEvaluator,
+    PreferenceEvaluator,
+    RetrievalEvaluator,
+    STSEvaluator,
+    evaluate_retrieval,
+    evaluate_sts,
+)
+from embedkit.index import Index, build_index
 from embedkit.losses import LOSSES, build_loss
+from embedkit.mining import mine_hard_negatives
+from embedkit.training.adapt import adapt
 from embedkit.training.fit import FitResult, FitSettings, fit
-from embedkit.types import EmbeddedBatch, Example, Kind, Scores, TextBatch
-from embedkit.version import __version__
+from embedkit.types import EmbeddedBatch, Evaluator, Example, Kind, Scores, TextBatch, TextEncoder
+from embedkit.version import __version__  # noqa: F401  (embedkit.__version__)
 
 __all__ = [
     "DEFAULT_MODEL",
     "EVALUATORS",
     "LOSSES",
+    "CombinedEvaluator",
     "ConfigError",
     "DataError",
     "EmbeddedBatch",
     "EmbedkitError",
     "Encoder",
+    "Evaluator",
     "Example",
     "FitResult",
     "FitSettings",
+    "GeometryEvaluator",
+    "Index",
     "Kind",
+    "PreferenceEvaluator",
+    "RetrievalEvaluator",
     "STSEvaluator",
     "Scores",
     "TextBatch",
+    "TextEncoder",
     "UnknownNameError",
+    "adapt",
+    "build_index",
     "build_loss",
     "collate",
+    "evaluate_retrieval",
     "evaluate_sts",
     "fit",
     "load_encoder",
+    "mine_hard_negatives",
     "read_examples",
 ]

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-
 PADDING_GROUP = -(2**63)
 """The group id of a padding candidate: a row with fewer negatives than its batch's widest row is padded with
 empty texts in this group, which no score table ever counts (:meth:`Scores.from_values`)."""

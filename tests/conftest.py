@@ -39,3 +39,18 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from embedkit.encoders import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", TINY_TEXTS, seed=0)
+
+
+FIT_SENTENCES = [
+    "the cat sat on the mat", "a dog runs in the park", "the sun rises in the east",
+    "rain falls on the green hills", "she plays the piano every evening", "he reads a book about old ships",
+    "the train leaves at noon", "children build a castle of sand", "the cat runs", "a dog sat on the hills",
+]
+
+
+def sentence_examples():
+    """Ten training sentences of the tiny model's vocabulary (two of them sharing most words), kind sentences."""
+    from embedkit.data import Examples
+    from embedkit.types import Example, Kind
+
+    return Examples([Example(anchor=s, positive=s) for s in FIT_SENTENCES], Kind.SENTENCES)

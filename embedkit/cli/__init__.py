@@ -29,7 +29,9 @@ def _quiet_libraries() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embedkit", description="Contrastive text embeddings: train, encode, evaluate.")
+    parser = argparse.ArgumentParser(
+        prog="embedkit", description="Contrastive text embeddings: train, encode, evaluate."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (train, encode, eval, index, mine, data):
         group.register(commands)

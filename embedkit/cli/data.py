@@ -5,22 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from embedkit.cli.options import print_json
-from embedkit.errors import ConfigError
+from embedkit.cli.options import parse_assignments, print_json
 
 
 def parse_fractions(text: str) -> dict[str, float]:
     """``"train=0.8,dev=0.1,test=0.1"`` -> ``{"train": 0.8, "dev": 0.1, "test": 0.1}``."""
-    fractions = {}
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        try:
-            fractions[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip():
-            raise ConfigError(f"splits look like train=0.8,dev=0.1,test=0.1, got {text!r}")
-    return fractions
+    return parse_assignments(text.split(","), "splits look like train=0.8,dev=0.1,test=0.1")
 
 
 def cmd_split_queries(args: argparse.Namespace) -> int:

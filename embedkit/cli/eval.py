@@ -61,8 +61,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                            help="documents retrieved per query; MAP is over them (default: 100)")
     retrieval.add_argument("--recall-at", type=_cutoffs, default=(1, 10, 100),
                            help="recall cutoffs (default: 1,10,100)")
-    retrieval.add_argument("--gain", choices=GAINS, default="exponential",
-                           help="nDCG gain of graded judgements: 2^r - 1 (exponential, default) or r (linear, as MTEB)")
+    retrieval.add_argument("--gain", choices=GAINS, default="linear",
+                           help="nDCG gain of graded judgements: r (linear, the default, as trec_eval, BEIR and "
+                           "MTEB) or 2^r - 1 (exponential)")
     retrieval.add_argument("--json", action="store_true", help="print machine-readable results")
     retrieval.set_defaults(func=cmd_eval_retrieval)
 

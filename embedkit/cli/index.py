@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from embedkit.cli.options import add_model_options, load_model, print_json
+from embedkit.cli.options import add_model_options, load_model, parse_assignments, print_json
 from embedkit.errors import ConfigError, DataError
 
 TEXT_WIDTH = 100  # characters of a result's text shown by `search`
@@ -62,16 +62,7 @@ def _plain(value: Any) -> Any:
 
 def parse_params(items: list[str]) -> dict[str, float]:
     """``["nprobe=16"]`` -> ``{"nprobe": 16.0}``."""
-    params = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            params[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip():
-            raise ConfigError(f"a search parameter looks like nprobe=16 or efSearch=128, got {item!r}")
-    return params
+    return parse_assignments(items, "a search parameter looks like nprobe=16 or efSearch=128")
 
 
 # -- index build | info | add | remove -----------------------------------------------------------------------

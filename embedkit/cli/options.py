@@ -6,6 +6,7 @@ import argparse
 import json
 
 from embedkit.encoders import DEFAULT_MODEL, Encoder, load_encoder
+from embedkit.errors import ConfigError
 from embedkit.precision import PRECISIONS
 
 JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
@@ -26,3 +27,18 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def load_model(args: argparse.Namespace) -> Encoder:
     """The encoder that :func:`add_model_options` describes."""
     return load_encoder(args.model, device=args.device, precision=args.precision)
+
+
+def parse_assignments(items: list[str], example: str) -> dict[str, float]:
+    """``["nprobe=16", "efSearch=64"]`` -> ``{"nprobe": 16.0, "efSearch": 64.0}``; ``example`` shows the form in
+    the error a malformed item raises."""
+    values = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            values[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ConfigError(f"{example}, got {item!r}")
+    return values

@@ -1,4 +1,4 @@
-"""``embedkit train RECIPE`` and ``embedkit losses``."""
+"""``embedkit train RECIPE``, ``embedkit adapt`` and ``embedkit losses``."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def summary_lines(result: FitResult) -> list[str]:
     else:
         lines = [f"trained {trained} steps"]
     models = _models(result)
-    lines.append(f"models in {' and '.join(map(str, models))}" if models else f"no model was saved in {result.output_dir}")
+    saved = " and ".join(map(str, models))
+    lines.append(f"models in {saved}" if models else f"no model was saved in {result.output_dir}")
     if result.metric is not None and result.first_eval is not None and result.last_eval is not None:
         chosen = (f"step {result.best_step}" if result.best_interpolation is None
                   else f"interpolation {result.best_interpolation} of the start and final models")
@@ -60,6 +61,27 @@ def summary_lines(result: FitResult) -> list[str]:
             f"{result.last_eval[result.metric]:.2f} after (best {result.best_score:.2f} at {chosen})"
         )
     return lines
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from embedkit.training.adapt import adapt
+
+    outcome = adapt(args.data, args.out, args.model, seed=args.seed, overrides=args.set, overwrite=args.overwrite,
+                    show_progress=not args.json)
+    run = outcome.run
+    if args.json:
+        print_json({"output_dir": str(run.output_dir), "data": str(outcome.data), "metric": run.metric,
+                    "dev_before": run.first_eval, "dev_best": run.best_score, "best_step": run.best_step,
+                    "best_interpolation": run.best_interpolation, "test_before": outcome.test_before,
+                    "test_after": outcome.test_after})
+        return 0
+    for line in summary_lines(run):
+        print(line)
+    if outcome.test_before is not None and outcome.test_after is not None:
+        for metric in ("recall@100", "ndcg@10"):
+            print(f"test {metric} on held-out queries: {outcome.test_before[metric]:.2f} before, "
+                  f"{outcome.test_after[metric]:.2f} after")
+    return 0
 
 
 def cmd_losses(args: argparse.Namespace) -> int:
@@ -89,14 +111,33 @@ def cmd_losses(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add ``train`` and ``losses``."""
+    """Add ``train``, ``adapt`` and ``losses``."""
     train = commands.add_parser("train", help="train an encoder from a TOML recipe")
     train.add_argument("recipe", type=Path, help="the TOML recipe")
-    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a recipe value")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a recipe value")
     train.add_argument("--overwrite", action="store_true",
                        help="start over when the output folder holds a run of a different recipe")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     train.set_defaults(func=cmd_train)
+
+    adapt = commands.add_parser(
+        "adapt",
+        help="fine-tune an encoder on a BEIR folder's judged queries and report held-out before/after",
+        description="Splits the judged queries (unless the folder has train and dev qrels), trains InfoNCE with hard "
+        "negatives mined from the corpus by the model being trained, keeps the best of the start model, every "
+        "epoch and WiSE-FT interpolations by dev nDCG@10 in OUT/best, and scores the test queries before and after.",
+    )
+    adapt.add_argument("--data", required=True, type=Path, help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    adapt.add_argument("--out", required=True, type=Path, help="the run folder")
+    adapt.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2", help="the model to start from")
+    adapt.add_argument("--seed", type=int, default=0, help="seed of the split and of training (default: 0)")
+    adapt.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a value of the adaptation recipe")
+    adapt.add_argument("--overwrite", action="store_true",
+                       help="start over when the output folder holds a run of a different recipe")
+    adapt.add_argument("--json", action="store_true", help="print the result as JSON")
+    adapt.set_defaults(func=cmd_adapt)
 
     losses = commands.add_parser("losses", help="list the registered losses")
     losses.add_argument("--json", action="store_true", help="print as JSON")

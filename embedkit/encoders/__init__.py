@@ -10,4 +10,12 @@ from embedkit.encoders.sentence_transformer import (
 )
 from embedkit.encoders.tiny import build_tiny_model
 
-__all__ = ["DEFAULT_MODEL", "POOLING_MODES", "Encoder", "MLPHead", "build_tiny_model", "load_encoder", "resolve_model_path"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "POOLING_MODES",
+    "Encoder",
+    "MLPHead",
+    "build_tiny_model",
+    "load_encoder",
+    "resolve_model_path",
+]

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 
+from embedkit.data.beir import EmptyQuerySetError, UnknownIdError, read_beir
 from embedkit.errors import ConfigError
 from embedkit.eval.geometry import GeometryEvaluator, alignment, anisotropy, uniformity
 from embedkit.eval.preference import PreferenceEvaluator
-from embedkit.eval.retrieval import EmptyQuerySetError, RetrievalEvaluator, UnknownIdError, read_beir
+from embedkit.eval.retrieval import RetrievalEvaluator
 from embedkit.eval.sts import STSEvaluator, sts_spearman
 from embedkit.registry import Registry
 from embedkit.types import Evaluator, TextEncoder
@@ -71,7 +72,9 @@ EVALUATORS.register("mteb", _mteb_evaluator)
 EVALUATORS.register("preference", PreferenceEvaluator)
 
 
-def evaluate_sts(encoder: TextEncoder, path, columns: dict[str, str] | None = None, batch_size: int = 64) -> dict[str, float]:
+def evaluate_sts(
+    encoder: TextEncoder, path, columns: dict[str, str] | None = None, batch_size: int = 64
+) -> dict[str, float]:
     """Spearman x100 of cosine similarity on an STS file or folder (see :class:`STSEvaluator`)."""
     return STSEvaluator(path, columns=columns, batch_size=batch_size)(encoder)
 

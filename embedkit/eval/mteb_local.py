@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from embedkit.data import Kind, read_examples, read_rows
+from embedkit.data.beir import read_beir
 from embedkit.errors import ConfigError, DataError, UnknownNameError
-from embedkit.eval.retrieval import read_beir
 
 TASK_TYPES = ("sts", "retrieval", "classification", "clustering")
 COMMON_KEYS = {"type", "path", "split", "languages", "description", "columns"}

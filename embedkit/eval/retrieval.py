@@ -7,9 +7,9 @@ BEIR and MTEB.
 Metrics (x100, as every embedkit score) come from ``pytrec_eval``, the trec_eval binding that BEIR and MTEB use:
 ``ndcg@10``, ``mrr@10``, ``recall@k`` and ``map@<k>`` (MAP over the ``k`` retrieved documents).
 
-Graded judgements: ``gain="exponential"`` (the default) scores a document of relevance ``r`` with the gain
-``2^r - 1`` (Burges et al., 2005), the convention of the DESIGN.md reference number; ``gain="linear"`` uses ``r``
-itself, trec_eval's own convention and so MTEB's. On binary qrels (most BEIR sets) the two are identical; only
+Graded judgements: ``gain="linear"`` (the default) scores a document of relevance ``r`` with the gain ``r``
+itself, trec_eval's own convention and so BEIR's and MTEB's; ``gain="exponential"`` uses ``2^r - 1`` (Burges et
+al., 2005). On binary qrels (most BEIR sets) the two are identical; only
 nDCG depends on the choice, since every document with ``r >= 1`` counts as relevant for the other metrics.
 """
 
@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytrec_eval
 
-from embedkit.data.beir import BeirData, EmptyQuerySetError, UnknownIdError, read_beir
+from embedkit.data.beir import read_beir
 from embedkit.errors import ConfigError
 
 GAINS = ("exponential", "linear")
@@ -35,7 +34,7 @@ def retrieval_metrics(
     qrels: dict[str, dict[str, int]],
     recall_at: tuple[int, ...] = (1, 10, 100),
     map_at: int = 100,
-    gain: str = "exponential",
+    gain: str = "linear",
 ) -> dict[str, float]:
     """trec_eval metrics (x100, mean over the queries of ``run``) of a run ``{query: {doc: score}}``.
 
@@ -88,7 +87,7 @@ class RetrievalEvaluator:
     index_spec: str = "torch"
     k: int = 100
     recall_at: tuple[int, ...] = (1, 10, 100)
-    gain: str = "exponential"
+    gain: str = "linear"
     batch_size: int = 64
     primary_metric: str = field(default=f"ndcg@{NDCG_AT}", init=False)
     higher_is_better: bool = field(default=True, init=False)

@@ -16,9 +16,9 @@ from embedkit.losses.diffcse import DiffCSEObjective  # noqa: F401  (registers d
 from embedkit.losses.gist import GISTEmbedObjective  # noqa: F401  (registers gist)
 from embedkit.losses.infonce import InfoNCELoss, cosine_table, info_nce_from_scores
 from embedkit.losses.objective import Objective
+from embedkit.losses.preference import RewardModelObjective  # noqa: F401  (registers reward-bt)
 from embedkit.losses.queue import MemoryQueue, MomentumQueueObjective  # noqa: F401  (registers infonce-queue)
 from embedkit.losses.registry import LOSSES, LossSpec, build_loss
-from embedkit.losses.preference import RewardModelObjective  # noqa: F401  (registers reward-bt)
 from embedkit.losses.steps import (
     STEPS,
     MarginFilter,
@@ -33,6 +33,7 @@ from embedkit.losses.steps import (
 
 __all__ = [
     "LOSSES",
+    "STEPS",
     "InfoNCELoss",
     "LossSpec",
     "MarginFilter",
@@ -40,12 +41,11 @@ __all__ = [
     "Objective",
     "RankWindow",
     "ScoreCeiling",
-    "STEPS",
     "Step",
     "TopKHardest",
     "apply_steps",
-    "build_steps",
     "build_loss",
+    "build_steps",
     "cosine_table",
     "info_nce_from_scores",
 ]

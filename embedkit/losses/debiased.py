@@ -24,10 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from embedkit.errors import ConfigError
-from embedkit.losses.steps import with_filters
 from embedkit.losses.infonce import InfoNCELoss, reverse_scores
 from embedkit.losses.registry import CONTRASTIVE_KINDS, LOSSES, LossSpec
-from embedkit.losses.steps import MaskDuplicates, Step, apply_steps
+from embedkit.losses.steps import MaskDuplicates, Step, apply_steps, with_filters
 from embedkit.types import EmbeddedBatch, Scores
 
 

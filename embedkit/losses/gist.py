@@ -29,12 +29,11 @@ from torch import Tensor
 from embedkit.encoders import Encoder, load_encoder
 from embedkit.encoders.batching import embed_batch
 from embedkit.errors import ConfigError, EmbedkitError
-from embedkit.losses.steps import with_filters
 from embedkit.losses.infonce import cosine_table, info_nce_from_scores
 from embedkit.losses.objective import Objective
 from embedkit.losses.queue import positive_columns
 from embedkit.losses.registry import LOSSES, LossSpec
-from embedkit.losses.steps import MarginFilter, MarginMode, MaskDuplicates, Step, apply_steps
+from embedkit.losses.steps import MarginFilter, MarginMode, MaskDuplicates, Step, apply_steps, with_filters
 from embedkit.precision import autocast
 from embedkit.types import EmbeddedBatch, Kind, Scores, TextBatch
 

@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from embedkit.errors import ConfigError
-from embedkit.losses.steps import with_filters
 from embedkit.losses.registry import CONTRASTIVE_KINDS, LOSSES, LossSpec
-from embedkit.losses.steps import MaskDuplicates, Step, apply_steps
+from embedkit.losses.steps import MaskDuplicates, Step, apply_steps, with_filters
 from embedkit.types import EmbeddedBatch, Kind, Scores
 
 

@@ -29,10 +29,10 @@ from torch import Tensor, nn
 from embedkit import distributed
 from embedkit.encoders.batching import embed_batch
 from embedkit.errors import ConfigError
-from embedkit.losses.steps import FilterSpec, loss_steps
 from embedkit.losses.infonce import InfoNCELoss
 from embedkit.losses.objective import Objective
 from embedkit.losses.registry import CONTRASTIVE_KINDS, LOSSES, LossSpec
+from embedkit.losses.steps import FilterSpec, loss_steps
 from embedkit.types import EmbeddedBatch, TextBatch
 
 if TYPE_CHECKING:

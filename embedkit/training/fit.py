@@ -25,8 +25,7 @@ import contextlib
 import io
 import json
 import time
-from collections.abc import Iterator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,10 +43,10 @@ from embedkit.encoders.card import ModelCard, write_model_card
 from embedkit.encoders.sentence_transformer import Encoder
 from embedkit.errors import ConfigError
 from embedkit.fsutil import atomic_directory, atomic_write_bytes
-from embedkit.training.gradcache import grad_cache_backward
-from embedkit.training.negatives import NegativeMiner, load_mined, mining_summary, save_mined
 from embedkit.losses.objective import Objective
 from embedkit.precision import autocast
+from embedkit.training.gradcache import grad_cache_backward
+from embedkit.training.negatives import NegativeMiner, load_mined, mining_summary, save_mined
 from embedkit.types import Evaluator, Example, Kind, TextBatch
 
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -284,7 +283,9 @@ def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
 
 
-def interpolate_weights(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor]:
+def interpolate_weights(
+    start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], weight: float
+) -> dict[str, torch.Tensor]:
     """WiSE-FT: ``(1 - weight) * start + weight * end`` for floating-point tensors; others (step counters,
     position ids) are ``end``'s. ``weight = 0`` is ``start`` exactly and ``weight = 1`` is ``end``."""
     if start.keys() != end.keys():
@@ -356,7 +357,9 @@ def fit(
     global_batch = settings.batch_size * world
     steps_per_epoch = len(examples) // global_batch
     if steps_per_epoch == 0:
-        raise ConfigError(f"{len(examples)} examples do not fill one batch of {settings.batch_size} x {world} processes")
+        raise ConfigError(
+            f"{len(examples)} examples do not fill one batch of {settings.batch_size} x {world} processes"
+        )
     total_steps = settings.max_steps if settings.max_steps is not None else settings.epochs * steps_per_epoch
     if isinstance(loss, Objective):
         loss.setup(encoder)
@@ -427,7 +430,9 @@ def fit(
         if main_process:
             chosen = f"step {run.step}" if interpolation is None else (
                 f"interpolation {interpolation} between the start model and step {run.step} (WiSE-FT)")
-            card = ModelCard(steps=run.step, dev_before=result.first_eval, dev_after=metrics, chosen=chosen, **card_base)
+            card = ModelCard(
+                steps=run.step, dev_before=result.first_eval, dev_after=metrics, chosen=chosen, **card_base
+            )
             _save_model(encoder, loss, run.output_dir / "best", card)
         distributed.barrier()
 

@@ -158,7 +158,8 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
         valid = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(values) - valid)
         if bad:
-            raise ConfigError(f"unknown key {', '.join(f'{name}.{k}' for k in bad)}; valid keys: {', '.join(sorted(valid))}")
+            keys = ", ".join(f"{name}.{k}" for k in bad)
+            raise ConfigError(f"unknown key {keys}; valid keys: {', '.join(sorted(valid))}")
         sections[name] = cls(**values)
     return RunConfig(**sections)
 

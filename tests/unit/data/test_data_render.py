@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 from transformers import BertTokenizerFast
 
-from embedkit.errors import ConfigError
 from embedkit.data.render import render_pair, render_pairs, truncate_left
+from embedkit.errors import ConfigError
 
 # a word-level vocabulary with two sub-word pieces: "playing" is "play ##ing", "cats" is "cat ##s"
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "human", "assistant", ":", "?", ".", "the", "cat", "play",

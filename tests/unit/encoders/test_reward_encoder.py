@@ -7,12 +7,11 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
+from embedkit.data.render import render_for
 from embedkit.encoders import Encoder, load_encoder
-from embedkit.encoders.reward import RewardModelEncoder, load_reward_model_encoder, pool
+from embedkit.encoders.reward import RewardModel, RewardModelEncoder, load_reward_model_encoder, pool
 from embedkit.encoders.tiny import tiny_vocabulary
 from embedkit.errors import ConfigError, EmbedkitError
-from embedkit.data.render import render_for
-from embedkit.encoders.reward import RewardModel
 from embedkit.losses.preference import RewardModelObjective
 
 TEXTS = ["the cat sat on the mat", "a dog", "the sun rises in the east over the green hills", "rain"]

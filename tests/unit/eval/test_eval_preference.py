@@ -11,9 +11,9 @@ import pytest
 
 from embedkit.cli.eval import register
 from embedkit.encoders import load_encoder
+from embedkit.encoders.reward import RewardModel
 from embedkit.errors import ConfigError, DataError, EmbedkitError
 from embedkit.eval.preference import PreferenceEvaluator, preference_report, wilson_interval
-from embedkit.encoders.reward import RewardModel
 from embedkit.losses.preference import RewardModelObjective
 
 

@@ -96,8 +96,8 @@ def test_metrics_of_a_known_run() -> None:
     exponential_q1 = (1 * discount[0] + 3 * discount[1]) / (3 * discount[0] + 1 * discount[1])
     linear_q1 = (1 * discount[0] + 2 * discount[1]) / (2 * discount[0] + 1 * discount[1])
     ndcg_q2 = discount[1]
-    exponential = retrieval_metrics(run, qrels, recall_at=(1, 3), map_at=3)
-    linear = retrieval_metrics(run, qrels, recall_at=(1, 3), map_at=3, gain="linear")
+    exponential = retrieval_metrics(run, qrels, recall_at=(1, 3), map_at=3, gain="exponential")
+    linear = retrieval_metrics(run, qrels, recall_at=(1, 3), map_at=3)  # linear is the default, as trec_eval
     assert exponential["ndcg@10"] == pytest.approx(100 * (exponential_q1 + ndcg_q2) / 2)
     assert linear["ndcg@10"] == pytest.approx(100 * (linear_q1 + ndcg_q2) / 2)
     # every other metric counts relevance >= 1 alike, whatever the gains

@@ -10,12 +10,12 @@ import pytest
 import torch
 from sentence_transformers.sentence_transformer.losses import CoSENTLoss as STCoSENTLoss
 
-from embedkit.training.recipe import load_config
 from embedkit.encoders import load_encoder
 from embedkit.errors import ConfigError
 from embedkit.losses import LOSSES, build_loss
 from embedkit.losses.cosent import CoSENTLoss
 from embedkit.training.fit import FitSettings, fit
+from embedkit.training.recipe import load_config
 from embedkit.types import EmbeddedBatch, Example, Kind
 
 REPO = Path(__file__).resolve().parents[3]

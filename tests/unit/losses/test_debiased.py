@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from embedkit.training.recipe import load_config
 from embedkit.encoders import load_encoder
 from embedkit.errors import ConfigError
 from embedkit.losses import LOSSES, InfoNCELoss, MaskDuplicates, TopKHardest, build_loss
 from embedkit.losses.debiased import DebiasedInfoNCELoss
 from embedkit.training.fit import FitSettings, fit
+from embedkit.training.recipe import load_config
 from embedkit.types import EmbeddedBatch, Example, Kind
 
 REPO = Path(__file__).resolve().parents[3]

@@ -16,11 +16,11 @@ from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 from embedkit.data import Examples
 from embedkit.data.collate import collate
 from embedkit.encoders import build_tiny_model, load_encoder
+from embedkit.encoders.batching import embed_batch
 from embedkit.encoders.generators import MaskedLMGenerator, UnigramGenerator, load_generator, special_token_mask
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.losses import LOSSES, InfoNCELoss, build_loss
 from embedkit.losses.diffcse import DiffCSEObjective, maskable_positions, replacement_mask, rtd_loss
-from embedkit.encoders.batching import embed_batch
 from embedkit.training.fit import FitSettings, fit
 from embedkit.types import Example, Kind
 

@@ -15,15 +15,15 @@ from tokenizers.models import WordLevel
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
-from embedkit.training.recipe import load_config
 from embedkit.data import collate
 from embedkit.encoders import build_tiny_model, load_encoder
+from embedkit.encoders.batching import embed_batch
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.losses import LOSSES, MaskDuplicates, TopKHardest, build_loss
 from embedkit.losses.gist import GISTEmbedObjective, gist_scores
 from embedkit.losses.infonce import batch_scores, info_nce_from_scores
-from embedkit.encoders.batching import embed_batch
 from embedkit.training.fit import FitSettings, fit
+from embedkit.training.recipe import load_config
 from embedkit.types import EmbeddedBatch, Example, Kind
 
 REPO = Path(__file__).resolve().parents[3]

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from embedkit.data import Examples, collate
+from embedkit.data.render import render_for
 from embedkit.encoders import load_encoder
+from embedkit.encoders.reward import RewardHead, RewardModel, has_reward_head, load_reward_model
 from embedkit.errors import ConfigError, DataError, EmbedkitError
 from embedkit.losses import LOSSES, build_loss
-from embedkit.data.render import render_for
-from embedkit.encoders.reward import RewardHead, RewardModel, has_reward_head, load_reward_model
 from embedkit.losses.preference import RewardModelObjective, bradley_terry_loss
 from embedkit.training.fit import FitSettings, fit
 from embedkit.types import Example, Kind

@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from embedkit.training.recipe import load_config
 from embedkit.data import collate
 from embedkit.encoders import load_encoder
+from embedkit.encoders.batching import embed_batch
 from embedkit.errors import ConfigError
 from embedkit.losses import LOSSES, InfoNCELoss, MaskDuplicates, TopKHardest, build_loss
 from embedkit.losses.queue import MemoryQueue, MomentumQueueObjective, positive_columns
-from embedkit.encoders.batching import embed_batch
 from embedkit.training.fit import FitSettings, fit
+from embedkit.training.recipe import load_config
 from embedkit.types import EmbeddedBatch, Example, Kind
 
 REPO = Path(__file__).resolve().parents[3]

@@ -9,12 +9,23 @@ import pytest
 import torch
 
 from embedkit.cli import main
-from embedkit.training.recipe import load_config
 from embedkit.errors import ConfigError, UnknownNameError
 from embedkit.losses import LOSSES, InfoNCELoss, build_loss
 from embedkit.losses.debiased import DebiasedInfoNCELoss
-from embedkit.losses.steps import STEPS, build_step, build_steps, loss_steps, step_parameters, with_filters
-from embedkit.losses.steps import MarginFilter, MaskDuplicates, RankWindow, ScoreCeiling, TopKHardest
+from embedkit.losses.steps import (
+    STEPS,
+    MarginFilter,
+    MaskDuplicates,
+    RankWindow,
+    ScoreCeiling,
+    TopKHardest,
+    build_step,
+    build_steps,
+    loss_steps,
+    step_parameters,
+    with_filters,
+)
+from embedkit.training.recipe import load_config
 from embedkit.types import EmbeddedBatch, Scores
 
 REPO = Path(__file__).resolve().parents[3]

@@ -6,26 +6,17 @@ import json
 
 import pytest
 import torch
+from conftest import FIT_SENTENCES as SENTENCES
+from conftest import sentence_examples
 from safetensors.torch import load_file
 
-from embedkit.data import Examples
 from embedkit.encoders import load_encoder
+from embedkit.encoders.batching import embed_batch
 from embedkit.errors import ConfigError
 from embedkit.losses import build_loss
 from embedkit.losses.objective import Objective
-from embedkit.encoders.batching import embed_batch
 from embedkit.training.fit import FitSettings, fit, linear_schedule
-from embedkit.types import Example, Kind
-
-SENTENCES = [
-    "the cat sat on the mat", "a dog runs in the park", "the sun rises in the east",
-    "rain falls on the green hills", "she plays the piano every evening", "he reads a book about old ships",
-    "the train leaves at noon", "children build a castle of sand", "the cat runs", "a dog sat on the hills",
-]
-
-
-def sentence_examples() -> Examples:
-    return Examples([Example(anchor=s, positive=s) for s in SENTENCES], Kind.SENTENCES)
+from embedkit.types import Example
 
 
 def settings(tmp_path, **changes) -> FitSettings:

@@ -8,11 +8,11 @@ from conftest import TINY_TEXTS
 
 from embedkit.data import collate
 from embedkit.encoders import build_tiny_model, load_encoder
-from embedkit.errors import ConfigError
-from embedkit.training.gradcache import grad_cache_backward
-from embedkit.losses import Objective, build_loss
 from embedkit.encoders.batching import embed_batch
+from embedkit.errors import ConfigError
+from embedkit.losses import Objective, build_loss
 from embedkit.training.fit import FitSettings, fit
+from embedkit.training.gradcache import grad_cache_backward
 from embedkit.types import Example, Kind
 
 

@@ -1,0 +1,220 @@
+"""Fine-tuning benchmark: does adapting all-MiniLM-L6-v2 to a collection's judged queries make it better there,
+and better than sentence-transformers on the same data?
+
+Cranfield (``../shared/data/cranfield``): its judged queries are split once, by a fixed seed, into train (60%),
+dev (10%) and test (30%); documents are ``title + " " + text``. Every variant starts from all-MiniLM-L6-v2 and
+trains on the same (query, relevant document) pairs of the train queries, with the same batch size, learning
+rate, warmup and number of optimisation steps, over three seeds:
+
+- ``start``: the model untrained;
+- ``st_mnrl_pairs``: ``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss`` (scale 20, the
+  ``no_duplicates`` batch sampler) on the pairs;
+- ``st_mnrl_mined``: the same on triplets from sentence-transformers' own ``mine_hard_negatives`` (one negative
+  per pair from the corpus, ranks 10 to 100, relative margin 0.05, as embedkit's defaults);
+- ``embedkit_plain``: embedkit's InfoNCE on the pairs alone, the last model (no mining, no selection): the
+  like-for-like peer of ``st_mnrl_pairs``;
+- ``embedkit_adapt``: ``embedkit.training.adapt`` (what ``embedkit adapt`` runs): InfoNCE, hard negatives mined
+  from the corpus by the model being trained and refreshed every epoch, the best of the start, each epoch and
+  WiSE-FT interpolations by dev nDCG@10;
+- ``embedkit_no_refresh``, ``embedkit_no_interpolation``, ``embedkit_no_filters``: the same with one part off
+  (negatives mined once before training; no interpolation; no margin filter or rank window).
+
+Reported on the test queries, never used in training or selection: nDCG@10 (trec_eval's linear gain, as BEIR and
+MTEB) and recall@100; and the mean Spearman x100 over STS-B test, SICK-R test, STS12 and STS13, to show what
+general similarity the adaptation costs. Writes ``benchmarks/results/finetune.json`` and ``finetune.png``.
+
+    python benchmarks/bench_finetune.py [--seeds 0 1 2] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from embedkit.data import beir_pairs, split_queries
+from embedkit.encoders import DEFAULT_MODEL, load_encoder, resolve_model_path
+from embedkit.eval import RetrievalEvaluator, STSEvaluator
+from embedkit.fsutil import atomic_write_bytes
+from embedkit.training.adapt import ADAPT_RECIPE, adapt
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EMBEDKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+SPLIT_SEED = 20261201
+SPLITS = {"train": 0.6, "dev": 0.1, "test": 0.3}
+STS_FILES = {
+    "stsb": "stsb/test.jsonl",
+    "sickr": "sickr/test.jsonl",
+    "sts12": "sts/sts12.test.jsonl",
+    "sts13": "sts/sts13.test.jsonl",
+}
+TRAIN = ADAPT_RECIPE["train"]
+# name -> (overrides of the adaptation recipe, the model scored: best/ chosen on dev, or final/)
+EMBEDKIT_VARIANTS = {
+    "embedkit_plain": (["mining.negatives=0", "train.interpolation=[]"], "final"),
+    "embedkit_adapt": ([], "best"),
+    "embedkit_no_refresh": (["mining.refresh_steps=0"], "best"),
+    "embedkit_no_interpolation": (["train.interpolation=[]"], "best"),
+    "embedkit_no_filters": (["mining.steps=[]"], "best"),
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def scores(model_path: str | Path, data: Path) -> dict[str, float]:
+    """Test nDCG@10 and recall@100 of a model on ``data``, and its STS Spearman on each file and their mean."""
+    encoder = load_encoder(model_path)
+    retrieval = RetrievalEvaluator(data, split="test", gain="linear")(encoder)
+    result = {"ndcg@10": retrieval["ndcg@10"], "recall@100": retrieval["recall@100"]}
+    for name, path in STS_FILES.items():
+        result[f"sts/{name}"] = STSEvaluator(SHARED / path)(encoder)["spearman"]
+    result["sts/mean"] = statistics.fmean(result[f"sts/{name}"] for name in STS_FILES)
+    return result
+
+
+def st_train(data: Path, out: Path, seed: int, steps: int, mined: bool) -> Path:
+    """sentence-transformers' trainer with MultipleNegativesRankingLoss on the train pairs (or mined triplets)."""
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.util import mine_hard_negatives
+    from transformers.trainer_utils import set_seed
+
+    set_seed(seed)
+    pairs = beir_pairs(data, "train")
+    model = SentenceTransformer(resolve_model_path(DEFAULT_MODEL), device="cpu")
+    dataset = Dataset.from_dict({"anchor": [p.anchor for p in pairs], "positive": [p.positive for p in pairs]})
+    if mined:
+        corpus = [json.loads(line) for line in (data / "corpus.jsonl").read_text().splitlines()]
+        documents = [f"{row['title']} {row['text']}" if row.get("title") else row["text"] for row in corpus]
+        dataset = mine_hard_negatives(dataset, model, corpus=documents, range_min=10, range_max=100,
+                                      relative_margin=0.05, num_negatives=1, sampling_strategy="top",
+                                      output_format="triplet", use_faiss=False, verbose=False)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out / "trainer"),
+        per_device_train_batch_size=int(TRAIN["batch_size"]),
+        learning_rate=float(TRAIN["lr"]),
+        warmup_ratio=float(TRAIN["warmup_ratio"]),
+        max_steps=steps,
+        batch_sampler="no_duplicates",
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=seed,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
+                                         loss=MultipleNegativesRankingLoss(model))
+    trainer.train()
+    model.save(str(out / "model"))
+    return out / "model"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
+def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    summary = {}
+    for variant, rows in runs.items():
+        summary[variant] = {
+            metric: {
+                "mean": statistics.fmean(row[metric] for row in rows),
+                "stdev": statistics.stdev(row[metric] for row in rows) if len(rows) > 1 else 0.0,
+            }
+            for metric in rows[0]
+        }
+    return summary
+
+
+def plot(summary: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = list(summary)
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for axis, metric in zip(axes, ("ndcg@10", "recall@100", "sts/mean"), strict=True):
+        means = [summary[v][metric]["mean"] for v in variants]
+        spreads = [summary[v][metric]["stdev"] for v in variants]
+        axis.barh(variants, means, xerr=spreads, color=["#999999" if v == "start" else "#4477aa" for v in variants])
+        axis.set_xlim(min(means) - 3, max(means) + 2)
+        axis.set_title(f"Cranfield test {metric}" if metric != "sts/mean" else "mean STS Spearman (x100)")
+        axis.invert_yaxis()
+    figure.suptitle("all-MiniLM-L6-v2 adapted to Cranfield's train queries (mean and spread over seeds)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=int(TRAIN["epochs"]))
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "finetune.json")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        data = work / "cranfield"
+        counts = split_queries(SHARED / "cranfield", data, SPLITS, seed=SPLIT_SEED)
+        pairs = len(beir_pairs(data, "train"))
+        steps = args.epochs * (pairs // int(TRAIN["batch_size"]))
+        log(f"split {counts}; {pairs} train pairs, {steps} steps per run")
+        runs: dict[str, list[dict[str, float]]] = {"start": [scores(DEFAULT_MODEL, data)]}
+        log(f"start: {runs['start'][0]}")
+        for seed in args.seeds:
+            for variant, mined in (("st_mnrl_pairs", False), ("st_mnrl_mined", True)):
+                model = st_train(data, work / f"{variant}-{seed}", seed, steps, mined)
+                runs.setdefault(variant, []).append(scores(model, data))
+                log(f"{variant} seed {seed}: {runs[variant][-1]}")
+            for variant, (overrides, scored) in EMBEDKIT_VARIANTS.items():
+                outcome = adapt(data, work / f"{variant}-{seed}", seed=seed, show_progress=False,
+                                overrides=[f"train.epochs={args.epochs}", *overrides])
+                runs.setdefault(variant, []).append(scores(outcome.run.output_dir / scored, data))
+                log(f"{variant} seed {seed}: {runs[variant][-1]} (chose step {outcome.run.best_step}, "
+                    f"interpolation {outcome.run.best_interpolation})")
+    summary = summarize(runs)
+    document = {
+        "benchmark": "finetune",
+        "data": "cranfield (../shared/data/cranfield), judged queries split by seed "
+                f"{SPLIT_SEED} into {counts}",
+        "model": DEFAULT_MODEL,
+        "train_pairs": pairs,
+        "steps": steps,
+        "settings": {"batch_size": TRAIN["batch_size"], "lr": TRAIN["lr"], "warmup_ratio": TRAIN["warmup_ratio"],
+                     "epochs": args.epochs, "seeds": args.seeds},
+        "metrics": "test ndcg@10 (linear gain) and recall@100, x100; sts/* Spearman x100 of cosine",
+        "summary": summary,
+        "runs": runs,
+        "machine": machine(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    atomic_write_bytes(args.output, (json.dumps(document, indent=2) + "\n").encode())
+    plot(summary, args.output.with_suffix(".png"))
+    log(f"wrote {args.output.relative_to(REPO)} and its plot")
+
+
+if __name__ == "__main__":
+    main()

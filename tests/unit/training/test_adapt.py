@@ -1,0 +1,67 @@
+"""embedkit adapt: split, train with mined negatives, choose on dev, score held-out test queries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TINY_TEXTS
+
+from embedkit.cli import main
+from embedkit.data import read_beir
+from embedkit.errors import ConfigError
+from embedkit.training.adapt import adapt, adapt_config, adaptation_splits
+
+
+@pytest.fixture
+def collection(tmp_path):
+    """A BEIR folder with one qrels file: 40 queries, each judging one of the tiny model's sentences."""
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    docs = [f"{text} {word}" for text in TINY_TEXTS for word in ("today", "again", "slowly", "at night", "here")]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n"
+                                                 for i, t in enumerate(docs)))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": " ".join(t.split()[1:4])}) + "\n"
+                                                  for i, t in enumerate(docs)))
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(len(docs))))
+    return folder
+
+
+def test_a_single_qrels_file_is_split_beside_the_run(collection, tmp_path) -> None:
+    data = adaptation_splits(collection, tmp_path / "run", seed=1)
+    assert data == tmp_path / "run" / "data"
+    sizes = {split: len(read_beir(data, split).query_ids) for split in ("train", "dev", "test")}
+    assert sizes == {"train": 28, "dev": 4, "test": 8}
+    assert adaptation_splits(data, tmp_path / "other") == data  # train and dev qrels: used as they are
+
+
+def test_several_qrels_without_train_and_dev_are_refused(collection, tmp_path) -> None:
+    (collection / "qrels" / "dev.tsv").write_text((collection / "qrels" / "test.tsv").read_text())
+    with pytest.raises(ConfigError, match="give it train and dev qrels"):
+        adaptation_splits(collection, tmp_path / "run")
+
+
+def test_the_recipe_evaluates_and_refreshes_every_epoch(collection, tmp_path) -> None:
+    data = adaptation_splits(collection, tmp_path / "run")
+    config = adapt_config(data, tmp_path / "run", "m", ["train.batch_size=4", "train.lr=1e-4"])
+    assert config.train.eval_steps == config.train.save_steps == config.mining.refresh_steps == 7  # 28 pairs / 4
+    assert config.eval.primary == "retrieval" and config.eval.retrieval_split == "dev"
+    assert config.mining.negatives == 1 and config.train.interpolation == [0.25, 0.5, 0.75]
+    assert config.train.lr == 1e-4 and config.model.name == "m"
+
+
+def test_adapt_end_to_end(collection, tiny_model_path, tmp_path, capsys) -> None:
+    outcome = adapt(collection, tmp_path / "run", str(tiny_model_path), show_progress=False,
+                    overrides=["train.batch_size=4", "train.epochs=1", "model.precision=\"fp32\""])
+    run = outcome.run
+    assert run.metric == "retrieval/ndcg@10" or run.metric == "ndcg@10"
+    assert (tmp_path / "run" / "best" / "README.md").is_file()
+    assert run.best_score >= run.first_eval[run.metric]  # never below the start on dev
+    assert set(outcome.test_before) == set(outcome.test_after) and "ndcg@10" in outcome.test_after
+
+    code = main(["adapt", "--data", str(collection), "--out", str(tmp_path / "cli"), "--model", str(tiny_model_path),
+                 "--set", "train.batch_size=4", "--set", "train.epochs=1", "--set", "model.precision=\"fp32\""])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and lines[-1].startswith("test ndcg@10 on held-out queries: ")
+    assert lines[-2].startswith("test recall@100 on held-out queries: ")
