@@ -11,6 +11,7 @@ from embedkit.encoders import Encoder, load_encoder
 from embedkit.encoders.reward import RewardModelEncoder, load_reward_model_encoder, pool
 from embedkit.encoders.tiny import tiny_vocabulary
 from embedkit.errors import ConfigError, EmbedkitError
+from embedkit.types import TextEncoder
 from embedkit.data.render import render_for
 from embedkit.encoders.reward import RewardModel
 from embedkit.losses.preference import RewardModelObjective
@@ -41,6 +42,12 @@ def reference_hidden(path, text: str) -> torch.Tensor:
     model = BertForSequenceClassification.from_pretrained(str(path)).eval()
     with torch.no_grad():
         return model(**tokenizer([text], return_tensors="pt"), output_hidden_states=True).hidden_states[-1][0]
+
+
+def test_reward_model_encoder_satisfies_the_text_encoder_protocol(classifier_path) -> None:
+    encoder = load_reward_model_encoder(classifier_path, device="cpu")
+    assert isinstance(encoder, RewardModelEncoder) and isinstance(encoder, TextEncoder)
+    assert encoder.dim == 16 and encoder.max_seq_length == 32
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean", "cls"])
