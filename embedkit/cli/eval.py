@@ -220,7 +220,8 @@ def cmd_eval_all(args: argparse.Namespace) -> int:
 
 def cmd_eval_preference(args: argparse.Namespace) -> int:
     from embedkit.encoders.reward import load_reward_model
-    from embedkit.eval.preference import PreferenceEvaluator
+    from embedkit.eval.preference import PreferenceEvaluator, RewardScorer
+    from embedkit.types import SupportsEncode
 
     evaluator = PreferenceEvaluator(
         args.data,
@@ -230,6 +231,7 @@ def cmd_eval_preference(args: argparse.Namespace) -> int:
         prompt_truncation=args.prompt_truncation,
         limit=args.limit,
     )
+    model: SupportsEncode | RewardScorer
     if args.mode == "reward":
         model = load_reward_model(args.model, device=args.device, precision=args.precision)
     else:

@@ -23,7 +23,9 @@ import numpy as np
 import pytrec_eval
 
 from embedkit.data import read_rows
+from embedkit.data.io import Row
 from embedkit.errors import ConfigError, DataError
+from embedkit.types import TextEncoder
 
 GAINS = ("exponential", "linear")
 NDCG_AT = 10
@@ -64,7 +66,7 @@ class BeirData:
         return [f"{title} {text}" if title else text for title, text in zip(self.titles, self.texts, strict=True)]
 
 
-def _string(row: dict, column: str, path: Path, line: int, *, missing_ok: bool = False, empty_ok: bool = False) -> str:
+def _string(row: Row, column: str, path: Path, line: int, *, missing_ok: bool = False, empty_ok: bool = False) -> str:
     """A string cell; numeric ids, as some BEIR exports write them, become strings."""
     value = row.get(column)
     if value is None and missing_ok:
@@ -218,7 +220,7 @@ class RetrievalEvaluator:
             raise ConfigError(f"unknown gain {self.gain!r}; valid: {', '.join(GAINS)}")
         self.data = read_beir(self.folder, self.split)
 
-    def search(self, encoder) -> dict[str, dict[str, float]]:
+    def search(self, encoder: TextEncoder) -> dict[str, dict[str, float]]:
         """The run ``{query_id: {doc_id: score}}`` of the top ``k`` documents of every judged query."""
         from embedkit.index import build_index  # the index pulls in faiss; import it only when searching
 
@@ -231,5 +233,5 @@ class RetrievalEvaluator:
             run[query_id] = {data.doc_ids[i]: float(s) for i, s in zip(ids, scores, strict=True) if i >= 0}
         return run
 
-    def __call__(self, encoder) -> dict[str, float]:
+    def __call__(self, encoder: TextEncoder) -> dict[str, float]:
         return retrieval_metrics(self.search(encoder), self.data.qrels, self.recall_at, self.k, self.gain)
