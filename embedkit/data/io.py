@@ -249,7 +249,7 @@ def _read_hf(name: str, split: str) -> Rows:
     try:
         import datasets
     except ImportError:
-        message = "reading a Hugging Face dataset needs the optional package 'datasets' (pip install datasets)"
+        message = "reading a Hugging Face dataset needs the datasets package: pip install 'embedkit[hf]'"
         raise DataError(message, name) from None
     try:
         dataset = datasets.load_dataset(name.removeprefix(HF_PREFIX), split=split)

@@ -16,17 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Unpack
 
-import mteb
 import numpy as np
 import torch
-from mteb.models import ModelMeta
-from mteb.models.abs_encoder import AbsEncoder
-from mteb.models.model_meta import ScoringFunction
 
 from embedkit.encoders import load_encoder
-from embedkit.errors import ConfigError, EmbedkitError
+from embedkit.errors import ConfigError, EmbedkitError, MissingDependencyError
 from embedkit.eval.mteb_local import LocalTaskSpec, read_task_file, resolve_tasks
 from embedkit.types import TextEncoder
+
+try:  # mteb is optional (the eval extra): without it, importing this module is a one-line error
+    import mteb
+    from mteb.models import ModelMeta
+    from mteb.models.abs_encoder import AbsEncoder
+    from mteb.models.model_meta import ScoringFunction
+except ImportError as error:
+    raise MissingDependencyError("mteb", "eval", "MTEB evaluation") from error
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
