@@ -77,6 +77,8 @@ class SearchResult:
 
 
 class ModelInfo(TypedDict):
+    """The model whose embeddings an index holds: its name and the fingerprint of its weights."""
+
     name: str
     fingerprint: str
 
