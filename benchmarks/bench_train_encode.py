@@ -27,9 +27,7 @@ import argparse
 import contextlib
 import datetime
 import itertools
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -49,7 +47,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Progress goes to this script's own log lines; library progress bars would interleave with them.
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import sentence_transformers
+import _common
 import torch
 import transformers
 from torch import nn
@@ -59,7 +57,7 @@ from embedkit.encoders import resolve_model_path
 from embedkit.precision import cpu_flags, cpu_has_fast_bf16, resolve_precision
 from embedkit.training.fit import embed_batch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = _common.REPO_ROOT
 WIKI_FILE = Path("wiki1m_subset") / "wiki1m_for_simcse.sample10k.txt"
 STSB_TEST = Path("stsb") / "test.jsonl"
 ST = "sentence-transformers"
@@ -103,9 +101,7 @@ class Settings:
 # -- shared helpers (run in the spawned processes) ---------------------------------------------------------
 
 
-def log(message: str) -> None:
-    """A timestamped progress line on stderr."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = _common.setup_logging("bench_train_encode")
 
 
 def model_path() -> str:
@@ -479,33 +475,15 @@ def run_isolated(name: str, settings: Settings, *args: str) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, cores, memory and library versions of this machine."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next(
-        (line.partition(":")[2].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-        platform.processor(),
+    """CPU, cores, memory and library versions of this machine, and what bf16 autocast can do on it."""
+    return _common.machine_info(
+        ("torch", "transformers", "sentence_transformers", "embedkit", "numpy"),
+        cpu_bf16=cpu_has_fast_bf16(),
+        cpu_bf16_flags=sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile"}),
+        auto_precision_resolves_to=str(resolve_precision("auto", "cpu")).removeprefix("torch."),
+        model=embedkit.DEFAULT_MODEL,
+        model_path=model_path(),
     )
-    meminfo = Path("/proc/meminfo").read_text().splitlines() if Path("/proc/meminfo").exists() else []
-    total_kib = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal")), 0)
-    flags = cpu_flags()
-    return {
-        "cpu_model": model,
-        "cpu_cores": len(os.sched_getaffinity(0)),
-        "memory_gib": round(total_kib / 2**20, 1),
-        "cpu_bf16": cpu_has_fast_bf16(),
-        "cpu_bf16_flags": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"}),
-        "auto_precision_resolves_to": str(resolve_precision("auto", "cpu")).removeprefix("torch."),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "sentence_transformers": sentence_transformers.__version__,
-            "embedkit": embedkit.__version__,
-        },
-        "model": embedkit.DEFAULT_MODEL,
-        "model_path": model_path(),
-    }
 
 
 def summarise(encode: dict[str, dict], train: dict[str, dict], sts: dict, loss: dict) -> tuple[dict, dict]:
@@ -627,7 +605,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--output",
         type=Path,
-        default=REPO_ROOT / "benchmarks" / "results" / "train_encode.json",
+        default=_common.result_path("train_encode"),
         help="the JSON report; the plot goes beside it with the suffix .png",
     )
     return parser.parse_args(argv)
@@ -683,8 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         "reference_design_md": REFERENCE,
         "wall_s": time.perf_counter() - started,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    _common.write_results(report, args.output)
     plot(report, args.output.with_suffix(".png"))
     log(f"wrote {args.output} and {args.output.with_suffix('.png')} in {report['wall_s']:.0f} s")
     for name, target in targets.items():

@@ -6,6 +6,7 @@ as one line and exits non-zero, without a traceback.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 
 
@@ -38,3 +39,24 @@ class UnknownNameError(EmbedkitError, KeyError):
 
     def __str__(self) -> str:  # KeyError would wrap the message in quotes
         return str(self.args[0])
+
+
+class MissingDependencyError(ConfigError, ImportError):
+    """An optional dependency is not installed. The message names the extra that installs it; it is also an
+    ``ImportError``, so code that guards an optional import with ``except ImportError`` still catches it."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(f"{purpose} needs the {package} package: pip install 'embedkit[{extra}]'")
+
+
+def require(module: str, extra: str, purpose: str) -> None:
+    """Import ``module`` or raise :class:`MissingDependencyError` naming ``extra``: a one-line error where an
+    optional dependency is missing, before any work starts.
+
+    Example:
+        >>> require("mteb", "eval", "embedkit eval mteb")
+    """
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise MissingDependencyError(module, extra, purpose) from error

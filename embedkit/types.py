@@ -6,14 +6,15 @@ per anchor. Encoding it gives an :class:`EmbeddedBatch`; scoring anchors against
 reduces with a cross-entropy.
 
 Two protocols are the seams between layers: every encoder satisfies :class:`TextEncoder`, every evaluator
-:class:`Evaluator`.
+:class:`Evaluator`. :class:`SupportsEncode` is the part of :class:`TextEncoder` that code which only embeds texts
+needs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -24,6 +25,9 @@ from torch import Tensor, nn
 PADDING_GROUP = -(2**63)
 """The group id of a padding candidate: a row with fewer negatives than its batch's widest row is padded with
 empty texts in this group, which no score table ever counts (:meth:`Scores.from_values`)."""
+JsonValue = str | int | float | bool | None | Sequence["JsonValue"] | Mapping[str, "JsonValue"]
+"""A value that ``json.dumps`` writes and ``json.loads`` gives back (read-only containers, so that a
+``dict[str, float]`` or a ``list[dict[str, str]]`` is one too)."""
 
 
 class Kind(str, enum.Enum):
@@ -180,19 +184,33 @@ class Scores:
 
 
 @runtime_checkable
+class SupportsEncode(Protocol):
+    """The one thing scoring code needs of an encoder: ``encode(texts, batch_size=)``. Evaluators and selectors
+    that only embed texts take this rather than a whole :class:`TextEncoder`, so that any lookup table of
+    vectors can stand in for a model."""
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """``n`` texts -> a float ``[n, D]`` array, in input order."""
+        ...
+
+
+@runtime_checkable
 class TextEncoder(Protocol):
     """What embedkit needs of an encoder: a sentence-transformers :class:`~embedkit.encoders.Encoder`, a reward
     model's :class:`~embedkit.encoders.reward.RewardModelEncoder`, or any wrapper around one.
 
     Attributes:
         name: the name or path it was loaded from (recorded in index manifests and reports).
-        model: the underlying torch module.
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
     """
 
     name: str
-    model: nn.Module
     precision: str
+
+    @property
+    def model(self) -> nn.Module:
+        """The underlying torch module (read-only here, so that an encoder may hold a subclass of it)."""
+        ...
 
     @property
     def dim(self) -> int:

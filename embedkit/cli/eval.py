@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 from embedkit.cli.options import add_model_options, load_model, print_json
-from embedkit.errors import ConfigError
-
-
-def _require(module: str, purpose: str) -> None:
-    """A one-line error, not an ImportError traceback, when an optional dependency is missing."""
-    if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"{purpose} needs the {module} package: pip install 'embedkit[eval]'")
+from embedkit.errors import require
 
 
 def _cutoffs(text: str) -> tuple[int, ...]:
@@ -168,7 +161,7 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_mteb(args: argparse.Namespace) -> int:
-    _require("mteb", "embedkit eval mteb")
+    require("mteb", "eval", "embedkit eval mteb")
     from embedkit.eval.mteb_adapter import run_mteb
 
     outcomes = run_mteb(
@@ -203,7 +196,7 @@ def cmd_eval_geometry(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_all(args: argparse.Namespace) -> int:
-    _require("matplotlib", "the report's plots")
+    require("matplotlib", "eval", "embedkit eval all (the report's plots)")
     from embedkit.encoders import load_encoder
     from embedkit.eval.report import run_report
 
@@ -221,7 +214,8 @@ def cmd_eval_all(args: argparse.Namespace) -> int:
 
 def cmd_eval_preference(args: argparse.Namespace) -> int:
     from embedkit.encoders.reward import load_reward_model
-    from embedkit.eval.preference import PreferenceEvaluator
+    from embedkit.eval.preference import PreferenceEvaluator, RewardScorer
+    from embedkit.types import SupportsEncode
 
     evaluator = PreferenceEvaluator(
         args.data,
@@ -231,6 +225,7 @@ def cmd_eval_preference(args: argparse.Namespace) -> int:
         prompt_truncation=args.prompt_truncation,
         limit=args.limit,
     )
+    model: SupportsEncode | RewardScorer
     if args.mode == "reward":
         model = load_reward_model(args.model, device=args.device, precision=args.precision)
     else:

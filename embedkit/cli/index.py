@@ -13,10 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from embedkit.cli.options import add_model_options, load_model, parse_assignments, print_json
 from embedkit.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from embedkit.index import Index
 
 TEXT_WIDTH = 100  # characters of a result's text shown by `search`
 
@@ -42,22 +47,22 @@ def _add_index_device(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _open_index(args: argparse.Namespace, with_encoder: bool = True):
+def _open_index(args: argparse.Namespace, with_encoder: bool = True) -> Index:
     """The index at ``args.index``, with the encoder of ``--model`` or of its manifest when needed."""
-    from embedkit.encoders import load_encoder
+    from embedkit.encoders import Encoder, load_encoder
     from embedkit.index import Index
     from embedkit.index.store import read_manifest
 
-    encoder = None
+    encoder: Encoder | None = None
     if with_encoder:
         name = args.model or read_manifest(args.index).model_name
         encoder = load_encoder(name, device=args.device, precision=args.precision)
     return Index.load(args.index, encoder=encoder, device=getattr(args, "index_device", "auto"))
 
 
-def _plain(value: Any) -> Any:
-    """A numpy scalar as the Python value JSON can write."""
-    return value.item() if hasattr(value, "item") else value
+def _plain(value: np.generic | int | str | None) -> int | str | None:
+    """An id of a result array (a numpy int64, or a str or None of an object array) as the value JSON writes."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def parse_params(items: list[str]) -> dict[str, float]:
@@ -97,8 +102,9 @@ def cmd_index_info(args: argparse.Namespace) -> int:
     if args.json:
         print_json(info)
         return 0
+    fields: dict[str, object] = dict(info)
     for key in ("path", "spec", "metric", "normalize", "dimension", "count", "id_type", "created", "embedkit_version"):
-        print(f"{key:<17} {info[key]}")
+        print(f"{key:<17} {fields[key]}")
     print(f"{'model':<17} {info['model']['name']} ({info['model']['fingerprint'][:19]}...)")
     print(f"{'backend':<17} " + ", ".join(f"{k}={v}" for k, v in info["backend"].items()))
     for name, file in info["files"].items():
@@ -161,8 +167,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     return _search_many(index, args)
 
 
-def _search_one(index, args: argparse.Namespace) -> int:
+def _search_one(index: Index, args: argparse.Namespace) -> int:
     result = index.search([args.query], k=args.k, return_payloads=True, batch_size=args.batch_size)
+    assert result.texts is not None  # return_payloads=True fills them
     hits = [
         {"rank": rank, "id": _plain(doc), "score": float(score), "text": text}
         for rank, (doc, score, text) in enumerate(zip(result.ids[0], result.scores[0], result.texts[0], strict=True), 1)
@@ -178,7 +185,7 @@ def _search_one(index, args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_many(index, args: argparse.Namespace) -> int:
+def _search_many(index: Index, args: argparse.Namespace) -> int:
     from embedkit.fsutil import atomic_write_bytes
     from embedkit.index import as_corpus
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 
 from embedkit.encoders import DEFAULT_MODEL, Encoder, load_encoder
 from embedkit.errors import ConfigError
 from embedkit.precision import PRECISIONS
+from embedkit.types import JsonValue
 
-JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
 
-
-def print_json(value: JsonValue) -> None:
+def print_json(value: JsonValue | Mapping[str, object]) -> None:
+    """Print ``value`` as indented JSON; a mapping (such as a ``TypedDict``) must hold JSON values too."""
     print(json.dumps(value, indent=2))
 
 

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedkit.data.io import read_rows
+from embedkit.data.io import Row, read_rows
 from embedkit.errors import ConfigError, DataError
 from embedkit.fsutil import atomic_write_bytes
 from embedkit.types import Example
@@ -62,7 +62,7 @@ class BeirData:
         return [f"{title} {text}" if title else text for title, text in zip(self.titles, self.texts, strict=True)]
 
 
-def _string(row: dict, column: str, path: Path, line: int, *, missing_ok: bool = False, empty_ok: bool = False) -> str:
+def _string(row: Row, column: str, path: Path, line: int, *, missing_ok: bool = False, empty_ok: bool = False) -> str:
     """A string cell; numeric ids, as some BEIR exports write them, become strings."""
     value = row.get(column)
     if value is None and missing_ok:

@@ -17,8 +17,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from embedkit.errors import DataError, UnknownNameError
+from embedkit.types import JsonValue
 
-Row = dict[str, Any]
+# A cell is whatever its format holds: a JSON value, a CSV/TSV string, or what Arrow gives back for a parquet or
+# Hugging Face column (datetimes, bytes, nested lists). Code that reads a column checks its type there.
+Cell = Any
+Row = dict[str, Cell]
 Rows = Iterator[tuple[int, Row]]
 
 FORMATS = ("jsonl", "json", "csv", "tsv", "txt", "parquet")
@@ -123,14 +127,14 @@ def _json_lines(lines: Iterable[tuple[int, str]], name: str) -> Rows:
             yield number, _object(_parse_json(line, name, number), name, number)
 
 
-def _parse_json(text: str, name: str, line: int) -> Any:
+def _parse_json(text: str, name: str, line: int) -> JsonValue:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(f"invalid JSON: {error.msg} (column {error.colno})", name, line) from None
 
 
-def _object(value: Any, name: str, line: int) -> Row:
+def _object(value: JsonValue, name: str, line: int) -> Row:
     if not isinstance(value, dict):
         raise DataError(f"expected a JSON object, got {type(value).__name__}", name, line)
     return value
@@ -245,7 +249,7 @@ def _read_hf(name: str, split: str) -> Rows:
     try:
         import datasets
     except ImportError:
-        message = "reading a Hugging Face dataset needs the optional package 'datasets' (pip install datasets)"
+        message = "reading a Hugging Face dataset needs the datasets package: pip install 'embedkit[hf]'"
         raise DataError(message, name) from None
     try:
         dataset = datasets.load_dataset(name.removeprefix(HF_PREFIX), split=split)

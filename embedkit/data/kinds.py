@@ -9,8 +9,8 @@ import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from embedkit.data.io import Cell, Row
 from embedkit.errors import DataError, UnknownNameError
 from embedkit.types import Example, Kind
 
@@ -33,7 +33,7 @@ def as_kind(kind: Kind | str) -> Kind:
         raise UnknownNameError("data kind", str(kind), [known.value for known in Kind]) from None
 
 
-def remap(row: Mapping[str, Any], columns: Mapping[str, str] | None) -> dict[str, Any]:
+def remap(row: Mapping[str, Cell], columns: Mapping[str, str] | None) -> Row:
     """``row`` with its columns renamed by ``columns`` (file column -> canonical column).
 
     A canonical name that is the target of a mapping is taken only from its mapped column, never from a file
@@ -73,7 +73,7 @@ def _expected_columns() -> str:
 
 
 def to_example(
-    row: Mapping[str, Any], kind: Kind, path: str, line: int, columns: Mapping[str, str] | None = None
+    row: Mapping[str, Cell], kind: Kind, path: str, line: int, columns: Mapping[str, str] | None = None
 ) -> Example:
     """The :class:`Example` of one row of ``kind``, with ``source=(path, line)``.
 
@@ -92,7 +92,7 @@ def to_example(
 class _Row:
     """A remapped row with what its error messages need."""
 
-    values: dict[str, Any]
+    values: Row
     original: Mapping[str, str]  # canonical column -> the file's column, for remapped columns
     path: str
     line: int
@@ -109,7 +109,7 @@ class _Row:
         original = self.original.get(column)
         return repr(column) if original is None else f"{original!r} (mapped to {column!r})"
 
-    def get(self, column: str) -> Any:
+    def get(self, column: str) -> Cell:
         if column not in self.values:
             raise self.error(f"missing column {self.label(column)}")
         return self.values[column]
@@ -117,7 +117,7 @@ class _Row:
     def text(self, column: str, allow_blank: bool = False) -> str:
         return self.checked_text(self.get(column), self.label(column), allow_blank)
 
-    def checked_text(self, value: Any, label: str, allow_blank: bool = False) -> str:
+    def checked_text(self, value: object, label: str, allow_blank: bool = False) -> str:
         if not isinstance(value, str):
             raise self.error(f"column {label} must be a string, got {type(value).__name__}")
         if not allow_blank and not value.strip():

@@ -20,9 +20,13 @@ rendered text is re-tokenized to check it: the encoder's own right-truncation ne
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from embedkit.errors import ConfigError
+from embedkit.types import TextEncoder
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding
 
 
 class Tokenizer(Protocol):
@@ -30,7 +34,7 @@ class Tokenizer(Protocol):
 
     is_fast: bool
 
-    def __call__(self, text: Any, **kwargs: Any) -> Any: ...
+    def __call__(self, text: str | list[str], **kwargs: bool) -> BatchEncoding: ...
 
     def num_special_tokens_to_add(self, pair: bool = False) -> int: ...
 
@@ -83,7 +87,7 @@ def render_pairs(
     return rendered
 
 
-def tokenizer_of(encoder: Any) -> Tokenizer:
+def tokenizer_of(encoder: TextEncoder) -> Tokenizer:
     """The tokenizer of an embedkit encoder (``encoder.model.tokenizer``) or of one that has ``.tokenizer``."""
     tokenizer = getattr(encoder, "tokenizer", None) or getattr(getattr(encoder, "model", None), "tokenizer", None)
     if tokenizer is None:
@@ -91,7 +95,7 @@ def tokenizer_of(encoder: Any) -> Tokenizer:
     return tokenizer
 
 
-def render_for(encoder: Any, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
+def render_for(encoder: TextEncoder, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
     """:func:`render_pairs` with ``encoder``'s tokenizer and ``max_seq_length``: the encoder's input texts."""
     return render_pairs(tokenizer_of(encoder), prompts, responses, encoder.max_seq_length)
 

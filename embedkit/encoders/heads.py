@@ -23,10 +23,10 @@ from torch import Tensor
 
 from embedkit.errors import EmbedkitError
 from embedkit.fsutil import atomic_write_bytes
+from embedkit.types import JsonValue
 
 HEADS_DIR = "embedkit_heads"
 HEAD_FORMAT = "embedkit-head/1"
-JsonValue = str | int | float | bool | None
 
 
 def head_files(folder: str | os.PathLike[str], name: str) -> tuple[Path, Path]:

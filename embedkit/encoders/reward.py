@@ -21,6 +21,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.fsutil import atomic_directory
 from embedkit.precision import PrecisionMixin, autocast
 from embedkit.types import TextEncoder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 REWARD_HEAD = "reward"
 REWARD_POOLING = ("last", "mean", "cls")
@@ -68,8 +72,16 @@ class RewardModelEncoder(PrecisionMixin):
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :mod:`embedkit.precision`).
     """
 
+    model: PreTrainedModel
+
     def __init__(
-        self, model: nn.Module, tokenizer, name: str, pooling: str, max_seq_length: int, precision: str = "auto"
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str,
+        pooling: str,
+        max_seq_length: int,
+        precision: str = "auto",
     ) -> None:
         if pooling not in REWARD_POOLING:
             raise ConfigError(f"unknown pooling {pooling!r}; valid: {', '.join(REWARD_POOLING)}")
@@ -234,7 +246,10 @@ def load_reward_model(
     if has_reward_head(name):
         encoder = load_encoder(name, pooling=pooling, max_seq_length=max_seq_length, device=device, precision=precision)
         tensors, config = read_head(name, REWARD_HEAD)
-        head = RewardHead(int(config["dim"]))
+        dim = config.get("dim")
+        if not isinstance(dim, int):
+            raise EmbedkitError(f"{name}: the reward head's configuration has no integer dim (got {dim!r})")
+        head = RewardHead(dim)
         head.load_state_dict(tensors)
         return RewardModel(encoder, head.to(encoder.device)).eval()
     if Path(name).exists() and not _is_sequence_classifier(Path(name)):

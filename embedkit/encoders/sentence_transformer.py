@@ -22,6 +22,7 @@ from embedkit.encoders.heads import has_head, read_head, write_head
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.fsutil import atomic_directory
 from embedkit.precision import PrecisionMixin, autocast
+from embedkit.types import JsonValue
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -80,6 +81,8 @@ class Encoder(PrecisionMixin, nn.Module):
         mlp_head: a training-only projection, or ``None``.
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``; see :mod:`embedkit.precision`.
     """
+
+    model: SentenceTransformer
 
     def __init__(
         self,
@@ -209,7 +212,8 @@ def load_encoder(
         model.max_seq_length = max_seq_length
 
     saved = _read_encoder_config(Path(path))
-    recorded_name = saved.get("name", name) if saved else name
+    recorded = saved.get("name")
+    recorded_name = recorded if isinstance(recorded, str) else name
     if mlp_head is None:
         mlp_head = bool(saved.get("mlp_head", False)) if saved else False
     head = None
@@ -226,6 +230,6 @@ def _looks_like_local_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def _read_encoder_config(path: Path) -> dict:
+def _read_encoder_config(path: Path) -> dict[str, JsonValue]:
     file = path / ENCODER_CONFIG
     return json.loads(file.read_text()) if file.is_file() else {}

@@ -25,6 +25,7 @@ from scipy.special import logsumexp
 
 from embedkit.data import Kind, read_examples
 from embedkit.errors import ConfigError, DataError
+from embedkit.types import SupportsEncode
 
 ALIGNMENT_ALPHA = 2.0
 UNIFORMITY_T = 2.0
@@ -110,7 +111,7 @@ class GeometryEvaluator:
             texts = [texts[i] for i in sorted(rng.choice(len(texts), self.max_sentences, replace=False))]
         self.sample = texts
 
-    def __call__(self, encoder) -> dict[str, float]:
+    def __call__(self, encoder: SupportsEncode) -> dict[str, float]:
         firsts = [a for a, _ in self.positive_pairs]
         seconds = [b for _, b in self.positive_pairs]
         texts = sorted({*firsts, *seconds, *self.sample})

@@ -14,28 +14,44 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol, Unpack
 
-import mteb
 import numpy as np
 import torch
-from mteb.models import ModelMeta
-from mteb.models.abs_encoder import AbsEncoder
-from mteb.models.model_meta import ScoringFunction
 
-from embedkit.encoders import Encoder, load_encoder
-from embedkit.errors import ConfigError, EmbedkitError
+from embedkit.encoders import load_encoder
+from embedkit.errors import ConfigError, EmbedkitError, MissingDependencyError
 from embedkit.eval.mteb_local import LocalTaskSpec, read_task_file, resolve_tasks
+from embedkit.types import TextEncoder
+
+try:  # mteb is optional (the eval extra): without it, importing this module is a one-line error
+    import mteb
+    from mteb.models import ModelMeta
+    from mteb.models.abs_encoder import AbsEncoder
+    from mteb.models.model_meta import ScoringFunction
+except ImportError as error:
+    raise MissingDependencyError("mteb", "eval", "MTEB evaluation") from error
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
-    from mteb.types import BatchedInput, PromptType
+    from mteb.types import BatchedInput, EncodeKwargs, PromptType
+    from sentence_transformers import SentenceTransformer
     from torch.utils.data import DataLoader
 
 LOCAL_ORGANISATION = "local"  # mteb names are "organisation/model"; a folder has no organisation
 
 
-def weights_fingerprint(encoder: Encoder) -> str:
+class SentenceTransformerEncoder(TextEncoder, Protocol):
+    """A :class:`~embedkit.types.TextEncoder` around a ``SentenceTransformer``, whose modules and precision name
+    it in mteb's results: an :class:`~embedkit.encoders.Encoder`, or a wrapper that passes its attributes on."""
+
+    @property
+    def model(self) -> SentenceTransformer: ...
+
+    def compute_dtype(self) -> torch.dtype: ...
+
+
+def weights_fingerprint(encoder: SentenceTransformerEncoder) -> str:
     """SHA-256 (first 16 hex digits) of the inference model: its weights' fingerprint (the one index manifests
     record, :func:`embedkit.index.model_fingerprint`) and every module's configuration.
 
@@ -64,7 +80,7 @@ def mteb_model_name(source: str | os.PathLike[str]) -> str:
     return source if "/" in source else f"{LOCAL_ORGANISATION}/{source}"
 
 
-def build_model_meta(encoder: Encoder, source: str | os.PathLike[str] | None = None) -> ModelMeta:
+def build_model_meta(encoder: SentenceTransformerEncoder, source: str | os.PathLike[str] | None = None) -> ModelMeta:
     """mteb metadata of ``encoder`` (loaded from ``source``, default: the name it records)."""
     name = mteb_model_name(source if source is not None else encoder.name)
     dtype = encoder.compute_dtype()
@@ -88,6 +104,9 @@ def build_model_meta(encoder: Encoder, source: str | os.PathLike[str] | None = N
 class MtebEncoder(AbsEncoder):
     """Any embedkit :class:`~embedkit.encoders.Encoder` as an mteb encoder (``mteb.EncoderProtocol``).
 
+    It is mteb's kind of encoder, not a :class:`~embedkit.types.TextEncoder`: its ``encode`` takes mteb's batches
+    and task metadata. :attr:`model` is the embedkit encoder inside.
+
     Args:
         model: an encoder, or a model name or folder to load one from.
         revision: unused (the revision is the weights fingerprint); part of mteb's loader signature.
@@ -97,9 +116,12 @@ class MtebEncoder(AbsEncoder):
         precision: precision of a model given by name.
     """
 
+    model: SentenceTransformerEncoder
+    mteb_model_meta: ModelMeta
+
     def __init__(
         self,
-        model: Encoder | str,
+        model: SentenceTransformerEncoder | str,
         revision: str | None = None,
         *,
         device: str | None = None,
@@ -120,7 +142,7 @@ class MtebEncoder(AbsEncoder):
         hf_split: str,
         hf_subset: str,
         prompt_type: PromptType | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[EncodeKwargs],
     ) -> np.ndarray:
         """``[n, D]`` float32 embeddings of the texts of ``inputs`` (embedkit encoders take no prompts)."""
         texts = [text for batch in inputs for text in batch["text"]]
@@ -142,7 +164,7 @@ class MtebTaskScore:
 
 
 def run_mteb(
-    encoder: Encoder | MtebEncoder,
+    encoder: SentenceTransformerEncoder | MtebEncoder,
     tasks: Sequence[str],
     *,
     local_tasks: str | os.PathLike[str] | Mapping[str, LocalTaskSpec] | None = None,
@@ -205,7 +227,7 @@ def run_mteb(
     return outcomes
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -229,7 +251,7 @@ class MtebEvaluator:
         if isinstance(self.local_tasks, (str, os.PathLike)):
             self.local_tasks = read_task_file(self.local_tasks)  # read now so that a bad file fails early
 
-    def __call__(self, encoder) -> dict[str, float]:
+    def __call__(self, encoder: SentenceTransformerEncoder) -> dict[str, float]:
         outcomes = run_mteb(
             encoder,
             self.tasks,

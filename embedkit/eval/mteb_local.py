@@ -31,11 +31,16 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from embedkit.data import Kind, read_examples, read_rows
 from embedkit.data.beir import read_beir
 from embedkit.errors import ConfigError, DataError, UnknownNameError
+
+if TYPE_CHECKING:  # mteb and datasets are optional (the eval extra): imported where a task is built
+    from datasets import DatasetDict
+    from mteb.abstasks import AbsTask
 
 TASK_TYPES = ("sts", "retrieval", "classification", "clustering")
 COMMON_KEYS = {"type", "path", "split", "languages", "description", "columns"}
@@ -64,7 +69,7 @@ class LocalTaskSpec:
     languages: tuple[str, ...] = ("eng-Latn",)
     description: str = ""
     columns: Mapping[str, str] | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, object] = field(default_factory=dict)  # TOML values, set as mteb task attributes
 
     def __post_init__(self) -> None:
         if self.type not in TASK_TYPES:
@@ -94,7 +99,7 @@ def read_task_file(path: str | os.PathLike[str]) -> dict[str, LocalTaskSpec]:
     return {name: spec_from_table(name, table, path.parent, str(path)) for name, table in tables.items()}
 
 
-def spec_from_table(name: str, table: Any, base: Path, where: str) -> LocalTaskSpec:
+def spec_from_table(name: str, table: object, base: Path, where: str) -> LocalTaskSpec:
     """A :class:`LocalTaskSpec` from one TOML table; ``base`` resolves a relative ``path``."""
     if not isinstance(table, dict) or "type" not in table or "path" not in table:
         raise ConfigError(f"{where}: task {name!r} needs at least type and path")
@@ -179,7 +184,7 @@ def _labelled(
     return texts, [ids[label] for label in raw], names
 
 
-def _load_sts(spec: LocalTaskSpec):
+def _load_sts(spec: LocalTaskSpec) -> DatasetDict:
     from datasets import Dataset, DatasetDict
 
     if spec.path.is_dir():
@@ -195,7 +200,8 @@ def _load_sts(spec: LocalTaskSpec):
     return DatasetDict({spec.split: Dataset.from_dict(rows)})
 
 
-def _load_retrieval(spec: LocalTaskSpec):
+def _load_retrieval(spec: LocalTaskSpec) -> dict[str, dict[str, dict[str, object]]]:
+    """mteb's retrieval layout: ``{subset: {split: {"corpus", "queries", "relevant_docs", "top_ranked"}}}``."""
     from datasets import Dataset
 
     data = read_beir(spec.path, spec.split)
@@ -209,7 +215,7 @@ def _load_retrieval(spec: LocalTaskSpec):
     return {"default": {spec.split: split}}
 
 
-def _load_classification(spec: LocalTaskSpec):
+def _load_classification(spec: LocalTaskSpec) -> DatasetDict:
     from datasets import Dataset, DatasetDict
 
     if spec.path.is_dir():
@@ -232,7 +238,7 @@ def _load_classification(spec: LocalTaskSpec):
     return DatasetDict({spec.split: Dataset.from_dict({"text": texts, "label": labels})})
 
 
-def _load_clustering(spec: LocalTaskSpec):
+def _load_clustering(spec: LocalTaskSpec) -> DatasetDict:
     from datasets import Dataset, DatasetDict
 
     texts, labels, _ = _labelled(spec.path, spec.columns)
@@ -240,7 +246,7 @@ def _load_clustering(spec: LocalTaskSpec):
 
 
 # -- the mteb task classes -------------------------------------------------------------------------------------
-def build_task(spec: LocalTaskSpec):
+def build_task(spec: LocalTaskSpec) -> AbsTask:
     """An mteb task instance for ``spec``: a subclass of mteb's abstract task of that type reading local files."""
     from mteb import TaskMetadata
     from mteb.abstasks import AbsTaskClassification, AbsTaskClustering, AbsTaskRetrieval, AbsTaskSTS
@@ -266,12 +272,12 @@ def build_task(spec: LocalTaskSpec):
     except ValueError as error:  # pydantic's ValidationError: a bad language code, ...
         raise ConfigError(f"task {spec.name!r}: {str(error).splitlines()[-1].strip()}") from None
 
-    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+    def load_data(self: AbsTask, num_proc: int | None = None, **kwargs: object) -> None:
         if not self.data_loaded:
             self.dataset = loader(spec)
             self.data_loaded = True
 
-    attributes: dict[str, Any] = {"metadata": metadata, "load_data": load_data, **spec.options}
+    attributes: dict[str, object] = {"metadata": metadata, "load_data": load_data, **spec.options}
     if spec.type == "classification" and not spec.path.is_dir():
         attributes.update(is_cross_validation=True, train_split=spec.split)
     if spec.type == "clustering":
@@ -305,7 +311,7 @@ def resolve_tasks(
     names: Iterable[str],
     local: Mapping[str, LocalTaskSpec] | None = None,
     source: str = "auto",
-) -> list[tuple[str, Any]]:
+) -> list[tuple[str, AbsTask]]:
     """``[(source, mteb task)]`` for task names, paths or local declarations.
 
     Args:
@@ -354,7 +360,7 @@ def resolve_tasks(
     return tasks
 
 
-def _registered_task(mteb_module: Any, name: str) -> Any | None:
+def _registered_task(mteb_module: ModuleType, name: str) -> AbsTask | None:
     try:
         return mteb_module.get_task(name)
     except KeyError:

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
+
+from embedkit.errors import MissingDependencyError
+
+try:  # matplotlib is optional (the eval extra): without it, importing this module is a one-line error
+    from matplotlib.figure import Figure
+except ImportError as error:
+    raise MissingDependencyError("matplotlib", "eval", "the report's plots") from error
 
 PANEL_INCHES = 3.6
 

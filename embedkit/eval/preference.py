@@ -25,20 +25,30 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Protocol, runtime_checkable
 
 import numpy as np
-from torch import nn
 
 from embedkit.data import Kind, read_examples
 from embedkit.data.render import render_pairs, tokenizer_of
-from embedkit.encoders.reward import RewardModel
+from embedkit.encoders import Encoder
+from embedkit.encoders.reward import RewardHead, RewardModel
 from embedkit.errors import ConfigError, EmbedkitError
+from embedkit.types import JsonValue, SupportsEncode, TextEncoder
 
 MODES = ("similarity", "reward")
 PROMPT_TRUNCATION = ("left", "right")
 Z_95 = 1.959963984540054  # two-sided 95% standard normal quantile
+
+
+@runtime_checkable
+class RewardScorer(Protocol):
+    """What reward-mode evaluation needs: ``score(prompts, responses) -> [n]`` float32 rewards. Both kinds of
+    :func:`~embedkit.encoders.reward.load_reward_model` satisfy it."""
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ class PreferenceReport:
         return {name: float(values[name]) for name in
                 ("accuracy", "accuracy_low", "accuracy_high", "mean_margin", "ece", "log_loss", "ties", "n")}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         return asdict(self)
 
 
@@ -153,7 +163,7 @@ class PreferenceEvaluator:
     batch_size: int = 64
     temperature: float = 0.05
     prompt_truncation: str = "left"
-    reward_head: nn.Module | None = None
+    reward_head: RewardHead | None = None
     n_bins: int = 10
     limit: int | None = None
     primary_metric: str = "accuracy"
@@ -173,12 +183,17 @@ class PreferenceEvaluator:
         self.chosen = [example.positive for example in examples]
         self.rejected = [example.negatives[0] for example in examples]
 
-    def __call__(self, model: Any) -> dict[str, float]:
+    def __call__(self, model: SupportsEncode | RewardScorer) -> dict[str, float]:
         return self.report(model).metrics()
 
-    def report(self, model: Any) -> PreferenceReport:
+    def report(self, model: SupportsEncode | RewardScorer) -> PreferenceReport:
         """The full report, reliability bins included."""
         if self.mode == "similarity":
+            if not isinstance(model, SupportsEncode):
+                raise EmbedkitError(
+                    f"similarity-mode evaluation needs an encoder, but {_name(model)} has no encode(); "
+                    "use mode='reward' for a reward model"
+                )
             chosen, rejected = self._similarities(model)
             return preference_report(chosen, rejected, self.mode, scale=self.temperature, n_bins=self.n_bins)
         scorer = self._scorer(model)
@@ -186,9 +201,14 @@ class PreferenceEvaluator:
         rejected = scorer.score(self.prompts, self.rejected, batch_size=self.batch_size)
         return preference_report(chosen, rejected, self.mode, n_bins=self.n_bins)
 
-    def _similarities(self, encoder: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _similarities(self, encoder: SupportsEncode) -> tuple[np.ndarray, np.ndarray]:
         prompts = self.prompts
         if self.prompt_truncation == "left":
+            if not isinstance(encoder, TextEncoder):
+                raise ConfigError(
+                    f"prompt_truncation='left' cuts prompts with the encoder's tokenizer, which {_name(encoder)} "
+                    "does not expose; use prompt_truncation='right'"
+                )
             prompts = render_pairs(tokenizer_of(encoder), prompts, [""] * len(prompts), encoder.max_seq_length)
         texts = sorted({*prompts, *self.chosen, *self.rejected})  # each distinct text is encoded once
         row = {text: i for i, text in enumerate(texts)}
@@ -200,12 +220,18 @@ class PreferenceEvaluator:
 
         return cosine(self.chosen), cosine(self.rejected)
 
-    def _scorer(self, model: Any) -> Any:
-        if hasattr(model, "score"):
+    def _scorer(self, model: SupportsEncode | RewardScorer) -> RewardScorer:
+        if isinstance(model, RewardScorer):
             return model
-        if self.reward_head is not None:
+        if self.reward_head is not None and isinstance(model, Encoder):
             return RewardModel(model, self.reward_head)
         raise EmbedkitError(
-            f"reward-mode evaluation needs a reward model, but {getattr(model, 'name', type(model).__name__)} "
-            "has no reward head; load one with load_reward_model(), pass reward_head=, or use mode='similarity'"
+            f"reward-mode evaluation needs a reward model, but {_name(model)} has no reward head; load one with "
+            "load_reward_model(), pass reward_head= with an encoder, or use mode='similarity'"
         )
+
+
+def _name(model: object) -> str:
+    """What to call a model in a message: the name it was loaded from, else its class."""
+    name = getattr(model, "name", None)
+    return name if isinstance(name, str) else type(model).__name__

@@ -23,6 +23,7 @@ import pytrec_eval
 
 from embedkit.data.beir import read_beir
 from embedkit.errors import ConfigError
+from embedkit.types import TextEncoder
 
 GAINS = ("exponential", "linear")
 NDCG_AT = 10
@@ -103,7 +104,7 @@ class RetrievalEvaluator:
             raise ConfigError(f"unknown gain {self.gain!r}; valid: {', '.join(GAINS)}")
         self.data = read_beir(self.folder, self.split)
 
-    def search(self, encoder) -> dict[str, dict[str, float]]:
+    def search(self, encoder: TextEncoder) -> dict[str, dict[str, float]]:
         """The run ``{query_id: {doc_id: score}}`` of the top ``k`` documents of every judged query."""
         from embedkit.index import build_index  # the index pulls in faiss; import it only when searching
 
@@ -116,5 +117,5 @@ class RetrievalEvaluator:
             run[query_id] = {data.doc_ids[i]: float(s) for i, s in zip(ids, scores, strict=True) if i >= 0}
         return run
 
-    def __call__(self, encoder) -> dict[str, float]:
+    def __call__(self, encoder: TextEncoder) -> dict[str, float]:
         return retrieval_metrics(self.search(encoder), self.data.qrels, self.recall_at, self.k, self.gain)

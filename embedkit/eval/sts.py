@@ -15,7 +15,7 @@ from scipy.stats import spearmanr
 
 from embedkit.data import Kind, read_examples
 from embedkit.errors import DataError
-from embedkit.types import Example
+from embedkit.types import Example, SupportsEncode
 
 STS_SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".tsv", ".parquet", ".json")
 
@@ -65,7 +65,7 @@ class STSEvaluator:
                 raise DataError("an STS set needs at least 2 scored pairs", str(file))
             self.sets[file.name.split(".")[0]] = examples
 
-    def __call__(self, encoder) -> dict[str, float]:
+    def __call__(self, encoder: SupportsEncode) -> dict[str, float]:
         results: dict[str, float] = {}
         for name, examples in self.sets.items():
             texts = sorted({t for e in examples for t in (e.anchor, e.positive)})

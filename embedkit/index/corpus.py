@@ -11,10 +11,12 @@ import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple, Union
 
 from embedkit.data import read_rows
+from embedkit.data.io import Cell
 from embedkit.errors import DataError
+from embedkit.types import JsonValue
 
 ID_COLUMNS = ("_id", "id")
 TEXT_COLUMN = "text"
@@ -27,7 +29,14 @@ class Document(NamedTuple):
 
     id: int | str
     text: str
-    metadata: dict[str, Any] | None = None
+    metadata: Mapping[str, JsonValue] | None = None
+
+
+CorpusItem = str | Document | tuple[int | str, str] | tuple[int | str, str, Mapping[str, JsonValue] | None] | Mapping[str, Cell]
+"""One entry of an in-memory corpus: a text, a :class:`Document`, an ``(id, text[, metadata])`` tuple or a row."""
+
+CorpusSource = Union["Corpus", str, os.PathLike[str], Sequence[CorpusItem]]
+"""Everything :func:`as_corpus` reads: a :class:`Corpus`, a file or BEIR folder, or a list of items."""
 
 
 class Corpus:
@@ -47,7 +56,7 @@ class Corpus:
         return self._size
 
 
-def as_corpus(corpus: Corpus | str | os.PathLike[str] | Sequence[Any]) -> Corpus:
+def as_corpus(corpus: CorpusSource) -> Corpus:
     """A :class:`Corpus` from any of:
 
     - a file (jsonl, json, csv, tsv, parquet, txt; optionally gzipped) or a BEIR folder (its ``corpus.jsonl``):
@@ -85,7 +94,7 @@ def _file_rows(path: Path) -> Iterator[Document]:
         yield _row_document(row, position, str(path), line)
 
 
-def _list_rows(items: Sequence[Any]) -> Iterator[Document]:
+def _list_rows(items: Sequence[CorpusItem]) -> Iterator[Document]:
     for position, item in enumerate(items):
         if isinstance(item, str):
             yield Document(position, item)
@@ -108,7 +117,7 @@ def _list_rows(items: Sequence[Any]) -> Iterator[Document]:
             )
 
 
-def _row_document(row: Mapping[str, Any], position: int, name: str, line: int) -> Document:
+def _row_document(row: Mapping[str, Cell], position: int, name: str, line: int) -> Document:
     text = row.get(TEXT_COLUMN)
     if not isinstance(text, str):
         raise DataError(f"column {TEXT_COLUMN!r} is missing or not a string", name, line)

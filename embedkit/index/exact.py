@@ -18,6 +18,7 @@ from torch import Tensor
 
 from embedkit.errors import ConfigError
 from embedkit.index.spec import BACKENDS, IndexFileError, IndexSpec, pad_score
+from embedkit.types import JsonValue
 
 CHUNK_SIZE = 32768
 """Corpus rows scored at once; with :data:`QUERY_CHUNK_SIZE` queries that is a 128 MiB float32 block."""
@@ -238,7 +239,7 @@ class TorchBackend:
         save_file({"vectors": vectors.contiguous().cpu(), "ids": ids.contiguous().cpu()}, str(folder / VECTORS_FILE))
         return [VECTORS_FILE]
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, JsonValue]:
         return {
             "backend": "torch",
             "device": str(self.device),

@@ -18,8 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import Protocol
 
 import faiss
 import numpy as np
@@ -27,6 +26,7 @@ import numpy as np
 from embedkit.errors import ConfigError
 from embedkit.index.arrays import aligned
 from embedkit.index.spec import BACKENDS, IndexFileError, IndexSpec, IndexWarning, pad_score
+from embedkit.types import JsonValue
 
 INDEX_FILE = "index.faiss"
 DEFAULT_FACTORY = "Flat"
@@ -38,7 +38,22 @@ TRAINING_CAP = 100_000  # training sample for indexes that train without centroi
 
 
 # -- GPU selection (pure functions over a faiss module, so that tests can pass a fake one) --------------------
-def gpu_count(faiss_module: ModuleType | Any) -> int:
+class GpuFaiss(Protocol):
+    """The faiss GPU API that embedkit calls: the faiss module itself, or a fake one in tests that reports GPUs.
+
+    ``get_num_gpus`` is not part of it: faiss-cpu builds lack it, so :func:`gpu_count` looks it up.
+    """
+
+    def GpuMultipleClonerOptions(self) -> faiss.GpuMultipleClonerOptions: ...
+
+    def GpuParameterSpace(self) -> faiss.ParameterSpace: ...
+
+    def index_cpu_to_all_gpus(
+        self, index: faiss.Index, co: faiss.GpuClonerOptions | None = None, ngpu: int = -1
+    ) -> faiss.Index: ...
+
+
+def gpu_count(faiss_module: GpuFaiss) -> int:
     """GPUs the installed faiss can use: ``faiss.get_num_gpus()``, 0 for faiss-cpu builds that lack it."""
     get_num_gpus = getattr(faiss_module, "get_num_gpus", None)
     return int(get_num_gpus()) if get_num_gpus is not None else 0
@@ -57,7 +72,7 @@ def search_device(num_gpus: int, device: str, k: int, nprobe: int | None = None)
     return "gpu"
 
 
-def clone_to_gpus(faiss_module: ModuleType | Any, index: Any, num_gpus: int) -> Any:
+def clone_to_gpus(faiss_module: GpuFaiss, index: faiss.Index, num_gpus: int) -> faiss.Index:
     """A GPU copy of the CPU ``index`` on all ``num_gpus`` GPUs: sharded (each GPU holds a slice of the
     vectors, faiss merges the results) when there are several, so that an index larger than one GPU fits."""
     options = faiss_module.GpuMultipleClonerOptions()
@@ -66,7 +81,7 @@ def clone_to_gpus(faiss_module: ModuleType | Any, index: Any, num_gpus: int) -> 
 
 
 # -- training ------------------------------------------------------------------------------------------------
-def _components(index: Any) -> Iterator[Any]:
+def _components(index: faiss.Index) -> Iterator[faiss.Index]:
     """``index`` and every index nested in it (pre-transforms, id maps, HNSW storage, refine bases)."""
     index = faiss.downcast_index(index)
     yield index
@@ -76,7 +91,7 @@ def _components(index: Any) -> Iterator[Any]:
             yield from _components(nested)
 
 
-def _clusterings(index: Any) -> Iterator[tuple[str, int, Any]]:
+def _clusterings(index: faiss.Index) -> Iterator[tuple[str, int, faiss.ClusteringParameters]]:
     """``(what, centroids, clustering parameters)`` of every k-means the index trains."""
     for component in _components(index):
         if isinstance(component, faiss.IndexIVF):
@@ -86,7 +101,7 @@ def _clusterings(index: Any) -> Iterator[tuple[str, int, Any]]:
             yield "PQ centroids per sub-quantizer", int(pq.ksub), pq.cp
 
 
-def training_size(index: Any, n: int, factory: str) -> int:
+def training_size(index: faiss.Index, n: int, factory: str) -> int:
     """How many of ``n`` corpus vectors to train ``index`` on; 0 when it needs no training.
 
     Raises:
@@ -128,7 +143,7 @@ def _faiss_metric(metric: str) -> int:
     return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
 
 
-def _stores_ids(index: Any) -> bool:
+def _stores_ids(index: faiss.Index) -> bool:
     """Whether ``add_with_ids`` works as is: IVF indexes (also behind a transform) and explicit id maps."""
     return faiss.try_extract_index_ivf(index) is not None or isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2)
 
@@ -152,7 +167,7 @@ class FaissBackend:
     """
 
     def __init__(
-        self, spec: IndexSpec, dim: int, metric: str, device: str, index: Any, faiss_module: Any = faiss
+        self, spec: IndexSpec, dim: int, metric: str, device: str, index: faiss.Index, faiss_module: GpuFaiss = faiss
     ) -> None:
         self.spec = spec
         self.factory = spec.options or DEFAULT_FACTORY
@@ -162,7 +177,7 @@ class FaissBackend:
         self.index = index
         self.faiss = faiss_module
         self.search_params: dict[str, float] = {}
-        self._gpu_index: Any = None
+        self._gpu_index: faiss.Index | None = None
         self._gpu_failed = False
         if device == "gpu" and gpu_count(faiss_module) < 1:
             raise ConfigError(
@@ -171,7 +186,9 @@ class FaissBackend:
             )
 
     @classmethod
-    def create(cls, spec: IndexSpec, dim: int, metric: str, device: str, faiss_module: Any = faiss) -> FaissBackend:
+    def create(
+        cls, spec: IndexSpec, dim: int, metric: str, device: str, faiss_module: GpuFaiss = faiss
+    ) -> FaissBackend:
         factory = spec.options or DEFAULT_FACTORY
         try:
             index = faiss.index_factory(dim, factory, _faiss_metric(metric))
@@ -244,6 +261,8 @@ class FaissBackend:
         The copy keeps the trained parts (codebooks) and the graph parameters; reconstruction is exact for
         flat storage, so the vectors are the same and only the graph is rebuilt.
         """
+        if not isinstance(self.index, faiss.IndexIDMap):  # IVF and flat-code indexes remove on their own
+            raise ConfigError(f"faiss {self.factory!r} cannot remove vectors; rebuild the index without these ids")
         inner = faiss.downcast_index(self.index.index)
         current = faiss.vector_to_array(self.index.id_map)
         keep = ~np.isin(current, ids)
@@ -261,7 +280,7 @@ class FaissBackend:
         self.index = rebuilt  # the clone kept the search parameters set on the old index
         return int((~keep).sum())
 
-    def _searcher(self, k: int) -> Any:
+    def _searcher(self, k: int) -> faiss.Index:
         """The index to search for ``k`` results: the GPU copy when the search fits the GPU, else the CPU one."""
         nprobe = self.search_params.get("nprobe")
         where = search_device(self._num_gpus(), self.device, k, None if nprobe is None else int(nprobe))
@@ -286,7 +305,7 @@ class FaissBackend:
         scores[ids < 0] = pad_score(self.metric)  # faiss pads with -1 ids and +-FLT_MAX
         return scores, ids
 
-    def _apply_params(self, space: Any, index: Any) -> None:
+    def _apply_params(self, space: faiss.ParameterSpace, index: faiss.Index) -> None:
         for name, value in self.search_params.items():
             try:
                 space.set_index_parameter(index, name, value)
@@ -331,15 +350,16 @@ class FaissBackend:
         faiss.write_index(self.index, str(folder / INDEX_FILE))
         return [INDEX_FILE]
 
-    def _inner(self) -> Any:
+    def _inner(self) -> faiss.Index:
         """The index inside the id map, or the index itself when it stores ids on its own (IVF)."""
-        wrapped = isinstance(self.index, faiss.IndexIDMap | faiss.IndexIDMap2)
-        return faiss.downcast_index(self.index.index) if wrapped else self.index
+        if isinstance(self.index, faiss.IndexIDMap | faiss.IndexIDMap2):
+            return faiss.downcast_index(self.index.index)
+        return self.index
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, JsonValue]:
         inner = self._inner()
         ivf = faiss.try_extract_index_ivf(self.index)
-        info = {
+        info: dict[str, JsonValue] = {
             "backend": "faiss",
             "factory": self.factory,
             "faiss_class": type(inner).__name__,

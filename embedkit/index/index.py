@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from embedkit.data.collate import text_id
 from embedkit.errors import ConfigError, DataError
 from embedkit.index.arrays import normalized
-from embedkit.index.corpus import Corpus, as_corpus, batched
+from embedkit.index.corpus import Corpus, CorpusSource, Document, as_corpus, batched
 from embedkit.index.spec import (
     BACKENDS,
     Backend,
@@ -35,6 +35,7 @@ from embedkit.index.spec import (
 )
 from embedkit.index.store import (
     PAYLOADS_FILE,
+    FileDigest,
     Manifest,
     PayloadStore,
     check_ids,
@@ -43,6 +44,7 @@ from embedkit.index.store import (
     read_manifest,
     write_folder,
 )
+from embedkit.types import JsonValue, TextEncoder
 from embedkit.version import __version__
 
 CHUNK_SIZE = 16384
@@ -74,6 +76,31 @@ class SearchResult:
         yield self.ids
 
 
+class ModelInfo(TypedDict):
+    """The model whose embeddings an index holds: its name and the fingerprint of its weights."""
+
+    name: str
+    fingerprint: str
+
+
+class IndexInfo(TypedDict):
+    """What :meth:`Index.info` returns (and ``embedkit index info --json`` prints)."""
+
+    path: str | None
+    spec: str
+    metric: str
+    normalize: bool
+    dimension: int
+    count: int
+    id_type: str | None
+    model: ModelInfo
+    created: str
+    embedkit_version: str
+    search_params: dict[str, float]
+    backend: dict[str, JsonValue]
+    files: dict[str, FileDigest]
+
+
 def _progress(total: int, description: str, show: bool | None) -> tqdm:
     return tqdm(
         total=total, desc=description, unit="text", disable=not (total >= PROGRESS_FROM if show is None else show)
@@ -89,24 +116,26 @@ class Index:
         self.store = store
         self.manifest = manifest
         self.path = path
-        self._encoder: Any = None
+        self._encoder: TextEncoder | None = None
 
     # -- the encoder -------------------------------------------------------------------------------------------
     @property
-    def encoder(self) -> Any:
+    def encoder(self) -> TextEncoder:
         """The encoder that embeds text queries: the one given, else the manifest's model, loaded on first use."""
         if self._encoder is None:
             from embedkit.encoders import load_encoder
 
-            self.encoder = load_encoder(self.manifest.model_name)
+            encoder = load_encoder(self.manifest.model_name)
+            self.check_encoder(encoder)
+            self._encoder = encoder
         return self._encoder
 
     @encoder.setter
-    def encoder(self, encoder: Any) -> None:
+    def encoder(self, encoder: TextEncoder) -> None:
         self.check_encoder(encoder)
         self._encoder = encoder
 
-    def check_encoder(self, encoder: Any) -> None:
+    def check_encoder(self, encoder: TextEncoder) -> None:
         """Refuse an encoder whose model weights or dimension differ from those that built the index.
 
         Raises:
@@ -140,7 +169,7 @@ class Index:
 
     def add(
         self,
-        corpus: Corpus | str | os.PathLike[str] | Sequence[Any],
+        corpus: CorpusSource,
         *,
         embeddings: np.ndarray | None = None,
         batch_size: int = 64,
@@ -200,7 +229,7 @@ class Index:
         self.manifest.id_type = id_type
         return len(ids)
 
-    def _insert_payloads(self, documents: list) -> np.ndarray:
+    def _insert_payloads(self, documents: Sequence[Document]) -> np.ndarray:
         """Store the ids, texts and metadata of ``documents`` (inside a store transaction); ``[n]`` internal ids."""
         return self.store.insert(
             [d.id for d in documents],
@@ -211,7 +240,7 @@ class Index:
 
     def _chunk_vectors(
         self,
-        chunk: list,
+        chunk: list[Document],
         start: int,
         embeddings: np.ndarray | None,
         sample_positions: np.ndarray,
@@ -351,7 +380,7 @@ class Index:
         return self.path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], encoder: Any = None, device: str = "auto") -> Index:
+    def load(cls, path: str | os.PathLike[str], encoder: TextEncoder | None = None, device: str = "auto") -> Index:
         """Load an index folder, checking every file against the manifest.
 
         Args:
@@ -383,7 +412,7 @@ class Index:
             index.encoder = encoder
         return index
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> IndexInfo:
         """What the index holds: spec, metric, model, counts, backend details, files."""
         return {
             "path": None if self.path is None else str(self.path),
@@ -413,7 +442,7 @@ def training_positions(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def empty_index(encoder: Any, spec: str | IndexSpec, metric: str, device: str) -> Index:
+def empty_index(encoder: TextEncoder, spec: str | IndexSpec, metric: str, device: str) -> Index:
     """An index with nothing in it yet, for ``encoder``'s embeddings (see :func:`build_index`)."""
     parsed = parse_spec(spec)
     metric = check_metric(metric)
@@ -434,8 +463,8 @@ def empty_index(encoder: Any, spec: str | IndexSpec, metric: str, device: str) -
 
 
 def build_index(
-    encoder: Any,
-    corpus: Corpus | str | os.PathLike[str] | Sequence[Any],
+    encoder: TextEncoder,
+    corpus: CorpusSource,
     spec: str | IndexSpec = "torch",
     metric: str = "cosine",
     *,
@@ -449,8 +478,8 @@ def build_index(
     """Embed a corpus with ``encoder`` and index it.
 
     Args:
-        encoder: an :class:`~embedkit.encoders.Encoder` (anything with ``name``, ``dim``, ``model`` and
-            ``encode(texts, batch_size=, normalize=, show_progress=)``).
+        encoder: any :class:`~embedkit.types.TextEncoder` (its ``name``, ``dim`` and ``model`` go into the
+            manifest).
         corpus: a jsonl/csv/tsv/parquet/txt file, a BEIR folder or its ``corpus.jsonl`` (text = title + " " +
             text), a list of texts (ids 0..n-1), or a list of ``(id, text[, metadata])`` (see
             :func:`~embedkit.index.corpus.as_corpus`).

@@ -13,18 +13,18 @@ In one process both functions are their plain counterparts (:meth:`Encoder.encod
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from typing import Any
+from typing import cast
 
 import numpy as np
 
 from embedkit import distributed
-from embedkit.index.corpus import Corpus, as_corpus
+from embedkit.index.corpus import CorpusSource, as_corpus
 from embedkit.index.faiss_backend import FaissBackend
 from embedkit.index.index import CHUNK_SIZE, Index, build_index, empty_index, training_positions
 from embedkit.index.spec import IndexSpec
 from embedkit.index.store import check_ids
+from embedkit.types import TextEncoder
 
 
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -35,7 +35,7 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
 
 
 def _shard_embeddings(
-    encoder: Any, texts: Sequence[str], batch_size: int, normalize: bool, show_progress: bool | None
+    encoder: TextEncoder, texts: Sequence[str], batch_size: int, normalize: bool, show_progress: bool | None
 ) -> np.ndarray:
     """``[end - start, D]`` embeddings of this rank's shard ``texts[start:end]``; rank 0 shows its progress (the
     other ranks go at the same pace)."""
@@ -49,7 +49,7 @@ def _shard_embeddings(
 
 
 def encode_sharded(
-    encoder: Any,
+    encoder: TextEncoder,
     texts: Sequence[str],
     *,
     batch_size: int = 64,
@@ -63,8 +63,8 @@ def encode_sharded(
 
 
 def build_index_sharded(
-    encoder: Any,
-    corpus: Corpus | str | os.PathLike[str] | Sequence[Any],
+    encoder: TextEncoder,
+    corpus: CorpusSource,
     spec: str | IndexSpec = "torch",
     metric: str = "cosine",
     *,
@@ -104,7 +104,7 @@ def build_index_sharded(
     texts = [d.text for d in rows]
     vectors = _shard_embeddings(encoder, texts, batch_size, index.manifest.normalize, show_progress)
     backend = index.backend
-    if backend.needs_training:
+    if isinstance(backend, FaissBackend) and backend.needs_training:  # of the backends, only faiss trains
         _train_on_main(backend, len(rows), vectors, start, seed)
     shard_ids = np.arange(start, end, dtype=np.int64)
     if isinstance(backend, FaissBackend) and backend.mergeable:
@@ -129,7 +129,7 @@ def build_index_sharded(
     return index
 
 
-def _train_on_main(backend: Any, n: int, vectors: np.ndarray, start: int, seed: int) -> None:
+def _train_on_main(backend: FaissBackend, n: int, vectors: np.ndarray, start: int, seed: int) -> None:
     """Train ``backend`` on rank 0 with the sample a single process would draw, then give every rank the trained
     index. ``vectors`` are this rank's shard, which begins at corpus position ``start``."""
     positions = training_positions(n, backend.training_size(n), seed)
@@ -137,4 +137,5 @@ def _train_on_main(backend: Any, n: int, vectors: np.ndarray, start: int, seed: 
     samples = distributed.gather_to_main(vectors[mine - start])
     if samples is not None:
         backend.train(np.concatenate(samples))  # shards are contiguous, so rank order is position order
-    backend.load_bytes(distributed.broadcast_object(backend.to_bytes() if samples is not None else None))
+    trained = distributed.broadcast_object(backend.to_bytes() if samples is not None else None)
+    backend.load_bytes(cast(np.ndarray, trained))  # rank 0 sent the bytes of to_bytes()

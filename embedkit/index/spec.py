@@ -16,6 +16,7 @@ import numpy as np
 
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.registry import Registry
+from embedkit.types import JsonValue
 
 METRICS = ("cosine", "ip", "l2")
 """``cosine``: inner product of L2-normalised vectors; ``ip``: raw inner product; ``l2``: squared Euclidean
@@ -89,7 +90,7 @@ class Backend(Protocol):
         """Write the backend's files into ``folder``; returns their names."""
         ...
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, JsonValue]:
         """What ``Index.info()`` shows about the backend."""
         ...
 

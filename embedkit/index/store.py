@@ -29,10 +29,10 @@ import shutil
 import sqlite3
 import tempfile
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 from weakref import WeakKeyDictionary
 
 import numpy as np
@@ -42,11 +42,13 @@ from torch import nn
 from embedkit.errors import ConfigError, DataError
 from embedkit.fsutil import atomic_directory
 from embedkit.index.spec import IndexFileError
+from embedkit.types import JsonValue
 
 MANIFEST_FILE = "manifest.json"
 PAYLOADS_FILE = "payloads.sqlite"
 FORMAT = "embedkit-index"
 FORMAT_VERSION = 1
+_Value = TypeVar("_Value")
 _SQL_VARIABLES = 900  # ids per "IN (...)" query, under SQLite's historical limit of 999 parameters
 _INT64_MAX = 2**63 - 1
 
@@ -63,7 +65,15 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value);
 
 
 # -- model fingerprint ---------------------------------------------------------------------------------------
-_FINGERPRINTS: WeakKeyDictionary[nn.Module, tuple[tuple, str]] = WeakKeyDictionary()
+_FINGERPRINTS: WeakKeyDictionary[nn.Module, tuple[tuple[tuple[str, int, int], ...], str]] = WeakKeyDictionary()
+
+ExternalId = int | str
+"""A document id as the corpus gives it; one index holds ids of one type."""
+Metadata = Mapping[str, JsonValue]
+"""What a document carries besides its text; stored as JSON."""
+
+FileDigest = dict[str, int | str]
+"""``{"bytes": size, "sha256": hex}`` of one file of an index folder, as the manifest records it."""
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -103,7 +113,7 @@ class Manifest:
     embedkit_version: str = ""
     created: str = ""
     search_params: dict[str, float] = field(default_factory=dict)
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, FileDigest] = field(default_factory=dict)
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -130,7 +140,7 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def file_digest(path: Path) -> dict[str, Any]:
+def file_digest(path: Path) -> FileDigest:
     """``{"bytes": size, "sha256": hex}`` of a file, read in 1 MiB pieces."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
@@ -184,19 +194,19 @@ def write_folder(
 
 
 # -- payloads ------------------------------------------------------------------------------------------------
-def check_ids(ids: Sequence[Any], id_type: str | None, where: str = "corpus") -> str | None:
+def check_ids(ids: Sequence[object], id_type: str | None, where: str = "corpus") -> str | None:
     """The id type (``"int"`` or ``"str"``) of ``ids``, checked against the index's ``id_type``.
 
     Raises:
         DataError: an id that is neither ``int`` nor ``str``, a negative or too large int (``-1`` marks empty
             result slots), ids of both types, ids of another type than the index holds, or a repeated id.
     """
-    seen: set[Any] = set()
+    seen: set[ExternalId] = set()
     for value in ids:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise DataError(f"ids must be int or str, got {type(value).__name__} {value!r}", where)
         kind = "int" if isinstance(value, int) else "str"
-        if kind == "int" and not 0 <= value <= _INT64_MAX:
+        if isinstance(value, int) and not 0 <= value <= _INT64_MAX:
             raise DataError(f"int ids must lie in 0..2**63-1 (-1 marks empty result slots), got {value}", where)
         if id_type is None:
             id_type = kind
@@ -220,7 +230,7 @@ class PayloadStore:
         self.path = path
         self.read_only = read_only
         self._workdir = workdir
-        self._externals: list[Any] | None = None
+        self._externals: list[ExternalId | None] | None = None
         self._text_ids: list[int] | None = None
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
         if workdir is not None:
@@ -263,28 +273,33 @@ class PayloadStore:
             weakref.finalize(self, _close_and_remove, connection, workdir)
         return self._connection
 
-    def _meta(self, key: str) -> Any:
+    def _meta(self, key: str) -> int | str | None:
+        """A value of the ``meta`` table: ``next_internal`` is an int, ``id_type`` a text or NULL."""
         return self._connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+
+    def _next_internal(self) -> int:
+        return int(self._meta("next_internal") or 0)
 
     @property
     def id_type(self) -> str | None:
-        return self._meta("id_type")
+        value = self._meta("id_type")
+        return None if value is None else str(value)
 
     def __len__(self) -> int:
         return int(self._connection.execute("SELECT count(*) FROM items").fetchone()[0])
 
-    def present(self, externals: Sequence[Any]) -> list[Any]:
+    def present(self, externals: Sequence[ExternalId]) -> list[ExternalId]:
         """Those of ``externals`` that the store holds."""
-        found: list[Any] = []
+        found: list[ExternalId] = []
         for chunk in _chunks(list(externals)):
             query = f"SELECT external FROM items WHERE external IN ({','.join('?' * len(chunk))})"
             found.extend(row[0] for row in self._connection.execute(query, chunk))
         return found
 
-    def internal_ids(self, externals: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+    def internal_ids(self, externals: Sequence[ExternalId]) -> tuple[np.ndarray, list[ExternalId]]:
         """``([m] int64 internal ids of the externals found, the externals not found)``."""
         wanted = list(externals)
-        found: dict[Any, int] = {}
+        found: dict[ExternalId, int] = {}
         for chunk in _chunks(wanted):
             query = f"SELECT external, internal FROM items WHERE external IN ({','.join('?' * len(chunk))})"
             found.update(self._connection.execute(query, chunk).fetchall())
@@ -305,11 +320,15 @@ class PayloadStore:
             raise
 
     def insert(
-        self, externals: Sequence[Any], texts: Sequence[str], text_ids: Sequence[int], metadata: Sequence[Any]
+        self,
+        externals: Sequence[ExternalId],
+        texts: Sequence[str],
+        text_ids: Sequence[int],
+        metadata: Sequence[Metadata | None],
     ) -> np.ndarray:
         """Add rows (inside :meth:`transaction`); returns their ``[n]`` int64 internal ids."""
         connection = self._writable()
-        start = int(self._meta("next_internal"))
+        start = self._next_internal()
         internal = np.arange(start, start + len(externals), dtype=np.int64)
         id_type = check_ids(externals, self.id_type)
         rows = [
@@ -343,7 +362,7 @@ class PayloadStore:
         (what id ``-1`` picks) and removed ids hold the padding: ``-1`` or ``None``, and text id ``0``."""
         if self._arrays is None:
             if self._externals is None or self._text_ids is None:
-                size = int(self._meta("next_internal"))
+                size = self._next_internal()
                 self._externals, self._text_ids = [None] * size, [0] * size
                 for internal, external, text_id in self._connection.execute(
                     "SELECT internal, external, text_id FROM items"
@@ -352,15 +371,14 @@ class PayloadStore:
             if self.id_type == "int":
                 externals = np.array([-1 if e is None else e for e in self._externals] + [-1], dtype=np.int64)
             else:
-                externals = np.empty(len(self._externals) + 1, dtype=object)
-                externals[:-1] = self._externals
+                externals = np.array([*self._externals, None], dtype=object)
             self._arrays = externals, np.array([*self._text_ids, 0], dtype=np.int64)
         return self._arrays
 
     def payloads(self, internal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Texts and metadata of ``internal`` ids of any shape: two object arrays of that shape (``None`` for -1)."""
         flat = np.asarray(internal, dtype=np.int64).reshape(-1)
-        found: dict[int, tuple[str, Any]] = {}
+        found: dict[int, tuple[str, JsonValue]] = {}
         for chunk in _chunks(sorted({int(i) for i in flat if i >= 0})):
             query = f"SELECT internal, text, metadata FROM items WHERE internal IN ({','.join('?' * len(chunk))})"
             for i, text, meta in self._connection.execute(query, chunk):
@@ -396,12 +414,12 @@ def _close_and_remove(connection: sqlite3.Connection, workdir: Path) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _chunks(values: list[Any]) -> Iterator[list[Any]]:
+def _chunks(values: list[_Value]) -> Iterator[list[_Value]]:
     for start in range(0, len(values), _SQL_VARIABLES):
         yield values[start : start + _SQL_VARIABLES]
 
 
-def _metadata_json(external: Any, metadata: Any) -> str | None:
+def _metadata_json(external: ExternalId, metadata: Metadata | None) -> str | None:
     if metadata is None:
         return None
     try:

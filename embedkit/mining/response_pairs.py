@@ -14,12 +14,13 @@ import itertools
 import os
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
 from embedkit.data.io import read_rows
 from embedkit.errors import ConfigError, DataError
+from embedkit.types import SupportsEncode
 
 Strategy = Literal["dissimilar", "similar", "random"]
 STRATEGIES = ("dissimilar", "similar", "random")
@@ -35,7 +36,7 @@ class SelectedPair(NamedTuple):
 
 
 def select_pairs(
-    encoder: Any,
+    encoder: SupportsEncode,
     prompt_to_responses: Mapping[str, Sequence[str]],
     strategy: Strategy = "dissimilar",
     per_prompt: int = 1,
@@ -50,7 +51,7 @@ def select_pairs(
     input order). Ties break by response order, so the result is deterministic.
 
     Args:
-        encoder: any object with ``encode(texts, batch_size=...) -> [n, D]``.
+        encoder: anything with ``encode(texts, batch_size=...) -> [n, D]``.
         prompt_to_responses: each prompt's responses, at least 2 distinct ones per prompt.
         strategy: ``"dissimilar"`` (REAL's choice), ``"similar"`` or ``"random"``.
         per_prompt: pairs per prompt; a prompt with fewer distinct pairs gives all it has.

@@ -269,7 +269,7 @@ def test_hugging_face_failure_is_one_line_naming_the_dataset(fake_datasets: dict
 
 def test_hugging_face_without_the_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)
-    with pytest.raises(DataError, match=r"org/name: .*'datasets'"):
+    with pytest.raises(DataError, match=r"org/name: .*the datasets package: pip install 'embedkit\[hf\]'"):
         read_rows("org/name")
 
 

@@ -9,8 +9,15 @@ from sentence_transformers import SentenceTransformer
 
 from embedkit.encoders import DEFAULT_MODEL, build_tiny_model, load_encoder, resolve_model_path
 from embedkit.errors import ConfigError, EmbedkitError
+from embedkit.types import TextEncoder
 
 TEXTS = ["the cat sat on the mat", "a dog", "the sun rises in the east over the green hills", "rain"]
+
+
+def test_encoder_satisfies_the_text_encoder_protocol(tiny_model_path) -> None:
+    encoder = load_encoder(tiny_model_path, precision="fp32")
+    assert isinstance(encoder, TextEncoder)
+    assert encoder.max_seq_length == 64 and encoder.device == torch.device("cpu")
 
 
 def test_encode_returns_float32_in_input_order(tiny_model_path) -> None:

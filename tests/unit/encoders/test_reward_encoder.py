@@ -13,6 +13,7 @@ from embedkit.encoders.reward import RewardModel, RewardModelEncoder, load_rewar
 from embedkit.encoders.tiny import tiny_vocabulary
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.losses.preference import RewardModelObjective
+from embedkit.types import TextEncoder
 
 TEXTS = ["the cat sat on the mat", "a dog", "the sun rises in the east over the green hills", "rain"]
 
@@ -40,6 +41,12 @@ def reference_hidden(path, text: str) -> torch.Tensor:
     model = BertForSequenceClassification.from_pretrained(str(path)).eval()
     with torch.no_grad():
         return model(**tokenizer([text], return_tensors="pt"), output_hidden_states=True).hidden_states[-1][0]
+
+
+def test_reward_model_encoder_satisfies_the_text_encoder_protocol(classifier_path) -> None:
+    encoder = load_reward_model_encoder(classifier_path, device="cpu")
+    assert isinstance(encoder, RewardModelEncoder) and isinstance(encoder, TextEncoder)
+    assert encoder.dim == 16 and encoder.max_seq_length == 32
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean", "cls"])

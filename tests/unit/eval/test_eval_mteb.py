@@ -30,6 +30,7 @@ from embedkit.eval.mteb_local import (
     resolve_tasks,
     spec_from_path,
 )
+from embedkit.types import TextEncoder
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")  # tiny classifiers
 
@@ -84,6 +85,13 @@ def test_adapter_is_an_mteb_encoder_with_its_own_name_and_revision(tiny, tiny_mo
     bf16 = load_encoder(tiny_model_path, device="cpu", precision="bf16")
     assert build_model_meta(bf16).experiment_name == "precision_bfloat16"
     assert meta.experiment_name is None
+
+
+def test_adapter_wraps_a_text_encoder_but_is_mtebs_kind_of_encoder(tiny, tiny_model_path) -> None:
+    adapter = MtebEncoder(str(tiny_model_path), device="cpu", precision="fp32")
+    assert isinstance(adapter.model, TextEncoder)
+    # its encode() takes mteb's batches and task metadata, so it must not pass for an embedkit encoder
+    assert isinstance(adapter, mteb.EncoderProtocol) and not isinstance(adapter, TextEncoder)
 
 
 def test_local_sts_matches_our_sts_evaluator(tiny, sts_file) -> None:

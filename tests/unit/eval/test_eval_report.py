@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY_TEXTS
 
 from embedkit.cli import main
-from embedkit.encoders import build_tiny_model
+from embedkit.encoders import build_tiny_model, load_encoder
 from embedkit.errors import ConfigError, DataError
 from embedkit.eval import GeometryEvaluator, STSEvaluator
 from embedkit.eval.plots import training_curves
@@ -26,6 +26,7 @@ from embedkit.eval.report import (
     resolve_model,
     run_report,
 )
+from embedkit.types import TextEncoder
 
 pytest.importorskip("matplotlib")  # the optional 'eval' extra draws the plots
 
@@ -131,6 +132,14 @@ def test_cached_encoder_embeds_each_text_once() -> None:
     np.testing.assert_allclose(first, [[1, 1], [2, 1], [1, 1]])
     np.testing.assert_allclose(np.linalg.norm(second, axis=1), 1, rtol=1e-6)
     assert cached.encode([]).shape == (0, 2)
+
+
+def test_cached_encoder_satisfies_the_text_encoder_protocol(tiny_model_path) -> None:
+    encoder = load_encoder(tiny_model_path, device="cpu", precision="fp32")
+    cached = CachedEncoder(encoder)
+    assert isinstance(cached, TextEncoder)
+    assert (cached.name, cached.dim, cached.max_seq_length) == (encoder.name, encoder.dim, encoder.max_seq_length)
+    np.testing.assert_allclose(cached.encode(TINY_TEXTS[:3]), encoder.encode(TINY_TEXTS[:3]), atol=1e-6)
 
 
 def test_markdown_table_puts_models_side_by_side() -> None:
