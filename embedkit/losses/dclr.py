@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from embedkit import distributed
+from embedkit.encoders.batching import embed_batch
 from embedkit.encoders.sentence_transformer import load_encoder
 from embedkit.errors import ConfigError
 from embedkit.losses.infonce import batch_scores, cosine_table, info_nce_from_scores
@@ -81,6 +83,11 @@ class DCLRObjective(Objective):
     before training when ``complementary`` is ``None``: it freezes a copy of the encoder as it is then (the start
     of training, also when a run is resumed in a new process, since the checkpoint is loaded afterwards). The
     complementary model is frozen: neither optimised nor checkpointed.
+
+    Under ``torchrun`` it trains exactly as one process on the concatenated batch: each rank's anchors meet the
+    candidates of every rank (gathered by :func:`~embedkit.encoders.batching.embed_batch`, the complementary
+    model's embeddings too), and the noise negatives, which every row shares, are drawn and refined for the whole
+    batch, identically on every rank (see :meth:`noise_negatives`).
 
     Args:
         temperature: InfoNCE temperature (0.05).
@@ -151,26 +158,18 @@ class DCLRObjective(Objective):
                 "DCLRObjective.setup(encoder) has not run: it freezes the complementary copy of the encoder, "
                 "which must happen before training starts"
             )
-        texts = [*batch.anchors, *batch.candidates]
-        embeddings = encoder(texts)  # [B + C, D], one pass so every text gets its own dropout mask
-        b = len(batch)
-        views = EmbeddedBatch(
-            anchors=embeddings[:b],
-            candidates=embeddings[b:],
-            anchor_groups=batch.anchor_groups.to(embeddings.device),
-            candidate_groups=batch.candidate_groups.to(embeddings.device),
-        )
-        return self.loss(views, self.complementary_cosines(texts, b))
+        return self.loss(embed_batch(encoder, batch), self.complementary_cosines(batch))
 
-    def complementary_cosines(self, texts: list[str], b: int) -> Tensor:
-        """``[B, C]`` cosines of the first ``b`` texts against the rest under the frozen complementary model.
+    def complementary_cosines(self, batch: TextBatch) -> Tensor:
+        """``[B, C]`` cosines of the anchors against the candidates under the frozen complementary model.
 
-        Clamped to ``[-1, 1]``: rounding can put the cosine of identical texts just above 1, and ``phi = 1`` must
-        drop nothing.
+        Under ``torchrun`` the candidates are those of every rank (``[B, W * C]``), in the order of the encoder's
+        gathered candidates. Clamped to ``[-1, 1]``: rounding can put the cosine of identical texts just above 1,
+        and ``phi = 1`` must drop nothing.
         """
         with torch.no_grad():
-            embeddings = self.complementary(texts)
-        return cosine_table(embeddings[:b], embeddings[b:]).clamp(-1.0, 1.0)
+            embedded = embed_batch(self.complementary, batch)
+        return cosine_table(embedded.anchors, embedded.candidates).clamp(-1.0, 1.0)
 
     # -- on embeddings: the parts the tests check against references ---------------------------------------
     def scores(self, views: EmbeddedBatch, guide: Tensor) -> Scores:
@@ -180,13 +179,18 @@ class DCLRObjective(Objective):
     def noise_negatives(self, anchors: Tensor, scores: Scores) -> Tensor:
         """``[K, D]`` noise negatives: ``N(0, I)`` draws refined by normalised gradient ascent on the loss.
 
+        ``K = int(noise_times * W * B)`` for ``B`` anchors on each of ``W`` processes: the noise is shared by the
+        rows of every rank, so under ``torchrun`` every rank holds the noise one process would draw for the whole
+        batch (rank 0's draws, see :func:`shared_normal`) and refines it identically, each step following the
+        gradient of the whole batch's loss.
+
         Args:
             anchors: ``[B, D]`` anchor embeddings (detached here: the ascent must not touch the encoder's graph).
-            scores: the filtered in-batch table whose loss the ascent raises.
+            scores: the filtered in-batch table ``[B, C]`` (``[B, W * C]`` gathered) whose loss the ascent raises.
         """
         anchors = anchors.detach().float()
-        count = int(self.noise_times * anchors.shape[0])
-        noise = torch.randn(count, anchors.shape[1], device=anchors.device)
+        count = int(self.noise_times * distributed.world_size() * anchors.shape[0])
+        noise = shared_normal(count, anchors.shape[1]).to(anchors.device)
         if count == 0 or self.noise_steps == 0:
             return noise
         fixed = scores.replace(values=scores.values.detach())
@@ -195,6 +199,9 @@ class DCLRObjective(Objective):
                 noise.requires_grad_(True)
                 ascent = info_nce_from_scores(with_extra_negatives(fixed, anchors, noise), self.temperature)
                 (gradient,) = torch.autograd.grad(ascent, noise)
+                # The whole batch's loss is the mean of the ranks' losses (equal batches), so its gradient is the
+                # mean of theirs; every rank averages the same gathered values and takes the same step.
+                gradient = distributed.gather_with_grad(gradient[None]).mean(dim=0)
                 # A zero gradient (a noise vector the softmax ignores) normalises to zero: the vector stays put.
                 noise = (noise + self.noise_lr * F.normalize(gradient, dim=-1)).detach()
         return noise
@@ -202,7 +209,9 @@ class DCLRObjective(Objective):
     def loss(self, views: EmbeddedBatch, guide: Tensor, noise: Tensor | None = None) -> Tensor:
         """DCLR's loss of embedded views given complementary cosines ``guide`` ``[B, C]``. Returns a scalar.
 
-        ``noise`` ``[K, D]`` replaces the sampled noise negatives (tests pass their own); ``None`` samples them.
+        Under ``torchrun`` ``views`` holds the gathered candidates and ``guide`` is ``[B, W * C]`` (see
+        :meth:`complementary_cosines`). ``noise`` ``[K, D]`` replaces the sampled noise negatives (tests pass their
+        own); ``None`` samples them.
         """
         scores = self.scores(views, guide)
         if noise is None:
@@ -216,6 +225,14 @@ class DCLRObjective(Objective):
             f"temperature={self.temperature}, phi={self.phi}, noise_times={self.noise_times}, "
             f"noise_steps={self.noise_steps}, noise_lr={self.noise_lr}, complementary={self.complementary_name!r}"
         )
+
+
+def shared_normal(count: int, dim: int) -> Tensor:
+    """``[count, dim]`` draws from ``N(0, I)`` on the CPU, the same on every rank under ``torchrun`` (rank 0's).
+
+    Drawn on the CPU because a pickled GPU tensor would land on rank 0's device on every rank.
+    """
+    return distributed.broadcast_object(torch.randn(count, dim))
 
 
 def _frozen(encoder: Encoder) -> Encoder:

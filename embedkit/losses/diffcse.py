@@ -44,13 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from embedkit.encoders.generators import TokenGenerator, load_generator, special_token_mask
+from embedkit import distributed
+from embedkit.encoders.batching import embedded_from
+from embedkit.encoders.generators import TokenGenerator, UnigramGenerator, load_generator, special_token_mask
 from embedkit.encoders.heads import read_head, write_head
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.losses.infonce import InfoNCELoss
 from embedkit.losses.objective import Objective
 from embedkit.losses.registry import LOSSES, LossSpec
-from embedkit.types import EmbeddedBatch, Kind, TextBatch
+from embedkit.types import Kind, TextBatch
 
 if TYPE_CHECKING:
     from embedkit.encoders import Encoder
@@ -88,6 +90,17 @@ def rtd_loss(logits: Tensor, replaced: Tensor, attention_mask: Tensor) -> Tensor
     """
     real = attention_mask.bool()
     return F.binary_cross_entropy_with_logits(logits.float()[real], replaced.float()[real])
+
+
+def whole_batch_weight(count: int) -> float:
+    """``W * count / total``: the factor that turns this rank's mean over its ``count`` items into its part of the
+    mean over the ``total`` items of all ``W`` ranks (``1`` in one process).
+
+    Each rank's loss ``W * sum_r / total`` then averages over ranks to ``sum / total``, and so do the gradients
+    once ``fit`` averages them: one process's mean over the whole batch, however unevenly the items fall.
+    """
+    counts = distributed.gather_objects(count)
+    return len(counts) * count / sum(counts)
 
 
 class BatchNormProjector(nn.Module):
@@ -138,6 +151,14 @@ class DiffCSEObjective(Objective):
         >>> objective.setup(encoder)
         >>> fit(encoder, read_examples("wiki.txt", kind="sentences"), objective, FitSettings(lr=7e-6))
         >>> objective.save_heads("runs/diffcse/final")
+
+    Under ``torchrun`` it trains as one process on the concatenated batch: the InfoNCE anchors of each rank meet
+    the candidates of every rank (:func:`~embedkit.encoders.batching.embedded_from`), the batch-norm projector
+    takes its statistics over every rank's embeddings (:meth:`project`) and the RTD loss is a mean over the tokens
+    of the whole batch; a masked-LM generator edits each sentence on its own, so its random masks and edits, like
+    dropout masks, follow the same distribution as in one process. The unigram generator refuses to run there with a
+    :class:`~embedkit.errors.ConfigError`: its replacement distribution is the word frequencies of the batch it
+    sees, which would be each process's share instead of the whole batch.
     """
 
     def __init__(
@@ -219,32 +240,52 @@ class DiffCSEObjective(Objective):
                 "DiffCSEObjective.setup(encoder) has not run: it builds the discriminator and projector, which "
                 "must exist before the optimizer is built"
             )
+        self._refuse_rank_local_generator()
         texts = [*batch.anchors, *batch.candidates]
         embeddings = encoder(texts)  # [N, D], one pass so every text gets its own dropout mask
         if self.projector is not None:
-            # Batch statistics in float32 whatever the autocast precision; the projector is small.
-            with torch.autocast(device_type=embeddings.device.type, enabled=False):
-                embeddings = self.projector(embeddings.float())
-        b = len(batch)
-        views = EmbeddedBatch(
-            anchors=embeddings[:b],
-            candidates=embeddings[b:],
-            anchor_groups=batch.anchor_groups.to(embeddings.device),
-            candidate_groups=batch.candidate_groups.to(embeddings.device),
-        )
-        loss = self.contrastive(views)
+            embeddings = self.project(embeddings)
+        loss = self.contrastive(embedded_from(embeddings, batch))
         if self.lambda_weight == 0:
             return loss
         return loss + self.lambda_weight * self.replaced_token_detection(encoder, texts, embeddings)
 
+    def _refuse_rank_local_generator(self) -> None:
+        if distributed.is_distributed() and isinstance(self.generator, UnigramGenerator):
+            raise ConfigError(
+                "DiffCSE's unigram generator draws its replacements from the word frequencies of the batch it is "
+                "given, which under torchrun is this process's share of the batch, not the whole batch, so it "
+                "would train rank-locally; use a masked-LM generator (generator='distilbert-base-uncased' or a "
+                "local copy), which edits each sentence on its own, or train in one process"
+            )
+
+    def project(self, embeddings: Tensor) -> Tensor:
+        """The projector's ``[N, D] -> [N, D]``, its batch norm taking statistics over the whole batch.
+
+        Under ``torchrun`` the projector runs on the embeddings of every rank (gathered with gradients) and this
+        rank keeps its own rows: the batch norm then normalises, and updates its running statistics, as one
+        process on the whole batch would, and gradients reach every rank's rows through the gather.
+        """
+        n = embeddings.shape[0]
+        first = distributed.rank() * n
+        # Batch statistics in float32 whatever the autocast precision; the projector is small.
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            projected = self.projector(distributed.gather_with_grad(embeddings.float()))
+        return projected[first : first + n]
+
     def replaced_token_detection(self, encoder: Encoder, texts: list[str], conditions: Tensor) -> Tensor:
-        """The RTD loss of ``texts``, each conditioned on its row of ``conditions`` ``[N, D]``. Returns a scalar."""
+        """The RTD loss of ``texts``, each conditioned on its row of ``conditions`` ``[N, D]``. Returns a scalar.
+
+        The BCE is a mean over the real tokens of the whole batch: under ``torchrun`` each rank weights its own
+        mean by its share of every rank's tokens (:func:`whole_batch_weight`), since texts differ in length.
+        """
         features = encoder.tokenize(texts)
         input_ids, attention_mask = features["input_ids"], features["attention_mask"]
         maskable = maskable_positions(input_ids, attention_mask, special_token_mask(input_ids, self.tokenizer))
         edited = self.generator.propose(input_ids, attention_mask, replacement_mask(maskable, self.mask_ratio))
         logits = self.discriminate(edited, attention_mask, features.get("token_type_ids"), conditions)
-        return rtd_loss(logits, edited != input_ids, attention_mask)
+        weight = whole_batch_weight(int(attention_mask.sum()))
+        return rtd_loss(logits, edited != input_ids, attention_mask) * weight
 
     def discriminate(
         self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None, conditions: Tensor

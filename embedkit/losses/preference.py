@@ -35,16 +35,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.parameter import is_lazy
 
-from embedkit.data.collate import text_ids
+from embedkit import distributed
+from embedkit.data.collate import collate
 from embedkit.data.render import render_for
 from embedkit.encoders import Encoder
+from embedkit.encoders.batching import embedded_from
 from embedkit.encoders.reward import RewardHead, write_reward_head
 from embedkit.errors import ConfigError, DataError
 from embedkit.losses.infonce import InfoNCELoss
 from embedkit.losses.objective import Objective
 from embedkit.losses.registry import LOSSES, LossSpec
-from embedkit.types import EmbeddedBatch, Kind, TextBatch
+from embedkit.types import Example, Kind, TextBatch
+
+HEAD_SEED = 0
 
 
 def bradley_terry_loss(chosen: Tensor, rejected: Tensor, margin: float | Tensor = 0.0) -> Tensor:
@@ -55,6 +60,13 @@ def bradley_terry_loss(chosen: Tensor, rejected: Tensor, margin: float | Tensor 
     return -F.logsigmoid(chosen.float() - rejected.float() - margin).mean()
 
 
+def contrastive_batch(chosen: list[str], rejected: list[str]) -> TextBatch:
+    """The representation term's batch of ``B`` rendered pairs: each ``(prompt, chosen)`` text is an anchor and,
+    through a second dropout view, its own positive; the ``(prompt, rejected)`` texts are hard negatives."""
+    rows = [Example(anchor=c, positive=c, negatives=(r,)) for c, r in zip(chosen, rejected)]
+    return collate(rows, Kind.PREFERENCE)
+
+
 class RewardModelObjective(Objective):
     """Bradley-Terry reward modelling with an optional contrastive representation term (see the module doc).
 
@@ -62,6 +74,12 @@ class RewardModelObjective(Objective):
     rendered with :func:`embedkit.data.render.render_pair` (prompt cut from the left to fit the encoder's
     ``max_seq_length``). A row's ``score``, when the batch carries scores, is that row's margin; otherwise
     every row uses ``margin``.
+
+    Under ``torchrun`` it trains as one process on the concatenated batch. The Bradley-Terry loss is a mean over
+    rows: with the equal batches ``fit`` gives every rank, the mean of the ranks' means, and of their gradients as
+    ``fit`` averages them, is that of the whole batch. The contrastive term scores each rank's anchors against the
+    candidates of every rank (:func:`~embedkit.encoders.batching.embedded_from`). :meth:`setup` gives every rank
+    the same starting head.
 
     Args:
         margin: constant reward margin ``m`` (``0``: plain Bradley-Terry).
@@ -91,6 +109,23 @@ class RewardModelObjective(Objective):
         self.head = RewardHead(dim)
         self.contrastive = InfoNCELoss(temperature=temperature)
 
+    def setup(self, encoder: Encoder) -> None:
+        """Size a lazy head for ``encoder``, give every rank the same head, and move it to the encoder's device.
+
+        A lazy head is built here, before the optimizer is, from a fixed seed and without advancing the global
+        generator, so that equal settings give equal heads in every run (left lazy, it would take its weights from
+        the generator that ``fit`` seeds differently on each rank). A head sized at construction came from each
+        process's own generator: every rank takes rank 0's. Idempotent.
+        """
+        if any(is_lazy(p) for p in self.head.parameters()):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(HEAD_SEED)
+                self.head = RewardHead(encoder.dim)
+        # Through the CPU: a pickled GPU tensor would land on rank 0's device on every rank.
+        state = {name: tensor.cpu() for name, tensor in self.head.state_dict().items()}
+        self.head.load_state_dict(distributed.broadcast_object(state))
+        self.head.to(encoder.device)
+
     def forward(self, encoder: Encoder, batch: TextBatch) -> Tensor:
         if batch.kind != Kind.PREFERENCE or len(batch.negatives) != 1:
             raise DataError(
@@ -106,12 +141,9 @@ class RewardModelObjective(Objective):
         loss = bradley_terry_loss(rewards[:b], rewards[b:], margin)
         if self.contrastive_weight > 0:
             second_view = encoder(chosen)  # [B, D]
-            views = EmbeddedBatch(
-                anchors=representations[:b],
-                candidates=torch.cat([second_view, representations[b:]]),
-                anchor_groups=text_ids(chosen).to(rewards.device),
-                candidate_groups=text_ids([*chosen, *rejected]).to(rewards.device),
-            )
+            # [3B, D] in contrastive_batch's order: anchors, their positives, the hard negatives
+            embeddings = torch.cat([representations[:b], second_view, representations[b:]])
+            views = embedded_from(embeddings, contrastive_batch(chosen, rejected))
             loss = loss + self.contrastive_weight * self.contrastive(views)
         return loss
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from ranks import run_on_ranks
 from safetensors.torch import load_file
 
 from embedkit.data import Examples
@@ -37,30 +36,25 @@ def interrupt_at_step_3(step: int, metrics: dict) -> None:
         raise Interrupt
 
 
-def worker(rank: int, model: str, output_dir: str, init_file: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+def worker(rank: int, world: int, model: str, output_dir: str) -> None:
+    fit(load_encoder(model, precision="fp32"), examples(), build_loss("simcse-unsup"), settings(output_dir, 4))
+    # the same run, interrupted on every rank and restarted: it resumes from its checkpoint
+    resumed = settings(f"{output_dir}-resumed", 4)
     try:
-        fit(load_encoder(model, precision="fp32"), examples(), build_loss("simcse-unsup"), settings(output_dir, 4))
-        # the same run, interrupted on every rank and restarted: it resumes from its checkpoint
-        resumed = settings(f"{output_dir}-resumed", 4)
-        try:
-            fit(load_encoder(model, precision="fp32"), examples(), build_loss("simcse-unsup"), resumed,
-                callbacks=[interrupt_at_step_3])
-        except Interrupt:
-            pass
-        ran: list[int] = []
         fit(load_encoder(model, precision="fp32"), examples(), build_loss("simcse-unsup"), resumed,
-            callbacks=[lambda step, metrics: ran.append(step)])
-        assert ran == [3, 4]  # restarted after the checkpoint of step 2, not from the start
-    finally:
-        dist.destroy_process_group()
+            callbacks=[interrupt_at_step_3])
+    except Interrupt:
+        pass
+    ran: list[int] = []
+    fit(load_encoder(model, precision="fp32"), examples(), build_loss("simcse-unsup"), resumed,
+        callbacks=[lambda step, metrics: ran.append(step)])
+    assert ran == [3, 4]  # restarted after the checkpoint of step 2, not from the start
 
 
 def test_two_processes_equal_one_process_and_resume_exactly(tmp_path) -> None:
     # No dropout: the two runs may then differ only by float round-off, not by random masks.
     model = str(build_tiny_model(tmp_path / "model", SENTENCES, seed=5, dropout=0.0))
-    mp.start_processes(worker, args=(model, str(tmp_path / "dist"), str(tmp_path / "init")), nprocs=2,
-                       start_method="spawn")
+    run_on_ranks(worker, [2], tmp_path / "ranks", model, str(tmp_path / "dist"))
     single = load_encoder(model, precision="fp32")
     fit(single, examples(), build_loss("simcse-unsup"), settings(tmp_path / "single", 8))
 

@@ -10,8 +10,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from ranks import run_on_ranks
 
 from embedkit import distributed
 from embedkit.encoders import build_tiny_model
@@ -95,21 +94,16 @@ def single_process(world: int, loss: Callable, duplicate: bool):
     return value.detach(), [p.anchors.grad for p in parts], [p.candidates.grad for p in parts]
 
 
-def worker(rank: int, world: int, init_file: str, guide: str, duplicate: bool, queue) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        results = {}
-        for name, loss in losses(guide).items():
-            batch = local_slices(world, rank, duplicate)
-            guided = distributed.gather_candidates(local_slices(world, rank, duplicate, GUIDE_SEED))
-            value = loss(distributed.gather_candidates(batch), guided)
-            value.backward()
-            # DDP-style averaging of what would be parameter gradients: the embeddings stand in for parameters.
-            # numpy, not tensors: shared tensor memory would not outlive this process
-            results[name] = (value.item(), (batch.anchors.grad / world).numpy(), (batch.candidates.grad / world).numpy())
-        queue.put((rank, results))
-    finally:
-        dist.destroy_process_group()
+def worker(rank: int, world: int, guide: str, duplicate: bool) -> dict[str, tuple[float, torch.Tensor, torch.Tensor]]:
+    results = {}
+    for name, loss in losses(guide).items():
+        batch = local_slices(world, rank, duplicate)
+        guided = distributed.gather_candidates(local_slices(world, rank, duplicate, GUIDE_SEED))
+        value = loss(distributed.gather_candidates(batch), guided)
+        value.backward()
+        # DDP-style averaging of what would be parameter gradients: the embeddings stand in for parameters.
+        results[name] = (value.item(), batch.anchors.grad / world, batch.candidates.grad / world)
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +111,19 @@ def guide(tmp_path_factory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("guide") / "model", ["the cat sat", "a dog runs"], seed=2))
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_gathered_losses_and_gradients_equal_one_process(tmp_path, guide: str, world: int) -> None:
-    duplicate = True
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    mp.start_processes(worker, args=(world, str(tmp_path / "init"), guide, duplicate, queue), nprocs=world,
-                       start_method="spawn")
-    results = dict(queue.get() for _ in range(world))
+WORLDS = (2, 3)
+DUPLICATE = True
+
+
+@pytest.fixture(scope="module")
+def gathered(tmp_path_factory, guide: str) -> dict[int, list]:
+    """Every rank's results for each world size, from one set of processes."""
+    return run_on_ranks(worker, WORLDS, tmp_path_factory.mktemp("ranks"), guide, DUPLICATE)
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_gathered_losses_and_gradients_equal_one_process(gathered: dict[int, list], guide: str, world: int) -> None:
+    duplicate, results = DUPLICATE, gathered[world]
     for name, loss in losses(guide).items():
         value, anchor_grads, candidate_grads = single_process(world, loss, duplicate)
         # The mean of the ranks' losses is the one-process loss; both agree to float32 round-off (the losses reduce in
@@ -132,6 +131,5 @@ def test_gathered_losses_and_gradients_equal_one_process(tmp_path, guide: str, w
         assert sum(results[r][name][0] for r in range(world)) / world == pytest.approx(value.item(), rel=1e-6), name
         for rank in range(world):
             _, anchor_grad, candidate_grad = results[rank][name]
-            torch.testing.assert_close(torch.from_numpy(anchor_grad), anchor_grads[rank], rtol=1e-4, atol=1e-7, msg=name)
-            torch.testing.assert_close(torch.from_numpy(candidate_grad), candidate_grads[rank], rtol=1e-4, atol=1e-7,
-                                       msg=name)
+            torch.testing.assert_close(anchor_grad, anchor_grads[rank], rtol=1e-4, atol=1e-7, msg=name)
+            torch.testing.assert_close(candidate_grad, candidate_grads[rank], rtol=1e-4, atol=1e-7, msg=name)

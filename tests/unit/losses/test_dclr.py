@@ -203,7 +203,8 @@ def test_a_named_complementary_model_is_loaded_frozen(tiny_model_path: Path) -> 
     loss = objective(complementary=str(tiny_model_path))
     assert loss.complementary is not None
     assert not any(p.requires_grad for p in loss.complementary.parameters())
-    cosines = loss.complementary_cosines(SENTENCES[:3] + SENTENCES[:3], 3)
+    batch = collate([Example(anchor=s, positive=s) for s in SENTENCES[:3]], Kind.SENTENCES)
+    cosines = loss.complementary_cosines(batch)
     assert cosines.shape == (3, 3) and torch.allclose(cosines.diagonal(), torch.ones(3), atol=1e-5)
     assert cosines.max() <= 1.0  # clamped: rounding above 1 would let phi = 1 drop identical texts
 

@@ -100,6 +100,23 @@ def test_contrastive_term_is_infonce_over_chosen_and_rejected(encoder) -> None:
     assert mixed(encoder, batch).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_setup_sizes_a_lazy_head_from_a_fixed_seed_and_keeps_a_sized_one(encoder) -> None:
+    heads = []
+    for seed in (1, 2):  # whatever the global generator's state, and without advancing it
+        torch.manual_seed(seed)
+        objective = build_loss("reward-bt")
+        objective.setup(encoder)
+        objective.setup(encoder)  # idempotent
+        assert torch.rand(1).item() == torch.rand(1, generator=torch.Generator().manual_seed(seed)).item()
+        heads.append(objective.head.state_dict())
+    assert heads[0]["linear.weight"].shape == (1, encoder.dim)
+    torch.testing.assert_close(heads[0], heads[1])
+    sized = RewardModelObjective(dim=encoder.dim)
+    before = {k: v.clone() for k, v in sized.head.state_dict().items()}
+    sized.setup(encoder)
+    torch.testing.assert_close(sized.head.state_dict(), before)  # in one process, rank 0's head is its own
+
+
 def test_objective_refuses_other_kinds(encoder) -> None:
     pairs = [Example(anchor="the cat", positive="a dog"), Example(anchor="the sun", positive="rain")]
     with pytest.raises(DataError, match="preference rows"):
