@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from embedkit.cli.options import print_json
+from embedkit.losses import LossSpec
 from embedkit.training.fit import FitResult
 
 
@@ -84,6 +85,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _defined_in(spec: LossSpec) -> str:
+    """The module that defines a registered loss."""
+    return spec.factory.__module__
+
+
 def cmd_losses(args: argparse.Namespace) -> int:
     from embedkit.losses import LOSSES
 
@@ -97,6 +103,7 @@ def cmd_losses(args: argparse.Namespace) -> int:
                 "kinds": [k.value for k in spec.kinds],
                 "parameters": spec.parameters(),
                 "reference": spec.reference,
+                "module": _defined_in(spec),
             }
         )
     if args.json:
@@ -107,6 +114,7 @@ def cmd_losses(args: argparse.Namespace) -> int:
         print(f"{entry['name']:<14} {entry['summary']}")
         print(f"{'':<14} data: {', '.join(entry['kinds'])}; parameters: {params}")
         print(f"{'':<14} {entry['reference']}")
+        print(f"{'':<14} in {entry['module']}")
     return 0
 
 

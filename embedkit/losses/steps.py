@@ -296,5 +296,6 @@ def with_filters(loss_class: Callable[..., nn.Module]) -> Callable[..., nn.Modul
     factory.__signature__ = signature.replace(parameters=[*kept, *added])  # type: ignore[attr-defined]
     factory.__name__ = f"{loss_class.__name__}_with_filters"
     factory.__qualname__ = factory.__name__
+    factory.__module__ = loss_class.__module__  # where the loss is defined, as `embedkit losses` shows
     factory.__doc__ = f"Build :class:`{loss_class.__name__}` with steps from recipe ``filters``."
     return factory

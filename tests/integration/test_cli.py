@@ -25,6 +25,8 @@ def test_losses_lists_every_registered_loss(capsys) -> None:
     assert code == 0 and {"infonce", "simcse-unsup", "simcse-sup"} <= set(entries)
     assert entries["simcse-unsup"]["parameters"]["temperature"] == 0.05
     assert "Gao et al., 2021" in entries["simcse-sup"]["reference"]
+    assert entries["reward-bt"]["module"] == "embedkit.losses.preference"  # each loss lives in losses/
+    assert {entry["module"].rsplit(".", 1)[0] for entry in entries.values()} == {"embedkit.losses"}
     code, out, _ = run(capsys, "losses")
     assert code == 0 and "simcse-unsup" in out
 
