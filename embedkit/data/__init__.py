@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
 
 from embedkit.data.beir import beir_pairs, is_beir_folder, read_beir, split_queries
 from embedkit.data.collate import collate
-from embedkit.data.io import FORMATS, read_rows
+from embedkit.data.io import FORMATS, Row, read_rows
 from embedkit.data.kinds import KIND_COLUMNS, as_kind, infer_kind, remap, to_example
 from embedkit.errors import ConfigError, DataError
 from embedkit.types import Example, Kind
@@ -19,6 +20,7 @@ __all__ = [
     "Example",
     "Examples",
     "Kind",
+    "as_examples",
     "as_kind",
     "beir_pairs",
     "collate",
@@ -39,8 +41,29 @@ class Examples(list[Example]):
         self.kind = kind
 
 
+class DataFrameLike(Protocol):
+    """A pandas ``DataFrame`` (or anything with its ``to_dict(orient="records")``)."""
+
+    def to_dict(self, orient: str) -> list[dict[str, object]]: ...
+
+
+Table = Sequence[Mapping[str, object]] | DataFrameLike
+"""Rows already in memory: a list of dicts, a Hugging Face ``datasets.Dataset`` (a sequence of dicts) or a pandas
+``DataFrame``."""
+
+
+def table_rows(table: Table) -> Iterator[tuple[int, Row]]:
+    """``(row number from 1, row)`` of an in-memory table; rows that are not mappings are a :class:`DataError`."""
+    records = table.to_dict(orient="records") if hasattr(table, "to_dict") else table
+    name = f"<{type(table).__name__}>"
+    for number, row in enumerate(records, start=1):
+        if not isinstance(row, Mapping):
+            raise DataError(f"row {number} is a {type(row).__name__}, not a mapping of columns", name)
+        yield number, dict(row)
+
+
 def read_examples(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | Table,
     kind: Kind | str | None = None,
     columns: Mapping[str, str] | None = None,
     format: str | None = None,
@@ -48,13 +71,14 @@ def read_examples(
     limit: int | None = None,
     min_relevance: int = 1,
 ) -> Examples:
-    """The examples of a file, a BEIR folder or a Hugging Face dataset (see :func:`read_rows` for files).
+    """The examples of a file, a BEIR folder, a Hugging Face dataset (see :func:`read_rows` for files) or rows
+already in memory (a list of dicts, a ``datasets.Dataset``, a pandas ``DataFrame``), columns mapped alike.
 
     A BEIR folder gives the (query, relevant document) pairs its ``split`` judges (see
     :func:`~embedkit.data.beir.beir_pairs`), of kind pairs.
 
     Args:
-        path: the file, a BEIR folder, or a Hugging Face dataset name.
+        path: the file, a BEIR folder, a Hugging Face dataset name, or an in-memory :data:`Table`.
         kind: the data kind; inferred from the columns of the first row when ``None``.
         columns: renames the file's columns to the kind's canonical names, e.g. ``{"premise": "anchor"}``.
         format: the file format; inferred from the suffix when ``None``.
@@ -70,16 +94,25 @@ def read_examples(
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be at least 1, got {limit}")
     wanted = None if kind is None else as_kind(kind)
-    name = str(path)
-    if is_beir_folder(path):
+    in_memory = not isinstance(path, (str, os.PathLike))
+    name = f"<{type(path).__name__}>" if in_memory else str(path)
+    if not in_memory and is_beir_folder(path):
         if wanted not in (None, Kind.PAIRS):
             raise ConfigError(f"{name} is a BEIR folder: its rows are (query, document) pairs, not {wanted.value}")
         return Examples(beir_pairs(path, split, min_relevance)[:limit], Kind.PAIRS)
     examples = []
-    for line, row in itertools.islice(read_rows(path, format=format, split=split), limit):
+    rows = table_rows(path) if in_memory else read_rows(path, format=format, split=split)
+    for line, row in itertools.islice(rows, limit):
         if wanted is None:
             wanted = infer_kind(remap(row, columns), path=name, line=line)
         examples.append(to_example(row, wanted, name, line, columns))
     if not examples or wanted is None:
         raise DataError("no rows", name)
     return Examples(examples, wanted)
+
+
+def as_examples(rows: Sequence[Example] | Table, kind: Kind | str | None = None) -> Sequence[Example]:
+    """``rows`` as they are when they are :class:`Example` rows, else the examples of an in-memory table."""
+    if isinstance(rows, Examples) or (isinstance(rows, Sequence) and rows and isinstance(rows[0], Example)):
+        return rows
+    return read_examples(rows, kind=kind)

@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from embedkit import distributed
-from embedkit.data import collate
+from embedkit.data import Table, as_examples, collate
 from embedkit.encoders.batching import embed_batch
 from embedkit.encoders.card import ModelCard, write_model_card
 from embedkit.encoders.sentence_transformer import Encoder
@@ -62,7 +62,8 @@ START_FILE = "start.safetensors"
 class FitSettings:
     """Optimisation, evaluation and checkpoint settings: the ``[train]`` section of a recipe.
 
-    ``max_steps`` overrides ``epochs``; ``warmup_ratio`` is the share of steps with a linear warmup;
+    ``max_steps`` overrides ``epochs``; ``warmup_ratio`` is the share of steps with a linear warmup (10% by
+    default: without it the first full-size updates of a pretrained encoder cost it quality on small data);
     ``max_grad_norm`` clips the global gradient norm (``None``: no clipping); ``eval_steps`` and
     ``save_steps`` count optimisation steps; ``mini_batch_size`` turns on gradient caching
     (:mod:`embedkit.training.gradcache`): the loss sees ``batch_size`` rows, the encoder at most that many texts at
@@ -77,7 +78,7 @@ class FitSettings:
     lr: float = 3e-5
     epochs: int = 1
     max_steps: int | None = None
-    warmup_ratio: float = 0.0
+    warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     seed: int = 42
@@ -316,7 +317,7 @@ def _save_model(encoder: Encoder, loss: nn.Module, path: Path, card: ModelCard) 
 
 def fit(
     encoder: Encoder,
-    examples: Sequence[Example],
+    examples: Sequence[Example] | Table,
     loss: nn.Module,
     settings: FitSettings = FitSettings(),
     *,
@@ -331,7 +332,8 @@ def fit(
     Args:
         encoder: the model to train, in place. With an evaluator it ends holding the best model's weights (the
             start model's if nothing beat it), else the final weights.
-        examples: training rows (see :func:`embedkit.read_examples`), all of kind ``kind``.
+        examples: training rows (see :func:`embedkit.read_examples`), all of kind ``kind``; or an in-memory
+            table (a list of dicts, a ``datasets.Dataset``, a pandas ``DataFrame``) read as ``read_examples`` does.
         loss: a loss from :mod:`embedkit.losses` (``EmbeddedBatch -> scalar``), or an
             :class:`~embedkit.losses.objective.Objective` (``(encoder, TextBatch) -> scalar``).
         settings: optimisation, evaluation and checkpoint settings.
@@ -349,6 +351,7 @@ def fit(
         A :class:`FitResult`; the models are in ``settings.output_dir`` (``best/`` and ``final/``).
     """
     _check_settings(settings, loss, evaluator)
+    examples = as_examples(examples, kind)
     kind = Kind(kind) if kind is not None else getattr(examples, "kind", None)
     if kind is None:
         raise ConfigError("fit() needs kind= when the examples do not come from read_examples()")

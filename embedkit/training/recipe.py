@@ -1,8 +1,8 @@
 """Training recipes: frozen dataclasses read from TOML, with ``section.key=value`` overrides, and running them.
 
 A recipe has the sections ``[model]``, ``[data]``, ``[loss]``, ``[train]`` (the fields of
-:class:`embedkit.training.fit.FitSettings`) and ``[eval]``. Every key of
-``[loss]`` other than ``name`` is a parameter of that loss. Unknown sections and keys are errors that list
+:class:`embedkit.training.fit.FitSettings`), ``[eval]`` and ``[mining]``. Every key of ``[loss]`` other than
+``name`` is a parameter of that loss. Unknown sections and keys are errors that list
 the valid ones, so a typo never silently falls back to a default.
 """
 
@@ -50,13 +50,16 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The training file (see :func:`embedkit.read_examples`)."""
+    """The training data (see :func:`embedkit.read_examples`): a file, or a BEIR folder whose ``split`` judgements
+    scoring ``min_relevance`` or more give (query, document) pairs."""
 
     path: str = ""
     kind: str | None = None
     columns: dict[str, str] = field(default_factory=dict)
     format: str | None = None
     limit: int | None = None
+    split: str = "train"
+    min_relevance: int = 1
 
 
 @dataclass(frozen=True)
@@ -286,7 +289,9 @@ def run_training(config: RunConfig, show_progress: bool = True, overwrite: bool 
         kind=config.data.kind,
         columns=config.data.columns or None,
         format=config.data.format,
+        split=config.data.split,
         limit=config.data.limit,
+        min_relevance=config.data.min_relevance,
     )
     kind = examples.kind
     if kind not in spec.kinds:

@@ -103,3 +103,34 @@ def test_format_is_passed_through(tmp_path: Path) -> None:
     path = tmp_path / "sentences.data"
     path.write_text("one\ntwo\n", encoding="utf-8")
     assert len(read_examples(path, format="txt")) == 2
+
+
+def test_in_memory_tables_read_like_files() -> None:
+    import datasets
+    import pandas
+
+    rows = [{"premise": "a cat sits", "hypothesis": "an animal sits"}, {"premise": "it rains", "hypothesis": "wet"}]
+    columns = {"premise": "anchor", "hypothesis": "positive"}
+    for table in (rows, datasets.Dataset.from_list(rows), pandas.DataFrame(rows)):
+        examples = read_examples(table, columns=columns)
+        assert examples.kind == Kind.PAIRS
+        assert [(e.anchor, e.positive) for e in examples] == [("a cat sits", "an animal sits"), ("it rains", "wet")]
+        assert examples[1].source == (f"<{type(table).__name__}>", 2)
+
+
+def test_a_table_of_non_rows_is_a_data_error() -> None:
+    with pytest.raises(DataError, match=r"<list>: row 2 is a str, not a mapping of columns"):
+        read_examples([{"text": "a"}, "b"])
+
+
+def test_fit_takes_a_table(tiny_model_path, tmp_path) -> None:
+    import pandas
+
+    from embedkit.encoders import load_encoder
+    from embedkit.losses import build_loss
+    from embedkit.training.fit import FitSettings, fit
+
+    frame = pandas.DataFrame({"anchor": [f"the cat {i}" for i in range(8)], "positive": [f"a dog {i}" for i in range(8)]})
+    result = fit(load_encoder(tiny_model_path, precision="fp32"), frame, build_loss("infonce"),
+                 FitSettings(output_dir=tmp_path, batch_size=4, max_steps=1, show_progress=False))
+    assert result.steps == 1
