@@ -106,6 +106,21 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     _add_preference(tasks)
 
+    scored = tasks.add_parser(
+        "run",
+        help="score an existing run file (TREC or embedkit JSONL) against qrels, without encoding",
+        description="The same trec_eval measures as eval retrieval, over the queries the qrels judge (a judged "
+        "query the run lacks scores 0), each query's results cut to its top k.",
+    )
+    scored.add_argument("run", type=Path, help="a TREC run (query Q0 doc rank score name) or a JSONL run")
+    scored.add_argument("--qrels", required=True, type=Path, help="a qrels TSV, or a BEIR folder (with --split)")
+    scored.add_argument("--split", default="test", help="the BEIR folder's qrels split (default: test)")
+    scored.add_argument("--k", type=int, default=100, help="results per query scored; MAP is over them (default: 100)")
+    scored.add_argument("--gain", choices=GAINS, default="linear",
+                        help="nDCG gain of graded judgements (default: linear)")
+    scored.add_argument("--json", action="store_true", help="print machine-readable results")
+    scored.set_defaults(func=cmd_eval_run)
+
 
 def _add_preference(tasks: argparse._SubParsersAction) -> None:
     """Add ``embedkit eval preference --model M --data F [--mode similarity|reward] [--json]``."""
@@ -144,6 +159,20 @@ def cmd_eval_sts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_run(args: argparse.Namespace) -> int:
+    from embedkit.eval.runs import read_qrels, read_run, score_run
+
+    qrels = read_qrels(args.qrels, args.split)
+    results = score_run(read_run(args.run), qrels, k=args.k, gain=args.gain)
+    if args.json:
+        print_json({"task": "run", "run": str(args.run), "qrels": str(args.qrels), "queries": len(qrels),
+                    "gain": args.gain, "scale": "x100", "metrics": results})
+    else:
+        print(f"{len(qrels)} judged queries, nDCG with {args.gain} gains, x100")
+        _print_metrics(results)
+    return 0
+
+
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     from embedkit.eval.retrieval import RetrievalEvaluator
 
@@ -154,8 +183,10 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     results = evaluator(load_model(args))
     if args.json:
         print_json({"model": args.model, "task": "retrieval", "data": str(args.data), "split": args.split,
-                     "index": args.index, "queries": len(evaluator.data.query_ids), "metrics": results})
+                     "index": args.index, "queries": len(evaluator.data.query_ids), "gain": args.gain,
+                     "scale": "x100", "metrics": results})
     else:
+        print(f"{len(evaluator.data.query_ids)} {args.split} queries, nDCG with {args.gain} gains, x100")
         _print_metrics(results)
     return 0
 

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -193,17 +192,18 @@ def _search_many(index: Index, args: argparse.Namespace) -> int:
     result = index.search(
         [query.text for query in queries], k=args.k, batch_size=args.batch_size, show_progress=not args.json
     )
+    from embedkit.eval.runs import jsonl_line, trec_lines
+
     lines = []
     for query, ids, scores in zip(queries, result.ids, result.scores, strict=True):
         found = [
             (_plain(doc), float(score)) for doc, score in zip(ids, scores, strict=True) if _plain(doc) not in (-1, None)
         ]
-        lines.append(
-            json.dumps(
-                {"query_id": query.id, "ids": [d for d, _ in found], "scores": [s for _, s in found]},
-                ensure_ascii=False,
-            )
-        )
+        docs, values = [str(d) for d, _ in found], [v for _, v in found]
+        if args.format == "trec":
+            lines += trec_lines(str(query.id), docs, values, args.run_name)
+        else:
+            lines.append(jsonl_line(query.id, [d for d, _ in found], values))
     text = "".join(line + "\n" for line in lines)
     if args.output is None:
         print(text, end="")
@@ -261,7 +261,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     search.add_argument("query", nargs="?", default=None, help="a query text")
     search.add_argument("--queries", default=None, help="a file of queries (jsonl with _id/id and text, or txt)")
     search.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
-    search.add_argument("--output", type=Path, default=None, help="with --queries: the run file (jsonl) to write")
+    search.add_argument("--output", type=Path, default=None, help="with --queries: the run file to write")
+    search.add_argument("--format", choices=("jsonl", "trec"), default="jsonl",
+                        help="with --queries: jsonl (one line per query) or trec (query Q0 doc rank score run, as "
+                        "trec_eval, ranx and pyserini read)")
+    search.add_argument("--run-name", default="embedkit", help="the run name of a TREC run (default: embedkit)")
     search.add_argument(
         "--param",
         action="append",

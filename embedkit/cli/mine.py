@@ -135,7 +135,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     mine.add_argument(
         "--margin",
         default="relative:0.05",
-        help="relative:M, absolute:M or none: drop candidates scoring within M of the positive (default: relative:0.05)",
+        help="relative:M, absolute:M or none: drop candidates scoring within M of the positive "
+        "(default: relative:0.05)",
     )
     mine.add_argument("--max-score", type=float, default=None, help="drop candidates scoring above this")
     mine.add_argument(
