@@ -4,7 +4,9 @@ and better than sentence-transformers on the same data?
 Cranfield (``../shared/data/cranfield``): its judged queries are split once, by a fixed seed, into train (60%),
 dev (10%) and test (30%); documents are ``title + " " + text``. Every variant starts from all-MiniLM-L6-v2 and
 trains on the same (query, relevant document) pairs of the train queries, with the same batch size, learning
-rate, warmup and number of optimisation steps, over three seeds:
+rate, warmup, training input length (128 tokens; saved models keep 256) and number of optimisation steps (two
+epochs of the pairs), over three seeds for the main variants and one for the ablations (the machine has two
+cores):
 
 - ``start``: the model untrained;
 - ``st_mnrl_pairs``: ``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss`` (scale 20, the
@@ -21,7 +23,7 @@ rate, warmup and number of optimisation steps, over three seeds:
 
 Reported on the test queries, never used in training or selection: nDCG@10 (trec_eval's linear gain, as BEIR and
 MTEB) and recall@100; and the mean Spearman x100 over STS-B test, SICK-R test, STS12 and STS13, to show what
-general similarity the adaptation costs. Writes ``benchmarks/results/finetune.json`` and ``finetune.png``.
+general similarity the adaptation costs (on the first seed). Writes ``benchmarks/results/finetune.json`` and ``finetune.png``.
 
     python benchmarks/bench_finetune.py [--seeds 0 1 2] [--epochs 3]
 """
@@ -57,7 +59,7 @@ STS_FILES = {
     "sts12": "sts/sts12.test.jsonl",
     "sts13": "sts/sts13.test.jsonl",
 }
-TRAIN = ADAPT_RECIPE["train"]
+TRAIN = ADAPT_RECIPE["train"]  # batch size, learning rate and warmup: the same for every variant
 # name -> (overrides of the adaptation recipe, the model scored: best/ chosen on dev, or final/)
 EMBEDKIT_VARIANTS = {
     "embedkit_plain": (["mining.negatives=0", "train.interpolation=[]"], "final"),
@@ -72,19 +74,23 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def scores(model_path: str | Path, data: Path) -> dict[str, float]:
-    """Test nDCG@10 and recall@100 of a model on ``data``, and its STS Spearman on each file and their mean."""
+def scores(model_path: str | Path, data: Path, with_sts: bool = True) -> dict[str, float]:
+    """Test nDCG@10 and recall@100 of a model on ``data``, and (``with_sts``) its STS Spearman on each file and
+    their mean."""
     encoder = load_encoder(model_path)
     retrieval = RetrievalEvaluator(data, split="test", gain="linear")(encoder)
     result = {"ndcg@10": retrieval["ndcg@10"], "recall@100": retrieval["recall@100"]}
+    if not with_sts:
+        return result
     for name, path in STS_FILES.items():
         result[f"sts/{name}"] = STSEvaluator(SHARED / path)(encoder)["spearman"]
     result["sts/mean"] = statistics.fmean(result[f"sts/{name}"] for name in STS_FILES)
     return result
 
 
-def st_train(data: Path, out: Path, seed: int, steps: int, mined: bool) -> Path:
-    """sentence-transformers' trainer with MultipleNegativesRankingLoss on the train pairs (or mined triplets)."""
+def st_train(data: Path, out: Path, seed: int, steps: int, mined: bool, train_length: int) -> Path:
+    """sentence-transformers' trainer with MultipleNegativesRankingLoss on the train pairs (or mined triplets),
+    inputs truncated to ``train_length`` tokens in training and the model saved with its own length."""
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -120,7 +126,9 @@ def st_train(data: Path, out: Path, seed: int, steps: int, mined: bool) -> Path:
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
                                          loss=MultipleNegativesRankingLoss(model))
+    inference_length, model.max_seq_length = model.max_seq_length, train_length
     trainer.train()
+    model.max_seq_length = inference_length
     model.save(str(out / "model"))
     return out / "model"
 
@@ -135,15 +143,17 @@ def machine() -> dict[str, Any]:
 
 
 def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean, spread and count over the seeds that measured each metric."""
     summary = {}
     for variant, rows in runs.items():
-        summary[variant] = {
-            metric: {
-                "mean": statistics.fmean(row[metric] for row in rows),
-                "stdev": statistics.stdev(row[metric] for row in rows) if len(rows) > 1 else 0.0,
+        summary[variant] = {}
+        for metric in rows[0]:
+            values = [row[metric] for row in rows if metric in row]
+            summary[variant][metric] = {
+                "mean": statistics.fmean(values),
+                "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "n": len(values),
             }
-            for metric in rows[0]
-        }
     return summary
 
 
@@ -169,8 +179,13 @@ def plot(summary: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=int(TRAIN["epochs"]))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="seeds of the main variants (both sentence-transformers runs and embedkit_adapt)")
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0],
+                        help="seeds of embedkit_plain and the ablations")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of the train pairs, the same for every run")
+    parser.add_argument("--train-max-seq-length", type=int, default=128,
+                        help="tokens per input in training, for every run; models keep their inference length")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "finetune.json")
     args = parser.parse_args()
 
@@ -184,15 +199,20 @@ def main() -> None:
         log(f"split {counts}; {pairs} train pairs, {steps} steps per run")
         runs: dict[str, list[dict[str, float]]] = {"start": [scores(DEFAULT_MODEL, data)]}
         log(f"start: {runs['start'][0]}")
-        for seed in args.seeds:
-            for variant, mined in (("st_mnrl_pairs", False), ("st_mnrl_mined", True)):
-                model = st_train(data, work / f"{variant}-{seed}", seed, steps, mined)
-                runs.setdefault(variant, []).append(scores(model, data))
-                log(f"{variant} seed {seed}: {runs[variant][-1]}")
+        for seed in sorted(set(args.seeds) | set(args.ablation_seeds)):
+            with_sts = seed == min(args.seeds)  # the STS cost of a method, measured on one seed
+            if seed in args.seeds:
+                for variant, mined in (("st_mnrl_pairs", False), ("st_mnrl_mined", True)):
+                    model = st_train(data, work / f"{variant}-{seed}", seed, steps, mined, args.train_max_seq_length)
+                    runs.setdefault(variant, []).append(scores(model, data, with_sts))
+                    log(f"{variant} seed {seed}: {runs[variant][-1]}")
             for variant, (overrides, scored) in EMBEDKIT_VARIANTS.items():
+                if seed not in (args.seeds if variant == "embedkit_adapt" else args.ablation_seeds):
+                    continue
                 outcome = adapt(data, work / f"{variant}-{seed}", seed=seed, show_progress=False,
-                                overrides=[f"train.epochs={args.epochs}", *overrides])
-                runs.setdefault(variant, []).append(scores(outcome.run.output_dir / scored, data))
+                                overrides=[f"train.epochs={args.epochs}",
+                                           f"train.max_seq_length={args.train_max_seq_length}", *overrides])
+                runs.setdefault(variant, []).append(scores(outcome.run.output_dir / scored, data, with_sts))
                 log(f"{variant} seed {seed}: {runs[variant][-1]} (chose step {outcome.run.best_step}, "
                     f"interpolation {outcome.run.best_interpolation})")
     summary = summarize(runs)
@@ -204,7 +224,9 @@ def main() -> None:
         "train_pairs": pairs,
         "steps": steps,
         "settings": {"batch_size": TRAIN["batch_size"], "lr": TRAIN["lr"], "warmup_ratio": TRAIN["warmup_ratio"],
-                     "epochs": args.epochs, "seeds": args.seeds},
+                     "epochs": args.epochs, "train_max_seq_length": args.train_max_seq_length,
+                     "seeds": args.seeds, "ablation_seeds": args.ablation_seeds,
+                     "sts": f"measured on seed {min(args.seeds)} only"},
         "metrics": "test ndcg@10 (linear gain) and recall@100, x100; sts/* Spearman x100 of cosine",
         "summary": summary,
         "runs": runs,
