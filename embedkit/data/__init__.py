@@ -42,7 +42,9 @@ class Examples(list[Example]):
 
 
 class DataFrameLike(Protocol):
-    """A pandas ``DataFrame`` (or anything with its ``to_dict(orient="records")``)."""
+    """A pandas ``DataFrame``: named ``columns`` and ``to_dict(orient="records")``."""
+
+    columns: Sequence[str]
 
     def to_dict(self, orient: str) -> list[dict[str, object]]: ...
 
@@ -54,7 +56,8 @@ Table = Sequence[Mapping[str, object]] | DataFrameLike
 
 def table_rows(table: Table) -> Iterator[tuple[int, Row]]:
     """``(row number from 1, row)`` of an in-memory table; rows that are not mappings are a :class:`DataError`."""
-    records = table.to_dict(orient="records") if hasattr(table, "to_dict") else table
+    # a DataFrame iterates over its column names; a datasets.Dataset and a list over their rows
+    records = table.to_dict(orient="records") if hasattr(table, "columns") else table
     name = f"<{type(table).__name__}>"
     for number, row in enumerate(records, start=1):
         if not isinstance(row, Mapping):
