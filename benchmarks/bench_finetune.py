@@ -199,23 +199,37 @@ def main() -> None:
         log(f"split {counts}; {pairs} train pairs, {steps} steps per run")
         runs: dict[str, list[dict[str, float]]] = {"start": [scores(DEFAULT_MODEL, data)]}
         log(f"start: {runs['start'][0]}")
-        for seed in sorted(set(args.seeds) | set(args.ablation_seeds)):
-            with_sts = seed == min(args.seeds)  # the STS cost of a method, measured on one seed
-            if seed in args.seeds:
-                for variant, mined in (("st_mnrl_pairs", False), ("st_mnrl_mined", True)):
-                    model = st_train(data, work / f"{variant}-{seed}", seed, steps, mined, args.train_max_seq_length)
-                    runs.setdefault(variant, []).append(scores(model, data, with_sts))
-                    log(f"{variant} seed {seed}: {runs[variant][-1]}")
-            for variant, (overrides, scored) in EMBEDKIT_VARIANTS.items():
-                if seed not in (args.seeds if variant == "embedkit_adapt" else args.ablation_seeds):
-                    continue
-                outcome = adapt(data, work / f"{variant}-{seed}", seed=seed, show_progress=False,
-                                overrides=[f"train.epochs={args.epochs}",
-                                           f"train.max_seq_length={args.train_max_seq_length}", *overrides])
-                runs.setdefault(variant, []).append(scores(outcome.run.output_dir / scored, data, with_sts))
-                log(f"{variant} seed {seed}: {runs[variant][-1]} (chose step {outcome.run.best_step}, "
-                    f"interpolation {outcome.run.best_interpolation})")
-    summary = summarize(runs)
+
+        def record(variant: str, seed: int, result: dict[str, float], note: str = "") -> None:
+            runs.setdefault(variant, []).append(result)
+            log(f"{variant} seed {seed}: {result} {note}")
+            # written after every run, so that an interrupted benchmark still leaves what it measured
+            write_results(args, runs, counts, pairs, steps, time.perf_counter() - started)
+
+        def run_embedkit(variant: str, seed: int) -> None:
+            overrides, scored = EMBEDKIT_VARIANTS[variant]
+            outcome = adapt(data, work / f"{variant}-{seed}", seed=seed, show_progress=False,
+                            overrides=[f"train.epochs={args.epochs}",
+                                       f"train.max_seq_length={args.train_max_seq_length}", *overrides])
+            result = scores(outcome.run.output_dir / scored, data, with_sts=seed == min(args.seeds))
+            record(variant, seed, result,
+                   f"(chose step {outcome.run.best_step}, interpolation {outcome.run.best_interpolation})")
+
+        for seed in args.seeds:
+            for variant, mined in (("st_mnrl_pairs", False), ("st_mnrl_mined", True)):
+                model = st_train(data, work / f"{variant}-{seed}", seed, steps, mined, args.train_max_seq_length)
+                record(variant, seed, scores(model, data, with_sts=seed == min(args.seeds)))
+            run_embedkit("embedkit_adapt", seed)
+        for seed in args.ablation_seeds:
+            for variant in EMBEDKIT_VARIANTS:
+                if variant != "embedkit_adapt":
+                    run_embedkit(variant, seed)
+    plot(summarize(runs), args.output.with_suffix(".png"))
+    log(f"wrote {args.output.relative_to(REPO)} and its plot")
+
+
+def write_results(args: argparse.Namespace, runs: dict[str, list[dict[str, float]]], counts: dict[str, int],
+                  pairs: int, steps: int, seconds: float) -> None:
     document = {
         "benchmark": "finetune",
         "data": "cranfield (../shared/data/cranfield), judged queries split by seed "
@@ -228,14 +242,12 @@ def main() -> None:
                      "seeds": args.seeds, "ablation_seeds": args.ablation_seeds,
                      "sts": f"measured on seed {min(args.seeds)} only"},
         "metrics": "test ndcg@10 (linear gain) and recall@100, x100; sts/* Spearman x100 of cosine",
-        "summary": summary,
+        "summary": summarize(runs),
         "runs": runs,
         "machine": machine(),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(seconds, 1),
     }
     atomic_write_bytes(args.output, (json.dumps(document, indent=2) + "\n").encode())
-    plot(summary, args.output.with_suffix(".png"))
-    log(f"wrote {args.output.relative_to(REPO)} and its plot")
 
 
 if __name__ == "__main__":
