@@ -34,23 +34,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-import torch
+import _common
 
 from embedkit.data import beir_pairs, split_queries
 from embedkit.encoders import DEFAULT_MODEL, load_encoder, resolve_model_path
 from embedkit.eval import RetrievalEvaluator, STSEvaluator
-from embedkit.fsutil import atomic_write_bytes
 from embedkit.training.adapt import ADAPT_RECIPE, adapt
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = _common.REPO_ROOT
 SHARED = Path(os.environ.get("EMBEDKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 SPLIT_SEED = 20261201
 SPLITS = {"train": 0.6, "dev": 0.1, "test": 0.3}
@@ -71,8 +67,7 @@ EMBEDKIT_VARIANTS = {
 }
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = _common.setup_logging("bench_finetune")
 
 
 def scores(model_path: str | Path, data: Path, with_sts: bool = True) -> dict[str, float]:
@@ -134,15 +129,6 @@ def st_train(data: Path, out: Path, seed: int, steps: int, mined: bool, train_le
     return out / "model"
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],
-    }
-
-
 def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
     """Mean, spread and count over the seeds that measured each metric."""
     summary = {}
@@ -187,7 +173,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the train pairs, the same for every run")
     parser.add_argument("--train-max-seq-length", type=int, default=128,
                         help="tokens per input in training, for every run; models keep their inference length")
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "finetune.json")
+    parser.add_argument("--output", type=Path, default=_common.result_path("finetune"))
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -251,10 +237,10 @@ def write_results(args: argparse.Namespace, runs: dict[str, list[dict[str, float
         "metrics": "test ndcg@10 (linear gain) and recall@100, x100; sts/* Spearman x100 of cosine",
         "summary": summarize(runs),
         "runs": runs,
-        "machine": machine(),
+        "machine": _common.machine_info(("embedkit", "torch", "sentence-transformers", "transformers")),
         "seconds": round(seconds, 1),
     }
-    atomic_write_bytes(args.output, (json.dumps(document, indent=2) + "\n").encode())
+    _common.write_results(document, args.output)
 
 
 if __name__ == "__main__":
