@@ -114,13 +114,15 @@ class RewardModelObjective(Objective):
 
         A lazy head is built here, before the optimizer is, from a fixed seed and without advancing the global
         generator, so that equal settings give equal heads in every run (left lazy, it would take its weights from
-        the generator that ``fit`` seeds differently on each rank). A head sized at construction came from each
+        the generator that ``fit`` seeds differently on each rank); the head module itself is kept, sized in place,
+        since a dev evaluator may already hold it. A head sized at construction came from each
         process's own generator: every rank takes rank 0's. Idempotent.
         """
         if any(is_lazy(p) for p in self.head.parameters()):
+            # the head object stays the same: a dev evaluator built before setup holds it
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(HEAD_SEED)
-                self.head = RewardHead(encoder.dim)
+                self.head.linear = RewardHead(encoder.dim).linear
         # Through the CPU: a pickled GPU tensor would land on rank 0's device on every rank.
         state = {name: tensor.cpu() for name, tensor in self.head.state_dict().items()}
         self.head.load_state_dict(distributed.broadcast_object(state))
