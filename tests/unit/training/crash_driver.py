@@ -20,6 +20,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: conftest's training sentences
@@ -45,13 +46,13 @@ def train(model: str, output_dir: Path) -> FitResult:
     return fit(encoder, sentence_examples(), build_loss("simcse-unsup"), settings)
 
 
-def in_child(job: Callable[[], None]) -> int:
+def in_child(job: Callable[[], object]) -> int:
     """Run ``job`` in a forked process; its exit status (0 when it returned)."""
     pid = os.fork()
     if pid == 0:
         try:
             job()
-        except BaseException:
+        except Exception:  # noqa: BLE001  (any failure: the child's exit status says it)
             traceback.print_exc()
             os._exit(1)
         os._exit(0)
@@ -88,6 +89,17 @@ def die_at(point: int, record: Path) -> None:
     fit_module._publish_checkpoint = watched
 
 
+def killed_run(model: str, folder: Path, point: int, record: Path) -> None:
+    die_at(point, record)
+    train(model, folder)
+
+
+def resumed_run(model: str, folder: Path, record: Path) -> None:
+    """Resume the killed run in ``folder`` to its end; add the step it resumed at to ``record``."""
+    result = train(model, folder)
+    record.write_text(json.dumps({**json.loads(record.read_text()), "start_step": result.start_step}))
+
+
 def main(model: str, workdir: Path) -> None:
     torch.set_num_threads(1)
     if in_child(lambda: train(model, workdir / "straight")) != 0:
@@ -95,21 +107,12 @@ def main(model: str, workdir: Path) -> None:
     points = []
     for point in range(1, 1000):
         folder, record = workdir / f"crash-{point}", workdir / f"crash-{point}.json"
-
-        def killed() -> None:
-            die_at(point, record)  # noqa: B023  (the job runs before the loop goes on)
-            train(model, folder)  # noqa: B023
-
-        def resumed() -> None:
-            result = train(model, folder)  # noqa: B023
-            record.write_text(json.dumps({**json.loads(record.read_text()), "start_step": result.start_step}))
-
-        status = in_child(killed)
+        status = in_child(partial(killed_run, model, folder, point, record))
         if status == 0:
             break  # the run never reached this point: every point has been tried
         if status != KILLED:
             raise SystemExit(f"the run to be killed at point {point} failed with status {status}")
-        if in_child(resumed) != 0:
+        if in_child(partial(resumed_run, model, folder, record)) != 0:
             raise SystemExit(f"resuming the run killed at point {point} failed")
         points.append(json.loads(record.read_text()))
     (workdir / "summary.json").write_text(json.dumps({"points": points}))
