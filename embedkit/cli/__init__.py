@@ -11,6 +11,7 @@ User errors (bad data, unknown names, bad recipes) print one line on stderr and 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +19,7 @@ from embedkit.cli import data, encode, eval, index, mine, train
 from embedkit.errors import EmbedkitError
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # as a command stopped by SIGPIPE exits: its reader went away (`embedkit losses | head`)
 
 
 def _quiet_libraries() -> None:
@@ -42,13 +44,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _quiet_libraries()
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so that a reader gone away is noticed below and not at interpreter exit
+        return code
     except EmbedkitError as error:
         print(f"embedkit: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("embedkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point standard output at the null device: what is still buffered for the closed pipe is dropped, where
+    flushing it at exit would fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from embedkit.index.sharded import encode_sharded
 
     texts = []
-    for line, row in read_rows(args.input, format=args.format):
+    # row i of the array embeds row i of the file, so a blank line of a text file is an error, not skipped
+    for line, row in read_rows(args.input, format=args.format, keep_blank_lines=True):
         text = row.get(args.column)
         if not isinstance(text, str) or not text.strip():
-            raise DataError(f"column {args.column!r} is missing or empty", str(args.input), line)
+            raise DataError(f"no text to embed: column {args.column!r} is missing or blank", str(args.input), line)
         texts.append(text)
+    if not texts:
+        raise DataError("no text to embed: the file holds no rows", str(args.input))
     distributed.init_from_environment()  # under torchrun: each process embeds a shard, rank 0 writes them all
     embeddings = encode_sharded(load_model(args), texts, batch_size=args.batch_size, normalize=args.normalize,
                                 show_progress=not args.json)

@@ -158,12 +158,28 @@ def cmd_index_remove(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     if (args.query is None) == (args.queries is None):
         raise ConfigError("give either a query text or --queries FILE")
+    if args.query is not None and not args.query.strip():
+        raise ConfigError("the query text is blank: give the words to search for")
+    if args.queries is not None:
+        _check_queries(args.queries)
     index = _open_index(args)
     if args.param:
         index.set_search_params(**parse_params(args.param))
     if args.query is not None:
         return _search_one(index, args)
     return _search_many(index, args)
+
+
+def _check_queries(path: str) -> None:
+    """Refuse a file of queries with a blank one, naming its line, before anything is searched or written. In a
+    text file a blank line would not only be searched as nothing: a query's id is its position, so it would also
+    shift the id of every query after it."""
+    from embedkit.data import read_rows
+
+    for line, row in read_rows(path, keep_blank_lines=True):
+        text = row.get("text")
+        if isinstance(text, str) and not text.strip():
+            raise DataError("a blank query: every query needs words to search for", path, line)
 
 
 def _search_one(index: Index, args: argparse.Namespace) -> int:

@@ -31,7 +31,9 @@ _HF_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
 
-def read_rows(path: str | os.PathLike[str], format: str | None = None, split: str = "train") -> Rows:
+def read_rows(
+    path: str | os.PathLike[str], format: str | None = None, split: str = "train", *, keep_blank_lines: bool = False
+) -> Rows:
     """Rows of a file or of a Hugging Face dataset.
 
     Args:
@@ -39,10 +41,13 @@ def read_rows(path: str | os.PathLike[str], format: str | None = None, split: st
             dataset (read with the optional ``datasets`` package).
         format: one of :data:`FORMATS`; inferred from the suffix (after an optional ``.gz``) when ``None``.
         split: the split of a Hugging Face dataset; ignored for files.
+        keep_blank_lines: a txt file's blank lines are skipped, unless this is set: then each one before the last
+            text is a row too (its text blank), for readers whose rows must line up with the file's lines.
 
     Raises:
         DataError: the file is missing or unreadable, its format is unknown, or a row is malformed (the message
-            starts with ``path:line:``). Errors about a row are raised when that row is reached.
+            starts with ``path:line:``). Errors about a row, or a byte that is not UTF-8, are raised when that row
+            is reached.
         UnknownNameError: ``format`` is not one of :data:`FORMATS`.
     """
     name = str(path)
@@ -54,6 +59,8 @@ def read_rows(path: str | os.PathLike[str], format: str | None = None, split: st
     if not file.is_file():
         raise DataError("not a file", name)
     kind = _format_of(file, name) if format is None else _checked_format(format)
+    if kind == "txt":
+        return _read_txt(file, name, keep_blank_lines=keep_blank_lines)
     return _READERS[kind](file, name)
 
 
@@ -95,18 +102,34 @@ def _open_text(file: Path, newline: str) -> IO[str]:
     return open(file, encoding="utf-8-sig", newline=newline)
 
 
-def _guarded(reader: Callable[[Path, str], Rows]) -> Callable[[Path, str], Rows]:
-    """Turn the I/O and decoding errors of ``reader`` into a :class:`DataError` naming the file."""
+def _guarded(reader: Callable[..., Rows]) -> Callable[..., Rows]:
+    """Turn the I/O and decoding errors of ``reader`` into a :class:`DataError` naming the file (and, for a byte
+    that is not UTF-8, its line)."""
 
-    def guarded(file: Path, name: str) -> Rows:
+    def guarded(file: Path, name: str, **options: bool) -> Rows:
         try:
-            yield from reader(file, name)
+            yield from reader(file, name, **options)
         except UnicodeDecodeError as error:
-            raise DataError(f"not UTF-8 text: {error}", name) from error
+            # the decoder saw a block of the file, so its position says nothing about lines: find the line again
+            line, reason = _undecodable_line(file) or (None, str(error))
+            raise DataError(f"not UTF-8 text: {reason}", name, line) from error
         except (OSError, EOFError) as error:
             raise DataError(f"cannot read: {error}", name) from error
 
     return guarded
+
+
+def _undecodable_line(file: Path) -> tuple[int, str] | None:
+    """The first line of ``file`` that is not UTF-8, and which byte of it; read line by line, as bytes (a
+    newline byte never occurs inside a UTF-8 character)."""
+    opener = gzip.open if file.name.endswith(".gz") else open
+    with opener(file, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return number, f"byte {error.start + 1} of the line (0x{raw[error.start]:02x}): {error.reason}"
+    return None
 
 
 def _lines(file: Path) -> Iterator[tuple[int, str]]:
@@ -223,10 +246,17 @@ def _header(fields: list[str], name: str, line: int) -> list[str]:
 
 
 @_guarded
-def _read_txt(file: Path, name: str) -> Rows:
+def _read_txt(file: Path, name: str, keep_blank_lines: bool = False) -> Rows:
+    """One row per non-blank line; with ``keep_blank_lines``, also the blank lines that precede a text."""
+    blank: list[tuple[int, str]] = []  # blank lines not yet followed by a text
     for number, line in _lines(file):
-        if line.strip():
-            yield number, {"text": line}
+        if not line.strip():
+            blank.append((number, line))
+            continue
+        if keep_blank_lines:
+            yield from ((blank_number, {"text": text}) for blank_number, text in blank)
+        blank.clear()
+        yield number, {"text": line}
 
 
 def _read_parquet(file: Path, name: str) -> Rows:
@@ -245,26 +275,35 @@ def _read_parquet(file: Path, name: str) -> Rows:
 
 
 def _read_hf(name: str, split: str) -> Rows:
-    """Rows of a Hugging Face dataset, loaded eagerly so that a missing dataset fails at once."""
+    """Rows of a Hugging Face dataset, loaded eagerly so that a missing dataset fails at once.
+
+    A name without the ``hf:`` prefix is only a guess at a dataset: it may as well be a mistyped file, so when no
+    dataset loads, the error says first that there is no such file.
+    """
+    guessed = not name.startswith(HF_PREFIX)
     try:
         import datasets
     except ImportError:
         message = "reading a Hugging Face dataset needs the datasets package: pip install 'embedkit[hf]'"
-        raise DataError(message, name) from None
+        raise DataError(f"no such file ({message})" if guessed else message, name) from None
     try:
         dataset = datasets.load_dataset(name.removeprefix(HF_PREFIX), split=split)
     except Exception as error:  # datasets fails in many ways (offline, not found, no such split); all are one line
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"cannot load Hugging Face dataset (split {split!r}): {reason}", name) from error
+        if guessed:
+            message = f"no such file, and no Hugging Face dataset of that name loads (split {split!r}): {reason}"
+        else:
+            message = f"cannot load Hugging Face dataset (split {split!r}): {reason}"
+        raise DataError(message, name) from error
     return ((index + 1, dict(row)) for index, row in enumerate(dataset))
 
 
+# the readers of every format but txt, whose reader takes keep_blank_lines too
 _READERS: dict[str, Callable[[Path, str], Rows]] = {
     "jsonl": _read_jsonl,
     "json": _read_json,
     # tsv files rarely quote and often hold stray quote characters, so quotes are kept as text
     "tsv": _delimited("tsv", "\t", quoted=False),
     "csv": _delimited("csv", ",", quoted=True),
-    "txt": _read_txt,
     "parquet": _read_parquet,
 }

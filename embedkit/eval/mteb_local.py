@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from embedkit.data import Kind, read_examples, read_rows
 from embedkit.data.beir import read_beir
 from embedkit.errors import ConfigError, DataError, UnknownNameError
+from embedkit.eval.sts import check_sts_set
 
 if TYPE_CHECKING:  # mteb and datasets are optional (the eval extra): imported where a task is built
     from datasets import DatasetDict
@@ -190,8 +191,7 @@ def _load_sts(spec: LocalTaskSpec) -> DatasetDict:
     if spec.path.is_dir():
         raise DataError("an STS task reads one scored file, not a folder", str(spec.path))
     examples = read_examples(spec.path, kind=Kind.SCORED, columns=spec.columns)
-    if len(examples) < 2:
-        raise DataError("an STS set needs at least 2 scored pairs", str(spec.path))
+    check_sts_set(examples, str(spec.path))
     rows = {
         "sentence1": [e.anchor for e in examples],
         "sentence2": [e.positive for e in examples],
@@ -318,10 +318,11 @@ def resolve_tasks(
         names: mteb task names (``"STSBenchmark"``), names declared in ``local``, or paths to task files/folders.
         local: declared local tasks by name (see :func:`read_task_file`).
         source: ``"hub"`` runs mteb's registered tasks (their data comes from the hub); ``"local"`` runs the
-            declared tasks; ``"auto"`` runs a registered task from the hub when the hub answers, and the local
-            declaration of the same name otherwise.
+            declared tasks; ``"auto"`` runs a task's local declaration when there is one, without asking the hub
+            anything (offline first), and a registered task from the hub otherwise, when the hub answers.
 
     Raises:
+        DataError: a name shaped like a path (``data/sts.jsonl``, ``org/name``) where no such file or folder is.
         UnknownNameError: a name that is neither an mteb task, a declared task nor an existing path.
         ConfigError: a hub task when the hub cannot be reached and no local task of that name is declared.
     """
@@ -330,7 +331,7 @@ def resolve_tasks(
     if source not in SOURCES:
         raise ConfigError(f"unknown task source {source!r}; valid: {', '.join(SOURCES)}")
     local = dict(local or {})
-    reachable: list[bool] = []  # asked once, and only when a registered task could come from the hub
+    reachable: list[bool] = []  # asked once, and only when a task can come from the hub alone
 
     def online() -> bool:
         if not reachable:
@@ -341,23 +342,26 @@ def resolve_tasks(
     for name in names:
         if name not in local and Path(name).exists():
             tasks.append(("local", build_task(spec_from_path(name))))
-            continue
-        registered = None if source == "local" else _registered_task(mteb, name)
-        if registered is None:
-            if source == "hub" or name not in local:
-                valid = {"hub": [ANY_MTEB_TASK], "local": list(local)}.get(source, [*local, ANY_MTEB_TASK])
-                raise UnknownNameError(f"{'local ' if source == 'local' else ''}mteb task", name, valid)
+        elif name in local and source != "hub":
             tasks.append(("local", build_task(local[name])))
+        elif _looks_like_path(name):
+            # mteb's task names hold no slash and no file suffix: this is a file or folder that is not there
+            raise DataError("no such file or folder (nor an mteb task of that name)", name)
+        elif (registered := None if source == "local" else _registered_task(mteb, name)) is None:
+            valid = {"hub": [ANY_MTEB_TASK], "local": list(local)}.get(source, [*local, ANY_MTEB_TASK])
+            raise UnknownNameError(f"{'local ' if source == 'local' else ''}mteb task", name, valid)
         elif source == "hub" or online():
             tasks.append(("hub", registered))
-        elif name in local:
-            tasks.append(("local", build_task(local[name])))
         else:
             raise ConfigError(
                 f"mteb task {name!r} needs the Hugging Face hub, which cannot be reached; declare a local task "
                 f"of that name ([tasks.{name}] in a task file) to run it from files"
             )
     return tasks
+
+
+def _looks_like_path(name: str) -> bool:
+    return "/" in name or os.sep in name or name.endswith((*DATA_SUFFIXES, ".toml"))
 
 
 def _registered_task(mteb_module: ModuleType, name: str) -> AbsTask | None:

@@ -7,6 +7,7 @@ reports every file and their mean.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,18 @@ def sts_spearman(embeddings1: np.ndarray, embeddings2: np.ndarray, gold: np.ndar
     b = embeddings2 / np.maximum(np.linalg.norm(embeddings2, axis=1, keepdims=True), 1e-12)
     cosine = (a * b).sum(axis=1)
     return float(spearmanr(cosine, gold).statistic * 100)
+
+
+def check_sts_set(examples: Sequence[Example], path: str) -> None:
+    """Refuse a set that Spearman correlation cannot score: fewer than two pairs, or gold scores all equal (the
+    correlation with a constant is undefined, so it would come out as NaN)."""
+    if len(examples) < 2:
+        raise DataError("an STS set needs at least 2 scored pairs", path)
+    scores = {example.score for example in examples}
+    if len(scores) == 1:
+        raise DataError(
+            f"every gold score is {scores.pop()}: Spearman correlation needs at least two different scores", path
+        )
 
 
 def sts_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -61,8 +74,7 @@ class STSEvaluator:
         self.sets: dict[str, list[Example]] = {}
         for file in sts_files(self.path):
             examples = read_examples(file, kind=Kind.SCORED, columns=self.columns)
-            if len(examples) < 2:
-                raise DataError("an STS set needs at least 2 scored pairs", str(file))
+            check_sts_set(examples, str(file))
             self.sets[file.name.split(".")[0]] = examples
 
     def __call__(self, encoder: SupportsEncode) -> dict[str, float]:

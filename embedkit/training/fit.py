@@ -13,7 +13,7 @@ mixing weight chosen on the dev set. Inputs may be truncated shorter in training
 Layout of ``output_dir``::
 
     log.jsonl          one JSON object per logged step or evaluation
-    checkpoint/        the latest checkpoint: encoder.safetensors + trainer_state.pt
+    checkpoint/        the latest checkpoint: encoder.safetensors, trainer_state.pt, complete.json (its step)
     start.safetensors  the start weights, kept for interpolation (only when ``interpolation`` is set)
     best/              the best model by the evaluator's primary metric (sentence-transformers folder + card)
     final/             the model at the end of training (sentence-transformers folder + card)
@@ -24,6 +24,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +44,7 @@ from embedkit.data import Table, as_examples, collate
 from embedkit.encoders.batching import embed_batch
 from embedkit.encoders.card import ModelCard, write_model_card
 from embedkit.encoders.sentence_transformer import Encoder
-from embedkit.errors import ConfigError
+from embedkit.errors import ConfigError, DataError
 from embedkit.fsutil import atomic_directory, atomic_write_bytes
 from embedkit.losses.objective import Objective
 from embedkit.precision import autocast
@@ -55,7 +58,14 @@ CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "trainer_state.pt"
 WEIGHTS_FILE = "encoder.safetensors"
 LOSS_STATE_FILE = "loss.safetensors"
+COMPLETE_FILE = "complete.json"
 START_FILE = "start.safetensors"
+# Folders a save goes through (see _publish_checkpoint): a hidden staging copy, the previous checkpoint stepped
+# aside as checkpoint-<step>, and folders being deleted. ".checkpoint.old-*" is where runs made before
+# complete.json existed left the previous checkpoint while swapping in the next one.
+_STAGING_PREFIX = f".{CHECKPOINT_DIR}.tmp-"
+_DISCARDED_PREFIX = f".{CHECKPOINT_DIR}.discarded-"
+_LEGACY_ASIDE_PATTERN = f".{CHECKPOINT_DIR}.old-*"
 
 
 @dataclass(frozen=True)
@@ -161,20 +171,31 @@ class _Run:
             ),
         }
         if distributed.is_main_process():
-            with atomic_directory(self.output_dir / CHECKPOINT_DIR) as tmp:
-                save_model(self.encoder, str(tmp / WEIGHTS_FILE))
-                loss_state = _trainable_state(self.loss)
-                if loss_state:
-                    save_file(loss_state, str(tmp / LOSS_STATE_FILE))
-                buffer = io.BytesIO()
-                torch.save(state, buffer)
-                (tmp / STATE_FILE).write_bytes(buffer.getvalue())
+            _publish_checkpoint(self.output_dir, self.step, lambda folder: self._write_checkpoint(folder, state))
         distributed.barrier()
 
+    def _write_checkpoint(self, folder: Path, state: dict[str, Any]) -> None:
+        """The files of a checkpoint, written into ``folder``."""
+        save_model(self.encoder, str(folder / WEIGHTS_FILE))
+        loss_state = _trainable_state(self.loss)
+        if loss_state:
+            save_file(loss_state, str(folder / LOSS_STATE_FILE))
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        (folder / STATE_FILE).write_bytes(buffer.getvalue())
+
     def load_checkpoint(self) -> bool:
-        folder = self.output_dir / CHECKPOINT_DIR
-        if not (folder / STATE_FILE).is_file():
+        """Restore the newest complete checkpoint of the run folder; ``False`` when it holds none.
+
+        What an interrupted save left (an older checkpoint, an unfinished copy) is deleted, once every process
+        has found the newest checkpoint.
+        """
+        folder = latest_checkpoint(self.output_dir)
+        distributed.barrier()
+        if folder is None:
             return False
+        if distributed.is_main_process():
+            _discard_checkpoints(self.output_dir, keep=folder)
         load_model(self.encoder, str(folder / WEIGHTS_FILE))
         if (folder / LOSS_STATE_FILE).is_file():
             self.loss.load_state_dict(load_file(str(folder / LOSS_STATE_FILE)), strict=False)
@@ -255,12 +276,129 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
+# -- checkpoint folders -----------------------------------------------------------------------------------------
+# A save never replaces the only complete checkpoint: the next one is written completely in a hidden folder (its
+# step in complete.json, written last), the current one steps aside as checkpoint-<step>, the new one takes the
+# name checkpoint/, and only then is the old one deleted. A process killed at any moment leaves at least one
+# complete checkpoint folder, and resume takes the one with the highest step.
+def _publish_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None]) -> None:
+    """Save the checkpoint of ``step`` as ``output_dir/checkpoint``: ``write(folder)`` writes its files."""
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=output_dir))
+    try:
+        write(staging)
+        _fsync_files(staging)
+        (staging / COMPLETE_FILE).write_text(json.dumps({"step": step}) + "\n")
+        _fsync_files(staging, COMPLETE_FILE)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    current = output_dir / CHECKPOINT_DIR
+    previous = _complete_step(current) if current.is_dir() else None
+    if previous is not None:
+        os.replace(current, output_dir / f"{CHECKPOINT_DIR}-{previous}")
+    elif current.is_dir():
+        _discard(current)  # an incomplete folder: no checkpoint is lost with it
+    os.replace(staging, current)
+    _fsync_path(output_dir)
+    _discard_checkpoints(output_dir, keep=current)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint folder of ``output_dir`` with the highest step, or ``None`` when there is none.
+
+    Raises:
+        ConfigError: there are checkpoint folders, but none is complete, so the run cannot resume.
+    """
+    folders = _checkpoint_folders(output_dir)
+    steps = {folder: step for folder in folders if (step := _complete_step(folder)) is not None}
+    if steps:
+        return max(steps, key=steps.__getitem__)
+    if folders:
+        names = ", ".join(sorted(folder.name for folder in folders))
+        raise ConfigError(
+            f"{output_dir} holds no complete checkpoint to resume from ({names}: no {COMPLETE_FILE} or "
+            f"{STATE_FILE}); delete them to train again from step 0"
+        )
+    return None
+
+
+def _discard_checkpoints(output_dir: Path, keep: Path | None = None) -> None:
+    """Delete every checkpoint folder of ``output_dir`` but ``keep``, and what interrupted saves left behind.
+
+    Without ``keep``, for a run that starts from step 0: it must never later resume from the checkpoints of the
+    run it replaces.
+    """
+    for folder in _checkpoint_folders(output_dir, staging=True):
+        if folder != keep:
+            _discard(folder)
+
+
+def _checkpoint_folders(output_dir: Path, staging: bool = False) -> list[Path]:
+    """``checkpoint/``, the ``checkpoint-<step>/`` stepped aside and legacy ``.checkpoint.old-*`` folders; with
+    ``staging``, also the unfinished and half-deleted folders a killed save left behind."""
+    found = [output_dir / CHECKPOINT_DIR]
+    # checkpoint-<step> only: not a folder the user named checkpoint-something
+    found += sorted(p for p in output_dir.glob(f"{CHECKPOINT_DIR}-*") if p.name.split("-", 1)[1].isdigit())
+    for pattern in [_LEGACY_ASIDE_PATTERN, *([f"{_STAGING_PREFIX}*", f"{_DISCARDED_PREFIX}*"] if staging else [])]:
+        found += sorted(output_dir.glob(pattern))
+    return [folder for folder in found if folder.is_dir()]
+
+
+def _complete_step(folder: Path) -> int | None:
+    """The step of the checkpoint in ``folder``, or ``None`` when its save did not finish."""
+    marker = folder / COMPLETE_FILE
+    if marker.is_file():
+        return int(json.loads(marker.read_text())["step"])
+    if (folder / STATE_FILE).is_file():
+        # a checkpoint from before complete.json: its state file was written last
+        return int(torch.load(folder / STATE_FILE, weights_only=True, mmap=True)["step"])
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Delete ``folder``, renaming it first so that a half-deleted checkpoint never looks like one."""
+    if folder.name.startswith(_DISCARDED_PREFIX):
+        shutil.rmtree(folder)
+        return
+    trash = folder.with_name(f"{_DISCARDED_PREFIX}{folder.name}")
+    shutil.rmtree(trash, ignore_errors=True)  # left by an earlier, interrupted delete
+    os.replace(folder, trash)
+    shutil.rmtree(trash)
+
+
+def _fsync_files(folder: Path, *names: str) -> None:
+    """Flush ``names`` in ``folder`` (default: every file) and the folder itself to disk: a checkpoint
+    marked complete must also be complete after a power loss."""
+    for name in names or sorted(path.name for path in folder.iterdir()):
+        _fsync_path(folder / name)
+    _fsync_path(folder)
+
+
+def _fsync_path(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def _truncate_log(path: Path, after_step: int) -> None:
-    """Drop log lines written after the checkpoint a resumed run restarts from."""
+    """Drop log lines written after the checkpoint a resumed run restarts from, and a last line that the
+    interrupted run was killed while writing."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= after_step]
+    text = path.read_text()
+    lines = text.splitlines()
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # cut short by the crash
+            raise DataError("not a JSON log record", str(path), number) from None
+        if record.get("step", 0) <= after_step:
+            kept.append(line)
     if len(kept) < len(lines):
         atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
@@ -388,6 +526,7 @@ def fit(
         torch.manual_seed(settings.seed + rank)
         if main_process:
             log_path.unlink(missing_ok=True)
+            _discard_checkpoints(run.output_dir)
             if settings.interpolation:
                 atomic_write_bytes(start_path, safetensors_bytes(_snapshot(encoder)))
     result.start_step = run.step

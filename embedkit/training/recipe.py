@@ -4,29 +4,45 @@ A recipe has the sections ``[model]``, ``[data]``, ``[loss]``, ``[train]`` (the 
 :class:`embedkit.training.fit.FitSettings`), ``[eval]`` and ``[mining]``. Every key of ``[loss]`` other than
 ``name`` is a parameter of that loss. Unknown sections and keys are errors that list
 the valid ones, so a typo never silently falls back to a default.
+
+Every value is checked when the recipe is loaded, before anything is read or trained: against the type of its
+field (or, for a loss parameter, the annotation or default of the loss factory's parameter) and against the
+range :data:`RULES` gives it. A bad value is a one-line :class:`~embedkit.errors.ConfigError` naming the key,
+the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import math
 import os
 import shutil
 import tomllib
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
+import torch
 from torch import nn
 
 from embedkit import distributed
 from embedkit.data import is_beir_folder, read_examples
+from embedkit.data.io import FORMATS
 from embedkit.encoders import DEFAULT_MODEL, load_encoder
-from embedkit.errors import ConfigError
+from embedkit.encoders.sentence_transformer import POOLING_MODES
+from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.eval import EVALUATORS, CombinedEvaluator
 from embedkit.fsutil import atomic_write_bytes
+from embedkit.index import parse_spec
 from embedkit.losses import LOSSES, Objective
+from embedkit.losses.steps import build_steps
 from embedkit.mining.hard_negatives import DEFAULT_STEPS
+from embedkit.precision import PRECISIONS
 from embedkit.training.fit import FitResult, FitSettings, fit
 from embedkit.training.negatives import NegativeMiner
 from embedkit.types import Evaluator, Kind
@@ -70,6 +86,9 @@ class LossConfig:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+DEV_SETS = ("sts", "retrieval", "preference")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """The dev sets evaluated during training (how often: ``train.eval_steps``); the best model is kept.
@@ -96,9 +115,7 @@ class EvalConfig:
             "preference": {"path": self.preference},
         }
         sets = {name: options for name, options in given.items() if next(iter(options.values()))}
-        if self.primary is not None:
-            if self.primary not in given:
-                raise ConfigError(f"eval.primary must be one of {', '.join(given)}, got {self.primary!r}")
+        if self.primary is not None:  # one of DEV_SETS, as the recipe's checks make sure
             if self.primary not in sets:
                 raise ConfigError(f"eval.primary is {self.primary!r}, but the recipe gives no eval.{self.primary} set")
             sets = {self.primary: sets.pop(self.primary), **sets}
@@ -143,28 +160,260 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def config_from_dict(raw: dict[str, Any]) -> RunConfig:
-    """Build a :class:`RunConfig` from nested dicts, as read from TOML."""
+# -- checking values ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    """What a value of the right type must also be: ``test`` says whether it is, ``text`` says it in an error
+    after the type ("an integer" + " of at least 1")."""
+
+    test: Callable[[Any], bool]
+    text: str
+
+
+def at_least(low: float) -> Rule:
+    return Rule(lambda value: value >= low, f"of at least {low}")
+
+
+def above(low: float) -> Rule:
+    return Rule(lambda value: value > low, f"above {low}")
+
+
+def within(low: float, high: float) -> Rule:
+    return Rule(lambda value: low <= value <= high, f"from {low} to {high}")
+
+
+def between(low: float, high: float) -> Rule:
+    return Rule(lambda value: low < value < high, f"strictly between {low} and {high}")
+
+
+def one_of(choices: Iterable[str]) -> Rule:
+    valid = tuple(choices)
+    return Rule(lambda value: value in valid, f"naming one of: {', '.join(valid)}")
+
+
+def each(rule: Rule) -> Rule:
+    return Rule(lambda values: all(rule.test(value) for value in values), f"each {rule.text}")
+
+
+def parsed_by(parse: Callable[[Any], object], text: str) -> Rule:
+    """A rule for values that ``parse`` takes: it raises a :class:`~embedkit.errors.EmbedkitError` saying what is
+    wrong with any other, and the recipe error passes that on."""
+
+    def test(value: Any) -> bool:
+        parse(value)
+        return True
+
+    return Rule(test, text)
+
+
+def _device(name: str) -> torch.device:
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(str(error).splitlines()[0]) from None
+
+
+_FILTERS = 'naming filters, such as { name = "margin", margin = 0.05 }'
+
+RULES: dict[str, Rule] = {
+    "model.pooling": one_of(POOLING_MODES),
+    "model.max_seq_length": at_least(1),
+    "model.precision": one_of(PRECISIONS),
+    "model.device": parsed_by(_device, "naming a device such as cpu, cuda or cuda:1"),
+    "data.kind": one_of(kind.value for kind in Kind),
+    "data.format": one_of(FORMATS),
+    "data.limit": at_least(1),
+    "train.batch_size": at_least(2),  # in-batch negatives need a second row
+    "train.lr": above(0),
+    "train.epochs": at_least(1),
+    "train.max_steps": at_least(1),
+    "train.warmup_ratio": within(0, 1),
+    "train.weight_decay": at_least(0),
+    "train.max_grad_norm": above(0),
+    "train.save_steps": at_least(1),
+    "train.log_steps": at_least(1),
+    "train.eval_steps": at_least(1),
+    "train.mini_batch_size": at_least(1),
+    "train.max_seq_length": at_least(1),
+    "train.interpolation": each(between(0, 1)),  # 0 (the start) and 1 (the final model) are always evaluated
+    "eval.primary": one_of(DEV_SETS),
+    "mining.negatives": at_least(0),
+    "mining.refresh_steps": at_least(0),
+    "mining.spec": parsed_by(parse_spec, "naming an index such as torch or faiss:HNSW32"),
+    "mining.steps": parsed_by(build_steps, _FILTERS),
+    "loss.filters": parsed_by(build_steps, _FILTERS),
+}
+"""The range of each ``section.key`` beyond its type; a key not listed takes any value of its type."""
+
+
+class _WrongType(Exception):
+    """A value that is not of the type asked for."""
+
+
+_NONE = type(None)
+_NAMED_TYPES = {"float": float, "int": int, "bool": bool, "str": str, "None": _NONE}
+_PLURALS = {bool: "booleans", int: "integers", float: "finite numbers", str: "strings", dict: "tables"}
+
+
+def _converted(value: Any, hint: Any) -> Any:
+    """``value`` as a field of type ``hint`` holds it: an integer for a float becomes a float, a list for a tuple
+    a tuple. Raises :class:`_WrongType` for a value of another type (``True`` is no integer, NaN no number)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        for arm in args:
+            try:
+                return _converted(value, arm)
+            except _WrongType:
+                continue
+    elif origin is tuple:
+        if isinstance(value, list | tuple):
+            return tuple(_converted(item, args[0]) for item in value)
+    elif origin is dict:
+        if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+            return {key: _converted(item, args[1]) for key, item in value.items()}
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is Path:
+        if isinstance(value, str | os.PathLike):
+            return value
+    elif isinstance(value, hint):  # bool, str, None
+        return value
+    raise _WrongType
+
+
+def _described(hint: Any) -> str:
+    """What values of type ``hint`` look like in a recipe: ``"an integer"``, ``"a list of finite numbers"``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_described(arm) for arm in args if arm is not _NONE)  # TOML has no null
+    if origin is tuple:
+        return f"a list of {_PLURALS[typing.get_origin(args[0]) or args[0]]}"
+    if origin is dict:
+        return "a table of strings" if args[1] is str else "a table"
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", Path: "a path",
+            Any: "a value"}[hint]
+
+
+def _shown(value: Any) -> str:
+    """A value as a recipe writes it (``"hot"``, ``8.5``, ``true``, ``nan``), on one line."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def checked_value(key: str, value: Any, hint: Any) -> Any:
+    """``value`` of the recipe key ``key`` (``section.name``) converted to its type ``hint``.
+
+    Raises:
+        ConfigError: the value is of another type, or outside the range :data:`RULES` gives ``key``.
+    """
+    rule = RULES.get(key)
+    invalid = f"recipe value {key} = {_shown(value)} is invalid"
+    try:
+        converted = _converted(value, hint)
+        fits = converted is None or rule is None or rule.test(converted)
+    except _WrongType:
+        fits = False
+    except EmbedkitError as error:  # a parser's own account of what is wrong
+        raise ConfigError(f"{invalid}: {error}") from None
+    if not fits:
+        allowed = _described(hint) + (f" {rule.text}" if rule is not None else "")
+        raise ConfigError(f"{invalid}: expected {allowed}")
+    return converted
+
+
+def _section_table(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The ``[name]`` table of a recipe (empty when it has none)."""
+    values = raw.get(name, {})
+    if not isinstance(values, Mapping):
+        raise ConfigError(
+            f"recipe section {name} = {_shown(values)} is invalid: expected a table ([{name}] followed by key = value "
+            "lines)"
+        )
+    return dict(values)
+
+
+def _loss_table(values: dict[str, Any]) -> dict[str, Any]:
+    """A ``[loss]`` table as :class:`LossConfig` takes it: the name, and every other key a parameter."""
+    params = values.pop("params", {})
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"recipe value loss.params = {_shown(params)} is invalid: expected a table")
+    return {"name": values.pop("name", LossConfig.name), "params": {**params, **values}}
+
+
+def _built_section(name: str, cls: type, values: dict[str, Any]) -> Any:
+    """The section dataclass ``cls`` of ``[name]`` with every value checked against the type of its field."""
+    hints = typing.get_type_hints(cls)
+    bad = sorted(set(values) - set(hints))
+    if bad:
+        keys = ", ".join(f"{name}.{k}" for k in bad)
+        raise ConfigError(f"unknown key {keys}; valid keys: {', '.join(sorted(hints))}")
+    return cls(**{key: checked_value(f"{name}.{key}", value, hints[key]) for key, value in values.items()})
+
+
+def _checked_loss(config: LossConfig) -> LossConfig:
+    """``config`` with every parameter checked against the loss factory's parameter of that name."""
+    spec = LOSSES.get(config.name)
+    valid = spec.parameters()
+    unknown = sorted(set(config.params) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"loss {spec.name!r} has no parameter {', '.join(unknown)}; valid parameters: {', '.join(valid)}"
+        )
+    parameters = inspect.signature(spec.factory).parameters
+    params = {key: checked_value(f"loss.{key}", value, _parameter_type(parameters[key]))
+              for key, value in config.params.items()}
+    return dataclasses.replace(config, params=params)
+
+
+def _parameter_type(parameter: inspect.Parameter) -> Any:
+    """The type a loss parameter takes from a recipe: its annotation when made of float, int, bool, str and None
+    (loss modules postpone annotations, so these are strings), else the type of its default; ``Any`` for a
+    parameter that takes objects too (a guide model, filter tables), which the loss checks itself."""
+    annotation = parameter.annotation
+    if isinstance(annotation, str):
+        arms = [_NAMED_TYPES.get(arm.strip()) for arm in annotation.split("|")]
+        return Any if None in arms else Union[tuple(arms)]  # noqa: UP007  (a union built at run time)
+    if isinstance(parameter.default, bool | int | float | str):
+        return type(parameter.default)
+    return Any
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
+    """Build a :class:`RunConfig` from nested dicts, as read from TOML, checking every value.
+
+    Raises:
+        ConfigError: an unknown section or key, a section that is not a table, a value of the wrong type or out
+            of range (see :func:`checked_value`), or dev sets that do not fit together.
+        UnknownNameError: an unknown loss name; the message lists the valid ones.
+    """
     unknown = sorted(set(raw) - set(_SECTIONS))
     if unknown:
         raise ConfigError(f"unknown recipe section {', '.join(unknown)}; valid sections: {', '.join(_SECTIONS)}")
     sections = {}
-    for name in _SECTIONS:
-        values = dict(raw.get(name, {}))
-        if not isinstance(values, dict):
-            raise ConfigError(f"recipe section [{name}] must be a table")
-        cls = _SECTIONS[name]
+    for name, cls in _SECTIONS.items():
+        values = _section_table(raw, name)
         if cls is LossConfig:
-            loss_name = values.pop("name", LossConfig.name)
-            params = values.pop("params", {})
-            values = {"name": loss_name, "params": {**params, **values}}
-        valid = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(values) - valid)
-        if bad:
-            keys = ", ".join(f"{name}.{k}" for k in bad)
-            raise ConfigError(f"unknown key {keys}; valid keys: {', '.join(sorted(valid))}")
-        sections[name] = cls(**values)
-    return RunConfig(**sections)
+            values = _loss_table(values)
+        sections[name] = _built_section(name, cls, values)
+    config = RunConfig(**sections)
+    config = dataclasses.replace(config, loss=_checked_loss(config.loss))
+    config.eval.sets()  # the primary dev set must be one the recipe gives
+    return config
+
+
+def check_config(config: RunConfig) -> None:
+    """Check a config built in Python as :func:`config_from_dict` checks a recipe."""
+    raw = {name: {f.name: getattr(getattr(config, name), f.name) for f in dataclasses.fields(cls)}
+           for name, cls in _SECTIONS.items()}
+    raw["loss"] = {"name": config.loss.name, **config.loss.params}
+    config_from_dict(raw)
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
@@ -188,13 +437,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each ``section.key=value`` in a copy of ``raw``."""
+    """Set each ``section.key=value`` in a copy of ``raw``.
+
+    Raises:
+        ConfigError: an override is malformed, or reaches into a value that is not a table
+            (``train.lr.x=1``).
+    """
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for text in overrides:
         parts, value = parse_override(text)
-        node = raw.setdefault(parts[0], {})
-        for part in parts[1:-1]:
+        node = raw
+        for depth, part in enumerate(parts[:-1], start=1):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                key = ".".join(parts[:depth])
+                raise ConfigError(
+                    f"cannot apply the override {text!r}: {key} = {_shown(node)} is a value, not a table"
+                )
         node[parts[-1]] = value
     return raw
 
@@ -280,6 +539,7 @@ def run_training(config: RunConfig, show_progress: bool = True, overwrite: bool 
     The resolved recipe is written to ``<output_dir>/recipe.json`` so a run records how it was made; running a
     recipe into a folder that holds a run of the same recipe resumes it (see :func:`prepare_output_dir`).
     """
+    check_config(config)
     if not config.data.path:
         raise ConfigError("the recipe names no training data: set data.path")
     spec = LOSSES.get(config.loss.name)
@@ -323,8 +583,6 @@ def negative_miner(config: RunConfig) -> NegativeMiner | None:
     mining = config.mining
     if mining.negatives == 0:
         return None
-    if mining.negatives < 0 or mining.refresh_steps < 0:
-        raise ConfigError("mining.negatives and mining.refresh_steps must be 0 or more")
     corpus = mining.corpus or (config.data.path if is_beir_folder(config.data.path) else None)
     return NegativeMiner(corpus=corpus, num_negatives=mining.negatives, steps=mining.steps,
                          every=mining.refresh_steps, spec=mining.spec)

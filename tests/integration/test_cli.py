@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -130,3 +131,78 @@ def test_reward_model_recipe_evaluates_preference_and_saves_a_loadable_reward_mo
     chosen = model.score([r["prompt"] for r in rows], [r["chosen"] for r in rows])
     rejected = model.score([r["prompt"] for r in rows], [r["rejected"] for r in rows])
     assert summary["last_eval"]["preference/accuracy"] == pytest.approx(100 * np.mean(chosen > rejected))
+
+
+# -- bad inputs: one line naming the file and line (or the argument), exit status 2, nothing written ------------
+def one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("embedkit: error: "), err
+    return lines[0]
+
+
+@pytest.fixture()
+def index_folder(capsys, tiny_model_path, tmp_path):
+    (tmp_path / "corpus.txt").write_text("".join(text + "\n" for text in TINY_TEXTS))
+    code, _, _ = run(capsys, "index", "build", "--model", str(tiny_model_path), "--corpus", str(tmp_path / "corpus.txt"),
+                     "--out", str(tmp_path / "idx"), "--json")
+    assert code == 0
+    return tmp_path / "idx"
+
+
+def test_blank_queries_are_refused(capsys, index_folder, tmp_path) -> None:
+    for query in ("", "  "):
+        code, out, err = run(capsys, "search", str(index_folder), query)
+        assert code == 2 and out == "" and "the query text is blank" in one_line_error(err)
+
+    queries = {"q.txt": "the cat\n\na dog\n", "q.jsonl": '{"_id": "a", "text": "the cat"}\n{"_id": "b", "text": " "}\n'}
+    for name, text in queries.items():
+        (tmp_path / name).write_text(text)
+        code, out, err = run(capsys, "search", str(index_folder), "--queries", str(tmp_path / name),
+                             "--output", str(tmp_path / "run.jsonl"))
+        assert code == 2 and out == "" and f"{tmp_path / name}:2: a blank query" in one_line_error(err)
+        assert not (tmp_path / "run.jsonl").exists()
+
+
+def test_encode_refuses_blank_texts_and_empty_files(capsys, tiny_model_path, tmp_path) -> None:
+    files = {"blank.txt": ("\n  \n\n", "blank.txt: no text to embed: the file holds no rows"),
+             "gap.txt": ("the cat sat\n\na dog runs\n", "gap.txt:2: no text to embed: column 'text' is missing or blank")}
+    for name, (text, message) in files.items():
+        (tmp_path / name).write_text(text)
+        code, _, err = run(capsys, "encode", "--model", str(tiny_model_path), "--input", str(tmp_path / name),
+                           "--output", str(tmp_path / "e.npy"))
+        assert code == 2 and message in one_line_error(err)
+        assert not (tmp_path / "e.npy").exists()
+
+
+def test_a_byte_that_is_not_utf8_is_named_with_its_line(capsys, tiny_model_path, tmp_path) -> None:
+    (tmp_path / "s.txt").write_bytes(b"the cat sat\na dog runs\nthe caf\xe9\n")
+    code, _, err = run(capsys, "encode", "--model", str(tiny_model_path), "--input", str(tmp_path / "s.txt"),
+                       "--output", str(tmp_path / "e.npy"))
+    assert code == 2 and f"{tmp_path / 's.txt'}:3: not UTF-8 text: byte 8 of the line (0xe9)" in one_line_error(err)
+
+
+def test_sts_gold_scores_all_equal_are_an_error(capsys, tiny_model_path, tmp_path) -> None:
+    (tmp_path / "flat.jsonl").write_text("".join(
+        json.dumps({"sentence1": TINY_TEXTS[i], "sentence2": TINY_TEXTS[i + 1], "score": 1}) + "\n" for i in range(4)))
+    code, out, err = run(capsys, "eval", "sts", "--model", str(tiny_model_path), "--data", str(tmp_path / "flat.jsonl"))
+    assert code == 2 and out == "" and "flat.jsonl: every gold score is 1" in one_line_error(err)
+
+
+def test_a_closed_pipe_ends_the_output_quietly(tmp_path) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `embedkit losses | head` once head has exited
+    try:
+        done = subprocess.run([sys.executable, "-m", "embedkit", "losses"], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=300, check=False)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and done.stderr == ""
+
+
+def test_a_missing_file_named_like_a_dataset_is_reported_missing_offline(tmp_path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "embedkit", "encode", "--input", "org/missing", "--output",
+                           str(tmp_path / "e.npy")], capture_output=True, text=True, timeout=300, check=False, env=env)
+    assert done.returncode == 2 and not (tmp_path / "e.npy").exists()
+    assert one_line_error(done.stderr).startswith(
+        "embedkit: error: org/missing: no such file, and no Hugging Face dataset of that name loads")

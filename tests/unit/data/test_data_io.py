@@ -23,7 +23,7 @@ def write(folder: Path, name: str, text: str) -> Path:
     return path
 
 
-def rows_of(path: Path | str, **options: str) -> list[tuple[int, dict[str, Any]]]:
+def rows_of(path: Path | str, **options: Any) -> list[tuple[int, dict[str, Any]]]:
     return list(read_rows(path, **options))
 
 
@@ -221,6 +221,30 @@ def test_non_utf8_file_is_a_data_error(tmp_path: Path) -> None:
     assert "UTF-8" in str(error_of(path))
 
 
+@pytest.mark.parametrize("name", ["rows.txt", "rows.jsonl", "rows.csv", "rows.tsv", "rows.json", "rows.jsonl.gz"])
+def test_a_byte_that_is_not_utf8_is_named_with_its_line(tmp_path: Path, name: str) -> None:
+    # far enough into the file that the decoder meets it in a later block than the first line's
+    lines = ["text", *(f"row {i}" for i in range(3000)), "caf\xe9", "after"]
+    if name.startswith("rows.json"):
+        lines = [json.dumps({"text": line}, ensure_ascii=False) for line in lines[1:]]
+    if name == "rows.json":
+        lines = ["[", *(line + "," for line in lines[:-1]), lines[-1], "]"]
+    data = "\n".join(lines).encode("latin-1") + b"\n"
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    bad_line = next(number for number, line in enumerate(data.split(b"\n"), start=1) if b"\xe9" in line)
+    message = str(error_of(path))
+    assert message.startswith(f"{path}:{bad_line}: not UTF-8 text: byte ") and "(0xe9)" in message
+
+
+def test_blank_lines_of_a_text_file_are_rows_when_asked(tmp_path: Path) -> None:
+    path = write(tmp_path, "rows.txt", "\none\n\n  \ntwo\n\n\n")
+    assert rows_of(path) == [(2, {"text": "one"}), (5, {"text": "two"})]
+    # every blank line before the last text; the ones after it shift nothing
+    assert rows_of(path, keep_blank_lines=True) == [
+        (1, {"text": ""}), (2, {"text": "one"}), (3, {"text": ""}), (4, {"text": "  "}), (5, {"text": "two"})]
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
@@ -265,6 +289,14 @@ def test_hugging_face_failure_is_one_line_naming_the_dataset(fake_datasets: dict
     assert message.startswith("hf:org/missing: cannot load Hugging Face dataset")
     assert "doesn't exist" in message
     assert "\n" not in message
+
+
+def test_a_missing_file_named_like_a_dataset_is_first_of_all_a_missing_file(fake_datasets: dict[str, object]) -> None:
+    with pytest.raises(DataError) as caught:
+        read_rows("org/missing")
+    message = str(caught.value)
+    assert message.startswith("org/missing: no such file, and no Hugging Face dataset of that name loads")
+    assert "doesn't exist" in message and "\n" not in message
 
 
 def test_hugging_face_without_the_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -129,6 +129,13 @@ def test_local_clustering(tiny, labelled) -> None:
     assert outcome.main_score_name == "v_measure" and 0 <= outcome.main_score <= 100
 
 
+def test_a_local_sts_task_with_equal_gold_scores_is_an_error(tmp_path) -> None:
+    write_jsonl(tmp_path / "flat.jsonl", [{"sentence1": a, "sentence2": b, "score": 2} for a, b in
+                                          itertools.combinations(TINY_TEXTS[:4], 2)])
+    with pytest.raises(DataError, match="flat.jsonl: every gold score is 2"):
+        build_task(LocalTaskSpec("Flat", "sts", tmp_path / "flat.jsonl")).load_data()
+
+
 def test_columns_are_renamed_as_read_examples_does(tmp_path) -> None:
     write_jsonl(tmp_path / "c.jsonl", [{"sentence": "the cat sat", "y": "b"}, {"sentence": "a dog runs", "y": "a"}])
     columns = {"sentence": "text", "y": "label"}
@@ -179,9 +186,16 @@ def test_task_file_and_path_inference(tmp_path, sts_file, labelled) -> None:
 
 def test_hub_or_local(monkeypatch, sts_file) -> None:
     local = {"STSBenchmark": LocalTaskSpec("STSBenchmark", "sts", sts_file)}
+
+    def no_network() -> bool:
+        raise AssertionError("a task declared locally must not make embedkit ask the hub anything")
+
+    monkeypatch.setattr(mteb_local, "hub_reachable", no_network)
+    for source in ("auto", "local"):
+        [(origin, task)] = resolve_tasks(["STSBenchmark"], local, source=source)
+        assert origin == "local" and task.metadata.dataset["path"] == str(sts_file)
+
     monkeypatch.setattr(mteb_local, "hub_reachable", lambda: False)
-    [(origin, task)] = resolve_tasks(["STSBenchmark"], local)
-    assert origin == "local" and task.metadata.dataset["path"] == str(sts_file)
     with pytest.raises(ConfigError, match="'SciFact' needs the Hugging Face hub, which cannot be reached"):
         resolve_tasks(["SciFact"], local)
     with pytest.raises(UnknownNameError, match="unknown mteb task 'NoSuchTask'; valid names: <any name"):
@@ -190,9 +204,17 @@ def test_hub_or_local(monkeypatch, sts_file) -> None:
         resolve_tasks(["SciFact"], local, source="local")
 
     monkeypatch.setattr(mteb_local, "hub_reachable", lambda: True)
-    [(origin, task)] = resolve_tasks(["STSBenchmark"], local)
+    [(origin, task)] = resolve_tasks(["STSBenchmark"], local, source="hub")
     assert origin == "hub" and task.metadata.dataset["path"] == "mteb/stsbenchmark-sts"
-    assert resolve_tasks(["STSBenchmark"], local, source="local")[0][0] == "local"
+    assert resolve_tasks(["STSBenchmark"], local)[0][0] == "local"  # a declaration wins, even online
+    assert resolve_tasks(["SciFact"], local)[0][0] == "hub"
+
+
+@pytest.mark.parametrize("name", ["data/sts", "org/name", "sts.jsonl", "tasks.toml"])
+def test_a_missing_path_is_named_as_missing_not_as_an_unknown_task(monkeypatch, name) -> None:
+    monkeypatch.setattr(mteb_local, "hub_reachable", lambda: True)
+    with pytest.raises(DataError, match=rf"^{name}: no such file or folder \(nor an mteb task of that name\)$"):
+        resolve_tasks([name])
 
 
 def test_evaluator_and_cli(capsys, tiny, tiny_model_path, sts_file, labelled, tmp_path) -> None:

@@ -50,3 +50,10 @@ def test_errors(tmp_path) -> None:
     write_scored(tmp_path / "one.jsonl", [("x", "a", 5)])
     with pytest.raises(DataError, match="at least 2"):
         STSEvaluator(tmp_path / "one.jsonl")
+
+
+def test_gold_scores_all_equal_are_an_error_not_nan(tmp_path) -> None:
+    write_scored(tmp_path / "flat.jsonl", [("x", "a", 3), ("x", "b", 3.0), ("x", "c", 3)])
+    with pytest.raises(DataError, match=r"flat.jsonl: every gold score is 3(\.0)?: Spearman correlation needs at least "
+                                        "two different scores"):
+        STSEvaluator(tmp_path / "flat.jsonl")

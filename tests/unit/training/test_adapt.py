@@ -47,7 +47,7 @@ def test_the_recipe_evaluates_and_refreshes_every_epoch(collection, tmp_path) ->
     config = adapt_config(data, tmp_path / "run", "m", ["train.batch_size=4", "train.lr=1e-4"])
     assert config.train.eval_steps == config.train.save_steps == config.mining.refresh_steps == 7  # 28 pairs / 4
     assert config.eval.primary == "retrieval" and config.eval.retrieval_split == "dev"
-    assert config.mining.negatives == 1 and config.train.interpolation == [0.25, 0.5, 0.75]
+    assert config.mining.negatives == 1 and config.train.interpolation == (0.25, 0.5, 0.75)
     assert config.train.lr == 1e-4 and config.model.name == "m"
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from embedkit.errors import ConfigError
+from embedkit.errors import ConfigError, EmbedkitError
+from embedkit.training.fit import FitSettings
 from embedkit.training.recipe import RunConfig, config_from_dict, config_to_dict, load_config, parse_override
 
 REPO = Path(__file__).resolve().parents[3]
@@ -51,6 +52,88 @@ def test_bad_override_and_missing_recipe(tmp_path) -> None:
         load_config(write(tmp_path, ""), ["lr=1"])
     with pytest.raises(ConfigError, match="recipe not found"):
         load_config(tmp_path / "none.toml")
+    with pytest.raises(ConfigError, match=r"'train.lr.x=1': train.lr = 1e-05 is a value, not a table"):
+        load_config(write(tmp_path, "[train]\nlr = 1e-5\n"), ["train.lr.x=1"])
+    with pytest.raises(ConfigError, match=r"'train.lr=1': train = 5 is a value, not a table"):
+        load_config(write(tmp_path, "train = 5\n"), ["train.lr=1"])
+
+
+# Each bad value is one line naming the key, the value and what is allowed (TOML as a recipe file writes it).
+BAD_VALUES = [
+    ("[train]\nlr = -1e-3", "train.lr = -0.001 is invalid: expected a finite number above 0"),
+    ("[train]\nlr = nan", "train.lr = nan is invalid: expected a finite number above 0"),
+    ("[train]\nlr = inf", "train.lr = inf is invalid: expected a finite number above 0"),
+    ('[train]\nlr = "fast"', 'train.lr = "fast" is invalid: expected a finite number above 0'),
+    ("[train]\nlr = true", "train.lr = true is invalid: expected a finite number"),
+    ("[train]\nbatch_size = 8.5", "train.batch_size = 8.5 is invalid: expected an integer of at least 2"),
+    ("[train]\nbatch_size = 1", "train.batch_size = 1 is invalid: expected an integer of at least 2"),
+    ("[train]\nlog_steps = 0", "train.log_steps = 0 is invalid: expected an integer of at least 1"),
+    ("[train]\nsave_steps = 0", "train.save_steps = 0 is invalid: expected an integer of at least 1"),
+    ("[train]\neval_steps = -1", "train.eval_steps = -1 is invalid: expected an integer of at least 1"),
+    ("[train]\nmax_steps = 0", "train.max_steps = 0 is invalid: expected an integer of at least 1"),
+    ("[train]\nmax_steps = -3", "train.max_steps = -3 is invalid: expected an integer of at least 1"),
+    ("[train]\nepochs = 0", "train.epochs = 0 is invalid: expected an integer of at least 1"),
+    ("[train]\nwarmup_ratio = 5.0", "train.warmup_ratio = 5.0 is invalid: expected a finite number from 0 to 1"),
+    ("[train]\nweight_decay = -0.1", "train.weight_decay = -0.1 is invalid: expected a finite number of at least 0"),
+    ("[train]\nmax_grad_norm = 0", "train.max_grad_norm = 0 is invalid: expected a finite number above 0"),
+    ("[train]\nmax_seq_length = -5", "train.max_seq_length = -5 is invalid: expected an integer of at least 1"),
+    ("[train]\nmini_batch_size = 0", "train.mini_batch_size = 0 is invalid: expected an integer of at least 1"),
+    ("[train]\ninterpolation = [0.5, 1.0]",
+     r"train.interpolation = \[0.5, 1.0\] is invalid: expected a list of finite numbers each strictly between 0 and 1"),
+    ('[train]\nresume = "yes"', 'train.resume = "yes" is invalid: expected true or false'),
+    ("[train]\noutput_dir = 3", "train.output_dir = 3 is invalid: expected a string or a path"),
+    ("train = 5", r"recipe section train = 5 is invalid: expected a table \(\[train\] followed by key = value"),
+    ("[model]\nmax_seq_length = 0", "model.max_seq_length = 0 is invalid: expected an integer of at least 1"),
+    ('[model]\nprecision = "fp8"', 'model.precision = "fp8" is invalid: expected a string naming one of: auto, fp32'),
+    ('[model]\npooling = "max"', 'model.pooling = "max" is invalid: expected a string naming one of: cls, mean, last'),
+    ('[model]\ndevice = "gpu0"', 'model.device = "gpu0" is invalid: '),
+    ("[model]\nmlp_head = 1", "model.mlp_head = 1 is invalid: expected true or false"),
+    ('[data]\nkind = "words"', 'data.kind = "words" is invalid: expected a string naming one of: sentences, pairs'),
+    ('[data]\nformat = "xml"', 'data.format = "xml" is invalid: expected a string naming one of: jsonl, json'),
+    ("[data]\nlimit = 0", "data.limit = 0 is invalid: expected an integer of at least 1"),
+    ("[data]\ncolumns = { premise = 1 }", 'data.columns = {"premise": 1} is invalid: expected a table of strings'),
+    ("[data]\npath = [\"a.txt\"]", r'data.path = \["a.txt"\] is invalid: expected a string'),
+    ('[eval]\nsts = "a.jsonl"\nprimary = "mteb"',
+     'eval.primary = "mteb" is invalid: expected a string naming one of: sts, retrieval, preference'),
+    ("[mining]\nnegatives = -1", "mining.negatives = -1 is invalid: expected an integer of at least 0"),
+    ("[mining]\nrefresh_steps = 1.5", "mining.refresh_steps = 1.5 is invalid: expected an integer of at least 0"),
+    ('[mining]\nspec = "annoy"', "mining.spec = \"annoy\" is invalid: unknown index backend 'annoy'; valid names: "),
+    ('[mining]\nsteps = [{ name = "nearest" }]', "unknown filter step 'nearest'; valid names: "),
+    ('[loss]\nname = "infonce"\ntemperature = "hot"', 'loss.temperature = "hot" is invalid: expected a finite number'),
+    ('[loss]\nname = "infonce"\nsymmetric = "no"', 'loss.symmetric = "no" is invalid: expected true or false'),
+    ('[loss]\nname = "infonce-queue"\nqueue_size = 2.5', "loss.queue_size = 2.5 is invalid: expected an integer"),
+    ('[loss]\nname = "infonce"\nfilters = [{ name = "margin", mode = "both" }]',
+     "loss.filters = .* is invalid: filter 'margin': unknown margin mode 'both'; valid: absolute, relative"),
+    ('[loss]\nname = "infonce"\nparams = 3', "loss.params = 3 is invalid: expected a table"),
+    ('[loss]\nname = "infonce"\nwarmth = 1', "loss 'infonce' has no parameter warmth; valid parameters: "),
+    ('[loss]\nname = "nce"', "unknown loss 'nce'; valid names: "),
+]
+
+
+@pytest.mark.parametrize(("text", "match"), BAD_VALUES, ids=[text.replace("\n", " ") for text, _ in BAD_VALUES])
+def test_every_bad_recipe_value_is_a_one_line_error_at_load(tmp_path, text: str, match: str) -> None:
+    with pytest.raises(EmbedkitError, match=match) as error:
+        load_config(write(tmp_path, text + "\n"))
+    assert "\n" not in str(error.value)
+
+
+def test_values_are_converted_to_their_field_types(tmp_path) -> None:
+    config = load_config(write(tmp_path, '[train]\nlr = 1\ninterpolation = [0.5]\n[loss]\nname = "infonce"\n'
+                                         "temperature = 1\n"))
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
+    assert config.train.interpolation == (0.5,)
+    assert config.loss.params == {"temperature": 1.0} and isinstance(config.loss.params["temperature"], float)
+
+
+def test_a_config_built_in_python_is_checked_too(tmp_path) -> None:
+    from dataclasses import replace
+
+    from embedkit.training.recipe import run_training
+
+    config = replace(RunConfig(), train=FitSettings(output_dir=tmp_path, log_steps=0))
+    with pytest.raises(ConfigError, match="train.log_steps = 0 is invalid"):
+        run_training(config)
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 @pytest.mark.parametrize("name", ["quickstart", "simcse-unsup", "simcse-sup"])
@@ -96,13 +179,9 @@ def test_retrieval_is_a_dev_metric_that_picks_the_best_model(tmp_path, tiny_mode
     assert result.best_score == max(e["retrieval/ndcg@10"] for e in evals)
 
 
-@pytest.mark.parametrize(("eval_section", "match"), [
-    ({"sts": "a.jsonl", "primary": "mteb"}, "eval.primary must be one of sts, retrieval, preference"),
-    ({"sts": "a.jsonl", "primary": "retrieval"}, "gives no eval.retrieval set"),
-])
-def test_bad_primary_dev_sets(eval_section, match) -> None:
-    with pytest.raises(ConfigError, match=match):
-        config_from_dict({"eval": eval_section}).eval.sets()
+def test_the_primary_dev_set_must_be_given() -> None:
+    with pytest.raises(ConfigError, match="eval.primary is 'retrieval', but the recipe gives no eval.retrieval set"):
+        config_from_dict({"eval": {"sts": "a.jsonl", "primary": "retrieval"}})
 
 
 def test_mining_inside_training_refreshes_and_keeps_every_pair(tmp_path, tiny_model_path) -> None:
