@@ -14,6 +14,8 @@ Layout of ``output_dir``::
 
     log.jsonl          one JSON object per logged step or evaluation
     checkpoint/        the latest checkpoint: encoder.safetensors, trainer_state.pt, complete.json (its step)
+    checkpoint-<N>/    the checkpoint of step N, only while the next one takes its place: a run killed then
+                       resumes from the newest complete one
     start.safetensors  the start weights, kept for interpolation (only when ``interpolation`` is set)
     best/              the best model by the evaluator's primary metric (sentence-transformers folder + card)
     final/             the model at the end of training (sentence-transformers folder + card)
