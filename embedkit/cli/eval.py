@@ -62,10 +62,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     mteb = tasks.add_parser(
         "mteb",
-        help="MTEB tasks from the hub, or local tasks built from files when offline",
+        help="MTEB tasks from the hub, or local tasks built from files",
         description="Each name is an mteb task, a task declared in --local-tasks, or a path to task files. With "
-        "--source auto, registered tasks run from the hub when it answers and from their local declaration "
-        "otherwise. Results are written in mteb's format under --out.",
+        "--source auto, a task declared locally runs from its files without asking the hub, and other tasks come "
+        "from the hub. Results are written in mteb's format under --out.",
     )
     add_model_options(mteb)
     mteb.add_argument("--tasks", required=True, type=_names, help="comma-separated task names or paths")
