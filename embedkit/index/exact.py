@@ -9,6 +9,7 @@ size, and the result equals a brute-force search (up to the order of equal score
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -137,6 +138,8 @@ class TorchBackend:
     Added vectors are kept as a list of blocks and joined once, on the next search or save, so that adding a
     corpus chunk by chunk copies it once rather than once per chunk.
     """
+
+    FILES: ClassVar[tuple[str, ...]] = (VECTORS_FILE,)
 
     def __init__(self, spec: IndexSpec, dim: int, metric: str, device: torch.device) -> None:
         self.spec = spec
