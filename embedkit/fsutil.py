@@ -101,13 +101,14 @@ def fsync_tree(root: str | os.PathLike[str]) -> None:
 
 
 # -- files and folders -----------------------------------------------------------------------------------------
-def new_directory(parent: str | os.PathLike[str], prefix: str) -> Path:
-    """A new empty folder ``parent/<prefix><random>``, with the mode the umask gives (``tempfile.mkdtemp`` always
-    makes 0700, which made index folders unreadable to the group that was meant to share them)."""
+def new_directory(parent: str | os.PathLike[str], prefix: str, mode: int = 0o777) -> Path:
+    """A new empty folder ``parent/<prefix><random>`` with ``mode`` less the umask: by default what the umask gives
+    (``tempfile.mkdtemp`` always makes 0700, which made index folders unreadable to the group meant to share them);
+    0o700 for a private working folder."""
     while True:
         path = Path(parent) / f"{prefix}{secrets.token_hex(6)}"
         try:
-            path.mkdir()
+            path.mkdir(mode)
         except FileExistsError:
             continue
         return path
@@ -304,12 +305,12 @@ def lock_existing(path: str | os.PathLike[str], *, shared: bool = False, wait: b
     return fd
 
 
-def owned_directory(parent: str | os.PathLike[str], prefix: str) -> tuple[Path, int]:
-    """A new folder ``parent/<prefix><random>`` and a descriptor holding an exclusive lock on it, the mark that
-    its owner is alive (:func:`remove_if_abandoned` leaves it alone). Close the descriptor once the folder is
-    removed or handed over."""
+def owned_directory(parent: str | os.PathLike[str], prefix: str, mode: int = 0o777) -> tuple[Path, int]:
+    """A new folder ``parent/<prefix><random>`` (``mode`` as for :func:`new_directory`) and a descriptor holding an
+    exclusive lock on it, the mark that its owner is alive (:func:`remove_if_abandoned` leaves it alone). Close
+    the descriptor once the folder is removed or handed over."""
     while True:
-        path = new_directory(parent, prefix)
+        path = new_directory(parent, prefix, mode)
         fd = lock_existing(path)
         if fd is not None:
             return path, fd

@@ -462,7 +462,7 @@ def _working_folder() -> tuple[Path, int]:
     temp = Path(tempfile.gettempdir())
     for leftover in temp.glob(f"{WORKDIR_PREFIX}*"):
         remove_if_abandoned(leftover)
-    return owned_directory(temp, WORKDIR_PREFIX)
+    return owned_directory(temp, WORKDIR_PREFIX, mode=0o700)  # private: it holds the corpus's texts
 
 
 def _close_and_remove(connection: sqlite3.Connection, workdir: Path, lock: int) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,6 +197,11 @@ def test_folders_and_files_follow_the_umask(encoder, tmp_path, mask, folders, fi
     assert stat.S_IMODE(root.stat().st_mode) == folders and stat.S_IMODE(current_folder(root).stat().st_mode) == folders
     for path in [root / POINTER_FILE, *current_folder(root).iterdir()]:
         assert stat.S_IMODE(path.stat().st_mode) == files, path.name
+
+
+def test_working_copies_stay_private(encoder) -> None:
+    index = build_index(encoder, DOCS, embeddings=vectors(len(DOCS)))
+    assert stat.S_IMODE(Path(index.store.path).parent.stat().st_mode) == 0o700  # they hold the corpus's texts
 
 
 def test_progress_moves_per_encoded_batch(encoder, monkeypatch) -> None:
