@@ -114,6 +114,23 @@ def new_directory(parent: str | os.PathLike[str], prefix: str, mode: int = 0o777
         return path
 
 
+def current_umask() -> int:
+    """The process's umask, read from ``/proc/self/status`` where Linux shows it (setting it to read it, the
+    fallback, briefly changes it for every thread)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike[str]) -> None:
+    """Give a file that a library wrote with a mode of its own (safetensors: 0600) the mode the umask gives."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def remove_path(path: str | os.PathLike[str]) -> None:
     """Remove a file or a folder tree; a path that is already gone is fine."""
     with contextlib.suppress(FileNotFoundError):

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from embedkit.errors import ConfigError
+from embedkit.fsutil import follow_umask
 from embedkit.index.spec import BACKENDS, IndexFileError, IndexSpec, pad_score
 from embedkit.types import JsonValue
 
@@ -240,6 +241,7 @@ class TorchBackend:
     def save(self, folder: Path) -> list[str]:
         vectors, ids = self._joined()
         save_file({"vectors": vectors.contiguous().cpu(), "ids": ids.contiguous().cpu()}, str(folder / VECTORS_FILE))
+        follow_umask(folder / VECTORS_FILE)
         return [VECTORS_FILE]
 
     def describe(self) -> dict[str, JsonValue]:

@@ -82,6 +82,14 @@ def test_atomic_write_bytes_follows_the_umask_and_leaves_nothing_behind(tmp_path
     assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o640  # mkstemp made 0600 whatever the umask
 
 
+def test_the_umask_is_read_without_changing_it(tmp_path, umask) -> None:
+    umask(0o027)
+    assert fsutil.current_umask() == 0o027 and os.umask(0o027) == 0o027
+    (tmp_path / "f").touch(mode=0o600)
+    fsutil.follow_umask(tmp_path / "f")
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o640
+
+
 def test_atomic_directory_replaces_and_follows_the_umask(tmp_path, umask) -> None:
     umask(0o022)
     write_folder(tmp_path / "out", "one")

@@ -187,11 +187,14 @@ def test_an_edited_spec_is_refused(encoder, tmp_path) -> None:
 
 
 # -- modes and progress --------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("mask", "folders", "files"), [(0o022, 0o755, 0o644), (0o007, 0o770, 0o660)])
-def test_folders_and_files_follow_the_umask(encoder, tmp_path, mask, folders, files) -> None:
+@pytest.mark.parametrize(
+    ("spec", "mask", "folders", "files"),
+    [("faiss:Flat", 0o022, 0o755, 0o644), ("faiss:Flat", 0o007, 0o770, 0o660), ("torch", 0o002, 0o775, 0o664)],
+)
+def test_folders_and_files_follow_the_umask(encoder, tmp_path, spec, mask, folders, files) -> None:
     previous = os.umask(mask)
     try:
-        root = saved(encoder, tmp_path / "idx")
+        root = saved(encoder, tmp_path / "idx", spec)
     finally:
         os.umask(previous)
     assert stat.S_IMODE(root.stat().st_mode) == folders and stat.S_IMODE(current_folder(root).stat().st_mode) == folders
