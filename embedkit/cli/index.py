@@ -2,15 +2,19 @@
 
     embedkit index build --model M --corpus corpus.jsonl --out idx/ --spec faiss:IVF1024,Flat [--metric cosine]
     embedkit index info idx/
-    embedkit index add idx/ --corpus more.jsonl
+    embedkit index add idx/ --corpus more.jsonl [--lock-timeout 600]
     embedkit index remove idx/ --ids ids.txt
     embedkit search idx/ "how do boundary layers behave at high speed" -k 10
     embedkit search idx/ --queries queries.jsonl -k 100 --output run.jsonl
+
+``build`` over an existing folder, ``add`` and ``remove`` hold the index's writers' lock from load to save, so
+concurrent runs queue (each waits up to ``--lock-timeout`` seconds) and none loses another's documents.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +24,7 @@ from embedkit.cli.options import add_model_options, load_model, parse_assignment
 from embedkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
+    from embedkit.encoders import Encoder
     from embedkit.index import Index
 
 TEXT_WIDTH = 100  # characters of a result's text shown by `search`
@@ -46,16 +51,33 @@ def _add_index_device(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_lock_timeout(parser: argparse.ArgumentParser) -> None:
+    from embedkit.index.folder import DEFAULT_LOCK_TIMEOUT
+
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=DEFAULT_LOCK_TIMEOUT,
+        metavar="SECONDS",
+        help=f"wait this long for another writer of the index to finish (default: {DEFAULT_LOCK_TIMEOUT:g}; "
+        "0: fail at once)",
+    )
+
+
+def _encoder(args: argparse.Namespace) -> Encoder:
+    """The encoder of ``--model``, or of the model that built the index at ``args.index``."""
+    from embedkit.encoders import load_encoder
+    from embedkit.index.folder import current_manifest
+
+    name = args.model or current_manifest(args.index).model_name
+    return load_encoder(name, device=args.device, precision=args.precision)
+
+
 def _open_index(args: argparse.Namespace, with_encoder: bool = True) -> Index:
     """The index at ``args.index``, with the encoder of ``--model`` or of its manifest when needed."""
-    from embedkit.encoders import Encoder, load_encoder
     from embedkit.index import Index
-    from embedkit.index.store import read_manifest
 
-    encoder: Encoder | None = None
-    if with_encoder:
-        name = args.model or read_manifest(args.index).model_name
-        encoder = load_encoder(name, device=args.device, precision=args.precision)
+    encoder = _encoder(args) if with_encoder else None
     return Index.load(args.index, encoder=encoder, device=getattr(args, "index_device", "auto"))
 
 
@@ -72,23 +94,28 @@ def parse_params(items: list[str]) -> dict[str, float]:
 # -- index build | info | add | remove -----------------------------------------------------------------------
 def cmd_index_build(args: argparse.Namespace) -> int:
     from embedkit import distributed
+    from embedkit.index.folder import writer_lock
     from embedkit.index.sharded import build_index_sharded
 
     distributed.init_from_environment()  # under torchrun: each process embeds a shard, rank 0 merges and saves
-    index = build_index_sharded(
-        load_model(args),
-        args.corpus,
-        spec=args.spec,
-        metric=args.metric,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-        device=args.index_device,
-        seed=args.seed,
-        show_progress=not args.json,
-    )
-    if index is None:
-        return 0
-    index.save(args.out)
+    encoder = load_model(args)
+    # rank 0 alone saves, so it alone locks (a lock on every rank would make the others wait for rank 0's lock)
+    lock = writer_lock(args.out, args.lock_timeout) if distributed.is_main_process() else contextlib.nullcontext()
+    with lock:
+        index = build_index_sharded(
+            encoder,
+            args.corpus,
+            spec=args.spec,
+            metric=args.metric,
+            batch_size=args.batch_size,
+            chunk_size=args.chunk_size,
+            device=args.index_device,
+            seed=args.seed,
+            show_progress=not args.json,
+        )
+        if index is None:
+            return 0
+        index.save(args.out)
     if args.json:
         print_json(index.info())
     else:
@@ -102,7 +129,18 @@ def cmd_index_info(args: argparse.Namespace) -> int:
         print_json(info)
         return 0
     fields: dict[str, object] = dict(info)
-    for key in ("path", "spec", "metric", "normalize", "dimension", "count", "id_type", "created", "embedkit_version"):
+    for key in (
+        "path",
+        "version",
+        "spec",
+        "metric",
+        "normalize",
+        "dimension",
+        "count",
+        "id_type",
+        "created",
+        "embedkit_version",
+    ):
         print(f"{key:<17} {fields[key]}")
     print(f"{'model':<17} {info['model']['name']} ({info['model']['fingerprint'][:19]}...)")
     print(f"{'backend':<17} " + ", ".join(f"{k}={v}" for k, v in info["backend"].items()))
@@ -112,9 +150,11 @@ def cmd_index_info(args: argparse.Namespace) -> int:
 
 
 def cmd_index_add(args: argparse.Namespace) -> int:
-    index = _open_index(args)
-    added = index.add(args.corpus, batch_size=args.batch_size, show_progress=not args.json)
-    index.save(args.index)
+    from embedkit.index import Index
+
+    encoder = _encoder(args)  # loaded before taking the lock: other writers need not wait for it
+    with Index.update(args.index, encoder, lock_timeout=args.lock_timeout) as index:
+        added = index.add(args.corpus, batch_size=args.batch_size, show_progress=not args.json)
     if args.json:
         print_json({"index": str(args.index), "added": added, "count": len(index)})
     else:
@@ -144,9 +184,10 @@ def _read_ids(path: Path, id_type: str | None) -> list[int | str]:
 
 
 def cmd_index_remove(args: argparse.Namespace) -> int:
-    index = _open_index(args, with_encoder=False)
-    removed = index.remove(_read_ids(args.ids, index.manifest.id_type))
-    index.save(args.index)
+    from embedkit.index import Index
+
+    with Index.update(args.index, lock_timeout=args.lock_timeout) as index:
+        removed = index.remove(_read_ids(args.ids, index.manifest.id_type))
     if args.json:
         print_json({"index": str(args.index), "removed": removed, "count": len(index)})
     else:
@@ -251,6 +292,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--chunk-size", type=int, default=16384, help="documents embedded at a time (bounds memory)")
     build.add_argument("--seed", type=int, default=0, help="seed of the training sample (IVF, PQ)")
     _add_index_device(build)
+    _add_lock_timeout(build)
     build.add_argument("--json", action="store_true", help="print the index info as JSON")
     build.set_defaults(func=cmd_index_build)
 
@@ -263,12 +305,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     add.add_argument("index", type=Path, help="the index folder")
     add.add_argument("--corpus", required=True, help="jsonl/csv/tsv/parquet/txt file, or a BEIR folder")
     _add_encoder_options(add)
+    _add_lock_timeout(add)
     add.add_argument("--json", action="store_true", help="print the result as JSON")
     add.set_defaults(func=cmd_index_add)
 
     remove = actions.add_parser("remove", help="remove documents by id from an index folder")
     remove.add_argument("index", type=Path, help="the index folder")
     remove.add_argument("--ids", required=True, type=Path, help="a text file with one id per line")
+    _add_lock_timeout(remove)
     remove.add_argument("--json", action="store_true", help="print the result as JSON")
     remove.set_defaults(func=cmd_index_remove)
 

@@ -7,6 +7,8 @@
     scores, ids = index.search(["how do boundary layers behave"], k=10)
     index.save("idx/")
     index = Index.load("idx/")
+    with Index.update("idx/") as index:  # holds the writers' lock from load to save
+        index.add(["more text"])
 
 Backends are found by name in :data:`BACKENDS`: ``torch`` (exact, chunked; ``torch:cuda`` on a GPU) and
 ``faiss`` (``faiss:<factory string>``; on the GPU when faiss sees one). :func:`exact_search` is the exact
@@ -22,6 +24,7 @@ from embedkit.index.index import Index, SearchResult, build_index
 from embedkit.index.spec import (
     BACKENDS,
     METRICS,
+    IndexConflictError,
     IndexFileError,
     IndexMismatchError,
     IndexSpec,
@@ -36,6 +39,7 @@ __all__ = [
     "Corpus",
     "Document",
     "Index",
+    "IndexConflictError",
     "IndexFileError",
     "IndexMismatchError",
     "IndexSpec",

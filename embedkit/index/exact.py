@@ -9,6 +9,7 @@ size, and the result equals a brute-force search (up to the order of equal score
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from embedkit.errors import ConfigError
+from embedkit.fsutil import follow_umask
 from embedkit.index.spec import BACKENDS, IndexFileError, IndexSpec, pad_score
 from embedkit.types import JsonValue
 
@@ -138,6 +140,8 @@ class TorchBackend:
     corpus chunk by chunk copies it once rather than once per chunk.
     """
 
+    FILES: ClassVar[tuple[str, ...]] = (VECTORS_FILE,)
+
     def __init__(self, spec: IndexSpec, dim: int, metric: str, device: torch.device) -> None:
         self.spec = spec
         self.dim = dim
@@ -237,6 +241,7 @@ class TorchBackend:
     def save(self, folder: Path) -> list[str]:
         vectors, ids = self._joined()
         save_file({"vectors": vectors.contiguous().cpu(), "ids": ids.contiguous().cpu()}, str(folder / VECTORS_FILE))
+        follow_umask(folder / VECTORS_FILE)
         return [VECTORS_FILE]
 
     def describe(self) -> dict[str, JsonValue]:

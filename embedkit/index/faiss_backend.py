@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import faiss
 import numpy as np
@@ -154,6 +154,43 @@ def _faiss_message(error: Exception) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+def _structure(index: faiss.Index) -> str:
+    """The classes of a faiss index and of the indexes inside it, with the IVF list count, e.g.
+    ``IndexIDMap2(IndexHNSWFlat)`` or ``IndexPreTransform(IndexIVFPQ(nlist=256))``."""
+    index = faiss.downcast_index(index)
+    name = type(index).__name__
+    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2 | faiss.IndexPreTransform):
+        return f"{name}({_structure(index.index)})"
+    if isinstance(index, faiss.IndexIVF):
+        return f"{name}(nlist={index.nlist})"
+    return name
+
+
+def _check_structure(path: Path, index: faiss.Index, spec: IndexSpec, dim: int, metric: str) -> None:
+    """Refuse a faiss file whose index is not what the manifest's spec builds (an edited spec would otherwise load
+    under a false name, and search with parameters meant for another index).
+
+    Raises:
+        IndexFileError: names the file, the spec and both structures.
+    """
+    factory = spec.options or DEFAULT_FACTORY
+    try:
+        expected = faiss.index_factory(dim, factory, _faiss_metric(metric))
+    except RuntimeError:
+        expected = None
+    if expected is not None:
+        if not _stores_ids(expected):
+            expected = faiss.IndexIDMap2(expected)
+        # through faiss's writer and reader, which pick the classes a loaded file has (IndexFlat -> IndexFlatIP)
+        expected = faiss.deserialize_index(faiss.serialize_index(expected))
+    if expected is None or _structure(expected) != _structure(index):
+        built = "nothing faiss can build" if expected is None else _structure(expected)
+        raise IndexFileError(
+            f"{path}: the file holds {_structure(index)}, but the manifest's spec {str(spec)!r} builds {built}; "
+            "the manifest does not describe this index"
+        )
+
+
 class FaissBackend:
     """A faiss index with int64 ids, searched on the GPU when one is there and the search fits its limits.
 
@@ -165,6 +202,8 @@ class FaissBackend:
         index: the CPU index (already holding ids).
         faiss_module: the faiss module; tests pass a fake one to exercise the GPU paths on a CPU.
     """
+
+    FILES: ClassVar[tuple[str, ...]] = (INDEX_FILE,)
 
     def __init__(
         self, spec: IndexSpec, dim: int, metric: str, device: str, index: faiss.Index, faiss_module: GpuFaiss = faiss
@@ -212,6 +251,7 @@ class FaissBackend:
             raise IndexFileError(
                 f"{path}: the faiss index does not match the manifest (dimension {index.d}, not {dim})"
             )
+        _check_structure(path, index, spec, dim, metric)
         return cls(spec, dim, metric, device, index)
 
     def __len__(self) -> int:

@@ -5,10 +5,15 @@ any ``faiss`` index), a :class:`~embedkit.index.store.PayloadStore` mapping inte
 ids, texts and metadata, and a :class:`~embedkit.index.store.Manifest` naming the model whose embeddings these
 are. Searching with an encoder of another model or dimension is refused, since its vectors would live in
 another space and every score would be meaningless.
+
+On disk an index is a folder of numbered versions behind a pointer (:mod:`embedkit.index.folder`): saves never
+leave the path without a complete index, readers never see half of a save, and :meth:`Index.update` holds the
+writers' lock from load to save, so that concurrent writers queue rather than lose each other's documents.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +27,7 @@ from embedkit.data.collate import text_id
 from embedkit.errors import ConfigError, DataError
 from embedkit.index.arrays import normalized
 from embedkit.index.corpus import Corpus, CorpusSource, Document, as_corpus, batched
+from embedkit.index.folder import DEFAULT_LOCK_TIMEOUT, check_replaceable, check_unchanged, commit, reading, writer_lock
 from embedkit.index.spec import (
     BACKENDS,
     Backend,
@@ -34,15 +40,17 @@ from embedkit.index.spec import (
     parse_spec,
 )
 from embedkit.index.store import (
+    MANIFEST_FILE,
     PAYLOADS_FILE,
     FileDigest,
     Manifest,
     PayloadStore,
     check_ids,
+    check_listed,
     model_fingerprint,
     now,
     read_manifest,
-    write_folder,
+    write_files,
 )
 from embedkit.types import JsonValue, TextEncoder
 from embedkit.version import __version__
@@ -87,6 +95,7 @@ class IndexInfo(TypedDict):
     """What :meth:`Index.info` returns (and ``embedkit index info --json`` prints)."""
 
     path: str | None
+    version: str | None
     spec: str
     metric: str
     normalize: bool
@@ -109,13 +118,26 @@ def _progress(total: int, description: str, show: bool | None) -> tqdm:
 
 class Index:
     """A searchable, saveable set of embeddings of a corpus. Build one with :func:`build_index` or
-    :meth:`Index.load`; the constructor is for those two."""
+    :meth:`Index.load`; the constructor is for those two.
 
-    def __init__(self, backend: Backend, store: PayloadStore, manifest: Manifest, path: Path | None = None) -> None:
+    Attributes:
+        path: the folder it was loaded from or last saved to (``None`` until then).
+        version: the version of that folder it holds (``"v-000012"``, ``"."`` for an old-layout folder).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        store: PayloadStore,
+        manifest: Manifest,
+        path: Path | None = None,
+        version: str | None = None,
+    ) -> None:
         self.backend = backend
         self.store = store
         self.manifest = manifest
         self.path = path
+        self.version = version
         self._encoder: TextEncoder | None = None
 
     # -- the encoder -------------------------------------------------------------------------------------------
@@ -153,6 +175,17 @@ class Index:
     # -- adding and removing -----------------------------------------------------------------------------------
     def _embed(self, texts: list[str], batch_size: int) -> np.ndarray:
         return self.encoder.encode(texts, batch_size=batch_size, normalize=self.manifest.normalize, show_progress=False)
+
+    def _embed_batches(self, texts: list[str], batch_size: int, progress: tqdm) -> np.ndarray:
+        """:meth:`_embed`, one batch per call so that ``progress`` moves per batch. Texts are batched longest
+        first, as the encoder batches one call's texts, so that each batch pads as little as before."""
+        order = np.argsort([-len(text) for text in texts], kind="stable")
+        vectors = np.empty((len(texts), self.manifest.dimension), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            positions = order[start : start + batch_size]
+            vectors[positions] = self._embed([texts[i] for i in positions], batch_size)
+            progress.update(len(positions))
+        return vectors
 
     def _check_dimension(self, vectors: np.ndarray) -> None:
         if vectors.ndim != 2 or vectors.shape[1] != self.manifest.dimension:
@@ -218,12 +251,12 @@ class Index:
         progress = _progress(len(ids), "embedding and indexing", show_progress)
         start = 0
         for chunk in batched(documents, chunk_size):
-            end = start + len(chunk)
-            vectors = self._chunk_vectors(chunk, start, embeddings, sample_positions, sample_vectors, batch_size)
+            vectors = self._chunk_vectors(
+                chunk, start, embeddings, sample_positions, sample_vectors, batch_size, progress
+            )
             with self.store.transaction():
                 self.backend.add(vectors, self._insert_payloads(chunk))
-            progress.update(len(chunk))
-            start = end
+            start += len(chunk)
         progress.close()
         self.manifest.count = len(self.backend)
         self.manifest.id_type = id_type
@@ -246,17 +279,23 @@ class Index:
         sample_positions: np.ndarray,
         sample_vectors: np.ndarray,
         batch_size: int,
+        progress: tqdm,
     ) -> np.ndarray:
-        """``[len(chunk), D]`` vectors of the documents at ``start...``: given, kept from training, or embedded."""
+        """``[len(chunk), D]`` vectors of the documents at ``start...``: given, kept from training, or embedded
+        (``progress`` moves by each embedded batch, and by the given or kept vectors at once)."""
         if embeddings is not None:
+            progress.update(len(chunk))
             return self._prepared(embeddings[start : start + len(chunk)])
         low, high = np.searchsorted(sample_positions, [start, start + len(chunk)])
         kept = np.zeros(len(chunk), dtype=bool)
         kept[sample_positions[low:high] - start] = True
         vectors = np.empty((len(chunk), self.manifest.dimension), dtype=np.float32)
         vectors[kept] = sample_vectors[low:high]
+        if high > low:
+            progress.update(high - low)
         if not kept.all():
-            vectors[~kept] = self._embed([d.text for d, k in zip(chunk, kept, strict=True) if not k], batch_size)
+            texts = [d.text for d, k in zip(chunk, kept, strict=True) if not k]
+            vectors[~kept] = self._embed_batches(texts, batch_size, progress)
         return vectors
 
     def _train(
@@ -273,12 +312,8 @@ class Index:
             wanted = set(positions.tolist())
             texts = [d.text for position, d in enumerate(documents) if position in wanted]
             progress = _progress(len(texts), "embedding the training sample", show)
-            parts = []
-            for start in range(0, len(texts), CHUNK_SIZE):
-                parts.append(self._embed(texts[start : start + CHUNK_SIZE], batch_size))
-                progress.update(len(parts[-1]))
+            vectors = self._embed_batches(texts, batch_size, progress)
             progress.close()
-            vectors = np.concatenate(parts)
         self.backend.train(vectors)
         return positions, vectors
 
@@ -372,16 +407,62 @@ class Index:
         self.manifest.search_params = {**self.manifest.search_params, **params}
 
     # -- persistence -------------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the index folder atomically: a failure leaves any previous folder at ``path`` intact."""
-        self.manifest.count = len(self.backend)
-        self.manifest.embedkit_version = __version__
-        self.path = write_folder(path, self.manifest, [self.backend.save, self.store.save])
-        return self.path
+    def save(self, path: str | os.PathLike[str], *, lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> Path:
+        """Save as a new version of the index folder ``path`` (see :mod:`embedkit.index.folder`).
+
+        A failure or a crash at any point leaves the previous version in place, and readers see either version
+        whole. The save holds the writers' lock of ``path``; to keep it from load to save, use :meth:`update`.
+
+        Args:
+            path: the index folder; it must be absent, empty or an index folder.
+            lock_timeout: seconds to wait for another writer of ``path`` (``None``: as long as it takes).
+
+        Raises:
+            IndexConflictError: this index was loaded from ``path``, and another writer saved it since.
+            LockTimeoutError: another writer held the lock for ``lock_timeout`` seconds.
+            ConfigError: ``path`` is something other than an index folder.
+        """
+        root = Path(path)
+        with writer_lock(root, lock_timeout):
+            check_replaceable(root)
+            if self.version is not None and self.path is not None and self.path.resolve() == root.resolve():
+                check_unchanged(root, self.version)
+            self.manifest.count = len(self.backend)
+            self.manifest.embedkit_version = __version__
+            self.version = commit(root, self._write_files)
+        self.path = root
+        return root
+
+    def _write_files(self, folder: Path) -> None:
+        write_files(folder, self.manifest, [self.backend.save, self.store.save])
+
+    @classmethod
+    @contextlib.contextmanager
+    def update(
+        cls,
+        path: str | os.PathLike[str],
+        encoder: TextEncoder | None = None,
+        device: str = "auto",
+        *,
+        lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+    ) -> Iterator[Index]:
+        """Load the index at ``path`` for the block to change, and save it when the block ends, holding the
+        writers' lock from load to save, so that another writer's change can be neither lost nor lose this one::
+
+            with Index.update("idx/") as index:
+                index.add(more_documents)
+
+        When the block raises, nothing is saved. The arguments are :meth:`load`'s, and ``lock_timeout``
+        :meth:`save`'s.
+        """
+        with writer_lock(path, lock_timeout):
+            index = cls.load(path, encoder, device)
+            yield index
+            index.save(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], encoder: TextEncoder | None = None, device: str = "auto") -> Index:
-        """Load an index folder, checking every file against the manifest.
+        """Load the current version of an index folder, checking every file against the manifest.
 
         Args:
             path: the folder :meth:`save` wrote.
@@ -390,24 +471,14 @@ class Index:
             device: ``"auto"``, ``"gpu"`` or ``"cpu"``: where faiss indexes search.
 
         Raises:
-            IndexFileError: a missing, corrupt or truncated file, or files that disagree with each other.
+            IndexFileError: a missing, corrupt or truncated file, files that disagree with each other, or a
+                manifest that does not vouch for every file or whose content was edited.
             IndexMismatchError: ``encoder`` is another model or dimension.
         """
-        folder = Path(path)
-        manifest = read_manifest(folder)
-        spec = parse_spec(manifest.spec)
-        backend = BACKENDS.get(spec.backend).load(
-            folder, spec, manifest.dimension, backend_metric(manifest.metric), check_device(device)
-        )
-        store = PayloadStore.open(folder / PAYLOADS_FILE)
-        if not len(backend) == len(store) == manifest.count:
-            raise IndexFileError(
-                f"{folder}: the files disagree: the manifest counts {manifest.count} documents, the vectors "
-                f"{len(backend)}, the payloads {len(store)}"
-            )
-        if manifest.search_params:
-            backend.set_search_params(manifest.search_params)
-        index = cls(backend, store, manifest, folder)
+        root = Path(path)
+        with reading(root) as (folder, version):
+            backend, store, manifest = _load_files(folder, device)
+        index = cls(backend, store, manifest, root, version)
         if encoder is not None:
             index.encoder = encoder
         return index
@@ -416,6 +487,7 @@ class Index:
         """What the index holds: spec, metric, model, counts, backend details, files."""
         return {
             "path": None if self.path is None else str(self.path),
+            "version": self.version,
             "spec": self.manifest.spec,
             "metric": self.manifest.metric,
             "normalize": self.manifest.normalize,
@@ -435,6 +507,24 @@ class Index:
 
     def __repr__(self) -> str:
         return f"Index(spec={self.manifest.spec!r}, metric={self.manifest.metric!r}, count={len(self)})"
+
+
+def _load_files(folder: Path, device: str) -> tuple[Backend, PayloadStore, Manifest]:
+    """The backend, payloads and manifest of one version folder, each file checked against the manifest."""
+    manifest = read_manifest(folder)
+    spec = parse_spec(manifest.spec)
+    factory = BACKENDS.get(spec.backend)
+    check_listed(manifest, folder / MANIFEST_FILE, factory.FILES)
+    backend = factory.load(folder, spec, manifest.dimension, backend_metric(manifest.metric), check_device(device))
+    store = PayloadStore.open(folder / PAYLOADS_FILE)
+    if not len(backend) == len(store) == manifest.count:
+        raise IndexFileError(
+            f"{folder}: the files disagree: the manifest counts {manifest.count} documents, the vectors "
+            f"{len(backend)}, the payloads {len(store)}"
+        )
+    if manifest.search_params:
+        backend.set_search_params(manifest.search_params)
+    return backend, store, manifest
 
 
 def training_positions(n: int, size: int, seed: int) -> np.ndarray:

@@ -29,6 +29,10 @@ class IndexFileError(EmbedkitError):
     """An index folder that is missing, incomplete, corrupt or truncated."""
 
 
+class IndexConflictError(EmbedkitError):
+    """A save that would drop another writer's change: the index folder changed after this index was loaded."""
+
+
 class IndexMismatchError(EmbedkitError):
     """An encoder or query vectors that do not fit the index: another model or another dimension."""
 
@@ -96,6 +100,9 @@ class Backend(Protocol):
 
 
 class BackendFactory(Protocol):
+    FILES: tuple[str, ...]
+    """The files that :meth:`Backend.save` writes and :meth:`load` reads (the manifest must check each)."""
+
     def create(self, spec: IndexSpec, dim: int, metric: str, device: str) -> Backend: ...
 
     def load(self, folder: Path, spec: IndexSpec, dim: int, metric: str, device: str) -> Backend: ...

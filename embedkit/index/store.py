@@ -1,10 +1,11 @@
-"""What an index folder holds besides the vectors: payloads in SQLite, and ``manifest.json``.
+"""What a version of an index folder holds besides the vectors: payloads in SQLite, and ``manifest.json``.
 
-An index folder::
+A version folder (:mod:`embedkit.index.folder` keeps versions behind a pointer)::
 
     manifest.json         embedkit version, model name and weight fingerprint, dimension, metric,
-                          normalisation, spec, count, id type, creation time, search parameters, and the
-                          size and sha256 of every other file (checked before any of them is parsed)
+                          normalisation, spec, count, id type, creation time, search parameters, the
+                          size and sha256 of every other file (checked before any of them is parsed), and
+                          the sha256 of the manifest's own content (so that an edited spec is refused)
     payloads.sqlite       one row per vector: internal id, external id, text, text id, metadata (JSON)
     index.faiss           (faiss backends) written by faiss.write_index
     vectors.safetensors   (torch backend) vectors and internal ids
@@ -13,9 +14,10 @@ External ids are the corpus's own, ``int`` or ``str`` (one type per index), kept
 ``external`` column has no declared type, so SQLite stores ``1`` and ``"1"`` as different values. Internal ids
 are int64 numbers that the backend stores; they count up and are never reused.
 
-A saved folder is never changed in place: an index loaded from it reads its SQLite file read-only, copies it to
-a private working file on the first change, and :func:`write_folder` writes a whole new folder that replaces
-the old one only once complete (:func:`embedkit.fsutil.atomic_directory`).
+A saved version is never changed in place: an index loaded from it reads its SQLite file read-only, copies it
+to a private working file on the first change, and a save writes a whole new version. Working files live in
+``embedkit-index-*`` folders of the temporary folder, locked by their process while it lives, so that the next
+store created removes those of processes that were killed (:func:`embedkit.fsutil.remove_if_abandoned`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -39,15 +42,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedkit.errors import ConfigError, DataError
-from embedkit.fsutil import atomic_directory
+from embedkit.errors import DataError
+from embedkit.fsutil import owned_directory, remove_if_abandoned
 from embedkit.index.spec import IndexFileError
 from embedkit.types import JsonValue
 
 MANIFEST_FILE = "manifest.json"
 PAYLOADS_FILE = "payloads.sqlite"
 FORMAT = "embedkit-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 added the manifest's ``checksum``; version 1 manifests (no checksum) are still read."""
+READABLE_VERSIONS = (1, 2)
+WORKDIR_PREFIX = "embedkit-index-"
 _Value = TypeVar("_Value")
 _SQL_VARIABLES = 900  # ids per "IN (...)" query, under SQLite's historical limit of 999 parameters
 _INT64_MAX = 2**63 - 1
@@ -118,22 +124,43 @@ class Manifest:
     def to_json(self) -> str:
         body = asdict(self)
         model = {"name": body.pop("model_name"), "fingerprint": body.pop("model_fingerprint")}
-        return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "model": model, **body}, indent=2) + "\n"
+        document = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model, **body}
+        return json.dumps({**document, "checksum": content_checksum(document)}, indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str, where: str) -> Manifest:
+        """Parse a manifest, checking its format and (version 2) its checksum.
+
+        Raises:
+            IndexFileError: invalid JSON or fields, an unknown format version, or content that does not match
+                its checksum; names the file.
+        """
         try:
             body = json.loads(text)
-            if body.pop("format") != FORMAT:
+            if body.get("format") != FORMAT:
                 raise ValueError("not an embedkit index manifest")
-            version = body.pop("format_version")
-            if version != FORMAT_VERSION:
-                raise ValueError(f"format version {version}; this embedkit reads version {FORMAT_VERSION}")
+            version = body.get("format_version")
+            if version not in READABLE_VERSIONS:
+                readable = ", ".join(map(str, READABLE_VERSIONS))
+                raise ValueError(f"format version {version}; this embedkit reads versions {readable}")
+            checksum = body.pop("checksum", None)
+            if version > 1 and checksum != content_checksum(body):
+                raise IndexFileError(
+                    f"{where}: the manifest's content does not match its checksum (was it edited?); restore it, or "
+                    "build the index again"
+                )
+            del body["format"], body["format_version"]
             model = body.pop("model")
             manifest = cls(model_name=model["name"], model_fingerprint=model["fingerprint"], **body)
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise IndexFileError(f"{where}: not a valid index manifest ({error})") from None
         return manifest
+
+
+def content_checksum(document: Mapping[str, object]) -> str:
+    """``"sha256:<hex>"`` of a JSON document written canonically (sorted keys, no spaces)."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return f"sha256:{hashlib.sha256(canonical.encode()).hexdigest()}"
 
 
 def now() -> str:
@@ -165,6 +192,7 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
         manifest = Manifest.from_json(path.read_text(encoding="utf-8"), str(path))
     except (OSError, UnicodeDecodeError) as error:
         raise IndexFileError(f"{path}: cannot read the manifest ({error})") from None
+    check_listed(manifest, path, [PAYLOADS_FILE])
     for name, expected in manifest.files.items():
         file = root / name
         if not file.is_file():
@@ -174,23 +202,42 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
     return manifest
 
 
-def write_folder(
-    path: str | os.PathLike[str], manifest: Manifest, writers: Sequence[Callable[[Path], list[str]]]
-) -> Path:
-    """Write an index folder atomically: each writer puts its files into a temporary folder and returns their
-    names; the manifest, with their checksums, goes last; then the folder replaces ``path``.
+def check_listed(manifest: Manifest, path: Path, required: Sequence[str]) -> None:
+    """Refuse a manifest that does not vouch for ``required`` files with a size and a sha256 each: a file it does
+    not list would be read unchecked.
 
-    A failure at any point leaves ``path`` as it was. ``path`` must be absent, empty, or an index folder, so that
-    a typo never replaces an unrelated folder.
+    Raises:
+        IndexFileError: names the manifest and the files.
     """
-    target = Path(path)
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / MANIFEST_FILE).exists())):
-        raise ConfigError(f"refusing to replace {target}: it exists and is not an embedkit index folder")
-    with atomic_directory(target) as tmp:
-        names = [name for writer in writers for name in writer(tmp)]
-        manifest.files = {name: file_digest(tmp / name) for name in names}
-        (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
-    return target
+    unchecked = [name for name in required if not _is_digest(manifest.files.get(name))]
+    unchecked += [name for name, digest in manifest.files.items() if not _is_digest(digest)]
+    if unchecked:
+        raise IndexFileError(
+            f"{path}: the manifest gives no size and sha256 for {', '.join(sorted(set(unchecked)))}, so the folder "
+            "cannot be checked; build the index again"
+        )
+
+
+def _is_digest(digest: object) -> bool:
+    """Whether ``digest`` is a :data:`FileDigest`: a size (int) and a 64-digit hex sha256."""
+    if not isinstance(digest, dict):
+        return False
+    size, sha256 = digest.get("bytes"), digest.get("sha256")
+    return (
+        isinstance(size, int)
+        and not isinstance(size, bool)
+        and size >= 0
+        and isinstance(sha256, str)
+        and re.fullmatch(r"[0-9a-f]{64}", sha256) is not None
+    )
+
+
+def write_files(folder: Path, manifest: Manifest, writers: Sequence[Callable[[Path], list[str]]]) -> None:
+    """Fill a new version folder: each writer puts its files into ``folder`` and returns their names; the manifest,
+    with their sizes and checksums, goes last."""
+    names = [name for writer in writers for name in writer(folder)]
+    manifest.files = {name: file_digest(folder / name) for name in names}
+    (folder / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
 
 
 # -- payloads ------------------------------------------------------------------------------------------------
@@ -225,26 +272,29 @@ class PayloadStore:
     that mapping search results is one numpy ``take`` (the last element is the padding for id ``-1``).
     """
 
-    def __init__(self, connection: sqlite3.Connection, path: Path, read_only: bool, workdir: Path | None) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path, read_only: bool) -> None:
         self._connection = connection
         self.path = path
         self.read_only = read_only
-        self._workdir = workdir
         self._externals: list[ExternalId | None] | None = None
         self._text_ids: list[int] | None = None
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
-        if workdir is not None:
-            weakref.finalize(self, _close_and_remove, connection, workdir)
 
     @classmethod
     def create(cls) -> PayloadStore:
         """An empty store in a private working file (cheaper than memory for large corpora)."""
-        workdir = Path(tempfile.mkdtemp(prefix="embedkit-index-"))
+        workdir, lock = _working_folder()
         connection = _working_connection(workdir / PAYLOADS_FILE)
         connection.executescript(_SCHEMA)
         connection.execute("INSERT INTO meta VALUES ('next_internal', 0), ('id_type', NULL)")
         connection.commit()
-        return cls(connection, workdir / PAYLOADS_FILE, read_only=False, workdir=workdir)
+        store = cls(connection, workdir / PAYLOADS_FILE, read_only=False)
+        store._own(workdir, lock)
+        return store
+
+    def _own(self, workdir: Path, lock: int) -> None:
+        """Remove the working folder, and release its lock, when the store is collected or Python exits."""
+        weakref.finalize(self, _close_and_remove, self._connection, workdir, lock)
 
     @classmethod
     def open(cls, path: Path) -> PayloadStore:
@@ -255,22 +305,17 @@ class PayloadStore:
             connection.execute("SELECT value FROM meta WHERE key = 'next_internal'").fetchone()
         except sqlite3.DatabaseError as error:
             raise IndexFileError(f"{path}: not a readable payload database ({error})") from None
-        return cls(connection, path, read_only=True, workdir=None)
+        return cls(connection, path, read_only=True)
 
     def _writable(self) -> sqlite3.Connection:
         """The connection, after copying a read-only saved store to a private working file."""
         if self.read_only:
-            workdir = Path(tempfile.mkdtemp(prefix="embedkit-index-"))
+            workdir, lock = _working_folder()
             connection = _working_connection(workdir / PAYLOADS_FILE)
             self._connection.backup(connection)
             self._connection.close()
-            self._connection, self.path, self.read_only, self._workdir = (
-                connection,
-                workdir / PAYLOADS_FILE,
-                False,
-                workdir,
-            )
-            weakref.finalize(self, _close_and_remove, connection, workdir)
+            self._connection, self.path, self.read_only = connection, workdir / PAYLOADS_FILE, False
+            self._own(workdir, lock)
         return self._connection
 
     def _meta(self, key: str) -> int | str | None:
@@ -392,6 +437,8 @@ class PayloadStore:
 
     def save(self, folder: Path) -> list[str]:
         """Copy the database into ``folder`` (SQLite's online backup: a consistent snapshot)."""
+        # created here so that its mode follows the umask alone (SQLite would cap it at 0644); empty is a valid db
+        os.close(os.open(folder / PAYLOADS_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         target = sqlite3.connect(folder / PAYLOADS_FILE)
         try:
             self._connection.backup(target)
@@ -409,9 +456,19 @@ def _working_connection(path: Path) -> sqlite3.Connection:
     return connection
 
 
-def _close_and_remove(connection: sqlite3.Connection, workdir: Path) -> None:
+def _working_folder() -> tuple[Path, int]:
+    """A new locked ``embedkit-index-*`` folder in the temporary folder, after removing those whose process died
+    (a killed process cannot clean up after itself, and each of its folders may hold a whole corpus)."""
+    temp = Path(tempfile.gettempdir())
+    for leftover in temp.glob(f"{WORKDIR_PREFIX}*"):
+        remove_if_abandoned(leftover)
+    return owned_directory(temp, WORKDIR_PREFIX, mode=0o700)  # private: it holds the corpus's texts
+
+
+def _close_and_remove(connection: sqlite3.Connection, workdir: Path, lock: int) -> None:
     connection.close()
     shutil.rmtree(workdir, ignore_errors=True)
+    os.close(lock)
 
 
 def _chunks(values: list[_Value]) -> Iterator[list[_Value]]:

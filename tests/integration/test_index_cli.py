@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 
 import pytest
 
 from embedkit.cli import main
+from embedkit.index.folder import current_folder
 
 DOCS = [
     {"_id": "a", "title": "Cats", "text": "the cat sat on the mat"},
@@ -131,11 +134,71 @@ def test_errors_are_one_line(capsys, tiny_model_path, corpus) -> None:
     (corpus / "ids.txt").write_text("zzz\n")
     code, _, err = run(capsys, "index", "remove", index, "--ids", corpus / "ids.txt")
     assert code == 2 and "not in the index" in err
-    (index / "vectors.safetensors").write_bytes(b"broken")
+    (current_folder(index) / "vectors.safetensors").write_bytes(b"broken")
     code, _, err = run(capsys, "index", "info", index)
     assert code == 2 and "corrupt or truncated" in err
     code, _, err = run(capsys, "search", index)
     assert code == 2 and "give either a query text or --queries" in err
+
+
+def build(capsys, tiny_model_path, corpus) -> object:
+    index = corpus / "idx"
+    code, _, _ = run(
+        capsys, "index", "build", "--model", tiny_model_path, "--corpus", corpus / "corpus.jsonl", "--out", index
+    )
+    assert code == 0
+    return index
+
+
+def test_concurrent_adds_lose_nothing(capsys, tiny_model_path, corpus) -> None:
+    """Two `index add` runs at once (threads here: the lock is per open file, so they exclude each other as two
+    processes would; tests/unit/index/test_index_concurrency.py runs processes)."""
+    index = build(capsys, tiny_model_path, corpus)
+    write_jsonl(corpus / "one.jsonl", [{"_id": f"x{i}", "text": f"the cat {i}"} for i in range(5)])
+    codes: list[int] = []
+    adds = [
+        threading.Thread(
+            target=lambda name=name: codes.append(
+                main(["index", "add", str(index), "--corpus", str(corpus / name), "--json"])
+            )
+        )
+        for name in ("one.jsonl", "more.jsonl")
+    ]
+    for thread in adds:
+        thread.start()
+    for thread in adds:
+        thread.join()
+    capsys.readouterr()
+    code, out, _ = run(capsys, "index", "info", index, "--json")
+    assert codes == [0, 0] and code == 0 and json.loads(out)["count"] == 6 + 5 + 2
+
+
+def test_a_locked_index_is_a_one_line_error(capsys, tiny_model_path, corpus) -> None:
+    from embedkit.index.folder import writer_lock
+
+    index = build(capsys, tiny_model_path, corpus)
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with writer_lock(index):
+            taken.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert taken.wait(10)
+        (corpus / "ids.txt").write_text("a\n")
+        code, _, err = run(capsys, "index", "remove", index, "--ids", corpus / "ids.txt", "--lock-timeout", "0.2")
+        assert code == 2 and err.count("\n") == 1
+        assert f"index {index} is locked by another writer (pid {os.getpid()}" in err and "--lock-timeout" in err
+        code, out, _ = run(capsys, "search", index, "the cat sat on the mat", "-k", "1", "--json")  # readers go on
+        assert code == 0 and json.loads(out)[0]["id"] == "a"
+    finally:
+        release.set()
+        holder.join()
+    code, out, _ = run(capsys, "index", "remove", index, "--ids", corpus / "ids.txt", "--json")
+    assert code == 0 and json.loads(out)["count"] == 5
 
 
 def test_mine_triplets(capsys, tiny_model_path, corpus) -> None:

@@ -12,8 +12,9 @@ import pytest
 from embedkit.encoders import build_tiny_model, load_encoder
 from embedkit.errors import ConfigError, DataError, UnknownNameError
 from embedkit.index import Index, IndexFileError, IndexMismatchError, build_index, parse_spec
+from embedkit.index.folder import current_folder
 from embedkit.index.spec import IndexSpec
-from embedkit.index.store import PayloadStore
+from embedkit.index.store import PayloadStore, content_checksum
 
 DOCS = [
     ("d1", "the cat sat on the mat", {"topic": "cats"}),
@@ -105,7 +106,7 @@ def test_add_and_remove_by_external_id(encoder, tmp_path, spec) -> None:
 def test_manifest_and_info(encoder, tmp_path) -> None:
     index = build_index(encoder, DOCS, spec="faiss:Flat", metric="ip")
     index.save(tmp_path / "idx")
-    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    manifest = json.loads((current_folder(tmp_path / "idx") / "manifest.json").read_text())
     assert manifest["model"]["name"] == encoder.name and manifest["model"]["fingerprint"].startswith("sha256:")
     assert (manifest["dimension"], manifest["metric"], manifest["normalize"], manifest["spec"]) == (
         32,
@@ -133,7 +134,9 @@ def test_a_crash_while_saving_leaves_the_previous_index(encoder, tmp_path, monke
     with pytest.raises(OSError, match="disk full"):
         index.save(tmp_path / "idx")
     assert len(Index.load(tmp_path / "idx")) == 3
-    assert [path.name for path in tmp_path.iterdir()] == ["idx"]  # no temporary folder left behind
+    # no half-written version left behind; the writers' lock file stays beside the folder
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".idx.lock", "idx"]
+    assert sorted(path.name for path in (tmp_path / "idx").iterdir()) == ["CURRENT", "v-000001"]
     monkeypatch.undo()
     index.save(tmp_path / "idx")
     assert len(Index.load(tmp_path / "idx")) == 6
@@ -149,12 +152,13 @@ def test_saving_over_an_unrelated_folder_is_refused(encoder, tmp_path) -> None:
 
 @pytest.mark.parametrize("spec", ["torch", "faiss:Flat"])
 def test_corrupt_or_truncated_files_are_clear_errors(encoder, tmp_path, spec) -> None:
-    folder = build_index(encoder, DOCS, spec=spec).save(tmp_path / "idx")
+    root = build_index(encoder, DOCS, spec=spec).save(tmp_path / "idx")
+    folder = current_folder(root)
     vectors = folder / ("index.faiss" if spec.startswith("faiss") else "vectors.safetensors")
     original = vectors.read_bytes()
     vectors.write_bytes(original[: len(original) // 2])
     with pytest.raises(IndexFileError, match="corrupt or truncated"):
-        Index.load(folder)
+        Index.load(root)
     # garbage that passes the checksum (the manifest rewritten to match) still fails cleanly in the reader
     vectors.write_bytes(b"\x00garbage" * 10)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -162,24 +166,27 @@ def test_corrupt_or_truncated_files_are_clear_errors(encoder, tmp_path, spec) ->
         "bytes": 80,
         "sha256": __import__("hashlib").sha256(b"\x00garbage" * 10).hexdigest(),
     }
+    del manifest["checksum"]
+    manifest["checksum"] = content_checksum(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFileError, match="not a readable"):
-        Index.load(folder)
+        Index.load(root)
     (folder / "manifest.json").write_text("{ not json")
     with pytest.raises(IndexFileError, match="not a valid index manifest"):
-        Index.load(folder)
+        Index.load(root)
     (folder / "manifest.json").unlink()
     with pytest.raises(IndexFileError, match="no manifest.json"):
-        Index.load(folder)
+        Index.load(root)
     with pytest.raises(IndexFileError, match="no such index folder"):
         Index.load(tmp_path / "missing")
 
 
 def test_a_corrupt_payload_database_is_a_clear_error(encoder, tmp_path) -> None:
-    folder = build_index(encoder, DOCS).save(tmp_path / "idx")
+    root = build_index(encoder, DOCS).save(tmp_path / "idx")
+    folder = current_folder(root)
     (folder / "payloads.sqlite").unlink()
     with pytest.raises(IndexFileError, match="payloads.sqlite: missing"):
-        Index.load(folder)
+        Index.load(root)
     (folder / "payloads.sqlite").write_bytes(b"SQLite format 3\x00" + b"\xff" * 200)
     with pytest.raises(IndexFileError, match="not a readable payload database"):
         PayloadStore.open(folder / "payloads.sqlite")
