@@ -1,8 +1,10 @@
-"""Fixtures shared by every test directory."""
+"""Fixtures and helpers shared by every test directory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,25 @@ def sentence_examples():
     from embedkit.types import Example, Kind
 
     return Examples([Example(anchor=s, positive=s) for s in FIT_SENTENCES], Kind.SENTENCES)
+
+
+@contextlib.contextmanager
+def writer_lock_held_elsewhere(index_path):
+    """The index's writer lock held by another thread for the duration of the block."""
+    from embedkit.index.folder import writer_lock
+
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with writer_lock(index_path):
+            taken.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert taken.wait(10), "the other thread never took the lock"
+        yield
+    finally:
+        release.set()
+        holder.join()

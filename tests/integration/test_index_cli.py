@@ -7,6 +7,7 @@ import os
 import threading
 
 import pytest
+from conftest import writer_lock_held_elsewhere
 
 from embedkit.cli import main
 from embedkit.index.folder import current_folder
@@ -174,29 +175,14 @@ def test_concurrent_adds_lose_nothing(capsys, tiny_model_path, corpus) -> None:
 
 
 def test_a_locked_index_is_a_one_line_error(capsys, tiny_model_path, corpus) -> None:
-    from embedkit.index.folder import writer_lock
-
     index = build(capsys, tiny_model_path, corpus)
-    taken, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with writer_lock(index):
-            taken.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert taken.wait(10)
+    with writer_lock_held_elsewhere(index):
         (corpus / "ids.txt").write_text("a\n")
         code, _, err = run(capsys, "index", "remove", index, "--ids", corpus / "ids.txt", "--lock-timeout", "0.2")
         assert code == 2 and err.count("\n") == 1
         assert f"index {index} is locked by another writer (pid {os.getpid()}" in err and "--lock-timeout" in err
         code, out, _ = run(capsys, "search", index, "the cat sat on the mat", "-k", "1", "--json")  # readers go on
         assert code == 0 and json.loads(out)[0]["id"] == "a"
-    finally:
-        release.set()
-        holder.join()
     code, out, _ = run(capsys, "index", "remove", index, "--ids", corpus / "ids.txt", "--json")
     assert code == 0 and json.loads(out)["count"] == 5
 
