@@ -47,7 +47,7 @@ from embedkit.encoders.batching import embed_batch
 from embedkit.encoders.card import ModelCard, write_model_card
 from embedkit.encoders.sentence_transformer import Encoder
 from embedkit.errors import ConfigError, DataError
-from embedkit.fsutil import atomic_directory, atomic_write_bytes
+from embedkit.fsutil import atomic_directory, atomic_write_bytes, fsync_directory, fsync_file, fsync_tree
 from embedkit.losses.objective import Objective
 from embedkit.precision import autocast
 from embedkit.training.gradcache import grad_cache_backward
@@ -288,9 +288,10 @@ def _publish_checkpoint(output_dir: Path, step: int, write: Callable[[Path], Non
     staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=output_dir))
     try:
         write(staging)
-        _fsync_files(staging)
+        fsync_tree(staging)  # a checkpoint marked complete must also be complete after a power loss
         (staging / COMPLETE_FILE).write_text(json.dumps({"step": step}) + "\n")
-        _fsync_files(staging, COMPLETE_FILE)
+        fsync_file(staging / COMPLETE_FILE)
+        fsync_directory(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -301,7 +302,7 @@ def _publish_checkpoint(output_dir: Path, step: int, write: Callable[[Path], Non
     elif current.is_dir():
         _discard(current)  # an incomplete folder: no checkpoint is lost with it
     os.replace(staging, current)
-    _fsync_path(output_dir)
+    fsync_directory(output_dir)
     _discard_checkpoints(output_dir, keep=current)
 
 
@@ -366,22 +367,6 @@ def _discard(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)  # left by an earlier, interrupted delete
     os.replace(folder, trash)
     shutil.rmtree(trash)
-
-
-def _fsync_files(folder: Path, *names: str) -> None:
-    """Flush ``names`` in ``folder`` (default: every file) and the folder itself to disk: a checkpoint
-    marked complete must also be complete after a power loss."""
-    for name in names or sorted(path.name for path in folder.iterdir()):
-        _fsync_path(folder / name)
-    _fsync_path(folder)
-
-
-def _fsync_path(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _truncate_log(path: Path, after_step: int) -> None:
