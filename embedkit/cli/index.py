@@ -25,7 +25,7 @@ from embedkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from embedkit.encoders import Encoder
-    from embedkit.index import Index
+    from embedkit.index import Document, Index
 
 TEXT_WIDTH = 100  # characters of a result's text shown by `search`
 
@@ -201,26 +201,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError("give either a query text or --queries FILE")
     if args.query is not None and not args.query.strip():
         raise ConfigError("the query text is blank: give the words to search for")
-    if args.queries is not None:
-        _check_queries(args.queries)
+    from embedkit.index import as_corpus
+
+    # read (and a blank one refused, naming its line) before the index is opened or anything written
+    queries = None if args.queries is None else list(as_corpus(args.queries))
     index = _open_index(args)
     if args.param:
         index.set_search_params(**parse_params(args.param))
-    if args.query is not None:
+    if queries is None:
         return _search_one(index, args)
-    return _search_many(index, args)
-
-
-def _check_queries(path: str) -> None:
-    """Refuse a file of queries with a blank one, naming its line, before anything is searched or written. In a
-    text file a blank line would not only be searched as nothing: a query's id is its position, so it would also
-    shift the id of every query after it."""
-    from embedkit.data import read_rows
-
-    for line, row in read_rows(path, keep_blank_lines=True):
-        text = row.get("text")
-        if isinstance(text, str) and not text.strip():
-            raise DataError("a blank query: every query needs words to search for", path, line)
+    return _search_many(index, queries, args)
 
 
 def _search_one(index: Index, args: argparse.Namespace) -> int:
@@ -241,11 +231,9 @@ def _search_one(index: Index, args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_many(index: Index, args: argparse.Namespace) -> int:
+def _search_many(index: Index, queries: list[Document], args: argparse.Namespace) -> int:
     from embedkit.fsutil import atomic_write_bytes
-    from embedkit.index import as_corpus
 
-    queries = list(as_corpus(args.queries))
     result = index.search(
         [query.text for query in queries], k=args.k, batch_size=args.batch_size, show_progress=not args.json
     )

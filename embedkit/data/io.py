@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from embedkit.errors import DataError, UnknownNameError
+from embedkit.hub import hub_reachable
 from embedkit.types import JsonValue
 
 # A cell is whatever its format holds: a JSON value, a CSV/TSV string, or what Arrow gives back for a parquet or
@@ -286,6 +287,10 @@ def _read_hf(name: str, split: str) -> Rows:
     except ImportError:
         message = "reading a Hugging Face dataset needs the datasets package: pip install 'embedkit[hf]'"
         raise DataError(f"no such file ({message})" if guessed else message, name) from None
+    if guessed and not hub_reachable():
+        # the hub's clients would retry for a minute before saying what is plain now
+        raise DataError(f"no such file (and the Hugging Face hub cannot be reached; {HF_PREFIX}NAME reads a cached "
+                        "dataset)", name)
     try:
         dataset = datasets.load_dataset(name.removeprefix(HF_PREFIX), split=split)
     except Exception as error:  # datasets fails in many ways (offline, not found, no such split); all are one line

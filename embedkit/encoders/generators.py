@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from embedkit.encoders.sentence_transformer import _looks_like_local_path
+from embedkit.encoders.locate import cache_only
 from embedkit.errors import ConfigError, EmbedkitError
 
 UNIGRAM = "unigram"
@@ -198,10 +198,9 @@ def load_generator(spec: str | os.PathLike[str], sample: bool = False) -> TokenG
     name = str(spec)
     if name == UNIGRAM:
         return UnigramGenerator()
-    if _looks_like_local_path(name) and not Path(name).expanduser().exists():
-        raise EmbedkitError(f"generator model folder not found: {name}")
+    offline = cache_only(name, "generator model")
     try:
-        model, info = AutoModelForMaskedLM.from_pretrained(name, output_loading_info=True)
+        model, info = AutoModelForMaskedLM.from_pretrained(name, output_loading_info=True, local_files_only=offline)
     except (OSError, ValueError) as error:
         raise EmbedkitError(
             f"cannot load the generator {name!r} as a masked language model: {str(error).splitlines()[0]}; "
@@ -213,10 +212,10 @@ def load_generator(spec: str | os.PathLike[str], sample: bool = False) -> TokenG
             f"{name!r} has no masked-LM head (missing weights: {', '.join(sorted(info['missing_keys'])[:3])}, ...); "
             "the generator must be a masked language model such as distilbert-base-uncased"
         )
-    return MaskedLMGenerator(model, name, tokenizer=_saved_tokenizer(name), sample=sample)
+    return MaskedLMGenerator(model, name, tokenizer=_saved_tokenizer(name, offline), sample=sample)
 
 
-def _saved_tokenizer(name: str) -> PreTrainedTokenizerBase | None:
+def _saved_tokenizer(name: str, offline: bool) -> PreTrainedTokenizerBase | None:
     """The tokenizer saved with the model ``name``, or ``None`` (then only the vocabulary size can be checked)."""
     folder = Path(name).expanduser()
     # From a folder without tokenizer files, AutoTokenizer builds an empty one (special tokens only) from the
@@ -224,6 +223,6 @@ def _saved_tokenizer(name: str) -> PreTrainedTokenizerBase | None:
     if folder.is_dir() and not any((folder / file).is_file() for file in TOKENIZER_FILES):
         return None
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(name, local_files_only=offline)
     except (OSError, ValueError):
         return None

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from embedkit.data.render import render_for
 from embedkit.encoders.heads import has_head, read_head, write_head
-from embedkit.encoders.sentence_transformer import Encoder, _looks_like_local_path, load_encoder
+from embedkit.encoders.locate import cache_only
+from embedkit.encoders.sentence_transformer import Encoder, load_encoder
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.fsutil import atomic_directory
 from embedkit.precision import PrecisionMixin, autocast
@@ -258,8 +259,6 @@ def load_reward_model(
             "it is not a reward model; train one with the loss 'reward-bt', or evaluate the encoder in "
             "similarity mode"
         )
-    if _looks_like_local_path(name) and not Path(name).exists():
-        raise EmbedkitError(f"model folder not found: {name}")
     return _load_sequence_classifier(name, pooling or "last", max_seq_length, device, precision)
 
 
@@ -293,9 +292,10 @@ def _load_sequence_classifier(
 ) -> RewardModelEncoder:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    offline = cache_only(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForSequenceClassification.from_pretrained(name).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
+        model = AutoModelForSequenceClassification.from_pretrained(name, local_files_only=offline).to(device)
     except (OSError, ValueError, KeyError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise EmbedkitError(f"cannot load {name!r} as a sequence-classification reward model: {reason}") from error

@@ -19,6 +19,7 @@ from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
 from embedkit.encoders.heads import has_head, read_head, write_head
+from embedkit.encoders.locate import cache_only
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.fsutil import atomic_directory
 from embedkit.precision import PrecisionMixin, autocast
@@ -200,10 +201,9 @@ def load_encoder(
         raise ConfigError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLING_MODES)}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = resolve_model_path(name)
-    if not Path(path).exists() and _looks_like_local_path(name):
-        raise EmbedkitError(f"model folder not found: {name}")
+    offline = cache_only(path)
     try:
-        model = SentenceTransformer(path, device=str(device))
+        model = SentenceTransformer(path, device=str(device), local_files_only=offline)
     except (OSError, ValueError) as error:
         raise EmbedkitError(f"cannot load model {name!r}: {str(error).splitlines()[0]}") from error
     if pooling is not None:
@@ -223,11 +223,6 @@ def load_encoder(
             head.load_state_dict(read_head(path, MLP_HEAD)[0])
         head.to(device)
     return Encoder(model, name=recorded_name, mlp_head=head, precision=precision)
-
-
-def _looks_like_local_path(name: str) -> bool:
-    """Hub ids are ``name`` or ``owner/name``; anything else can only be a folder."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def _read_encoder_config(path: Path) -> dict[str, JsonValue]:

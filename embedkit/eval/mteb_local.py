@@ -38,6 +38,7 @@ from embedkit.data import Kind, read_examples, read_rows
 from embedkit.data.beir import read_beir
 from embedkit.errors import ConfigError, DataError, UnknownNameError
 from embedkit.eval.sts import check_sts_set
+from embedkit.hub import hub_reachable
 
 if TYPE_CHECKING:  # mteb and datasets are optional (the eval extra): imported where a task is built
     from datasets import DatasetDict
@@ -288,21 +289,6 @@ def build_task(spec: LocalTaskSpec) -> AbsTask:
 
 
 # -- hub or local ---------------------------------------------------------------------------------------------
-def hub_reachable(timeout: float = 5.0) -> bool:
-    """Whether the Hugging Face hub answers (``HF_HUB_OFFLINE=1`` says no without asking)."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    import requests
-
-    try:
-        requests.head(constants.ENDPOINT, timeout=timeout)
-    except requests.RequestException:
-        return False
-    return True
-
-
 SOURCES = ("auto", "hub", "local")
 ANY_MTEB_TASK = "<any name mteb.get_task() knows>"
 

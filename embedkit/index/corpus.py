@@ -22,6 +22,7 @@ ID_COLUMNS = ("_id", "id")
 TEXT_COLUMN = "text"
 TITLE_COLUMN = "title"
 BEIR_CORPUS = "corpus.jsonl"
+BLANK_TEXT = "a blank text: every document (and query) needs words to embed"
 
 
 class Document(NamedTuple):
@@ -67,8 +68,12 @@ def as_corpus(corpus: CorpusSource) -> Corpus:
     - a list of ``(id, text)`` or ``(id, text, metadata)`` tuples or :class:`Document` rows;
     - a list of dicts, read like the rows of a file.
 
+    A blank text (empty or whitespace only, after the title) is refused: it would be found by no query, and in a
+    text file, whose ids are positions, skipping it would shift the id of every document after it.
+
     Raises:
-        DataError: a missing file, or (when the rows are read) a row without a text; names file and line.
+        DataError: a missing file, or (when the rows are read) a row without a text or with a blank one; names
+            file and line (or the item's position in a list).
     """
     if isinstance(corpus, Corpus):
         return corpus
@@ -90,13 +95,16 @@ def as_corpus(corpus: CorpusSource) -> Corpus:
 
 
 def _file_rows(path: Path) -> Iterator[Document]:
-    for position, (line, row) in enumerate(read_rows(path)):
+    # a text file's blank lines are rows too, so that they are refused rather than shift the ids after them
+    for position, (line, row) in enumerate(read_rows(path, keep_blank_lines=True)):
         yield _row_document(row, position, str(path), line)
 
 
 def _list_rows(items: Sequence[CorpusItem]) -> Iterator[Document]:
     for position, item in enumerate(items):
         if isinstance(item, str):
+            if not item.strip():
+                raise DataError(f"corpus item {position}: {BLANK_TEXT}")
             yield Document(position, item)
         elif isinstance(item, Mapping):
             yield _row_document(item, position, "corpus", position + 1)
@@ -110,6 +118,8 @@ def _list_rows(items: Sequence[CorpusItem]) -> Iterator[Document]:
                 raise DataError(
                     f"corpus item {position}: metadata must be a dict, got {type(document.metadata).__name__}"
                 )
+            if not document.text.strip():
+                raise DataError(f"corpus item {position}: {BLANK_TEXT}")
             yield document
         else:
             raise DataError(
@@ -126,6 +136,8 @@ def _row_document(row: Mapping[str, Cell], position: int, name: str, line: int) 
     title = row.get(TITLE_COLUMN)
     if isinstance(title, str) and title:
         text = f"{title} {text}"
+    if not text.strip():
+        raise DataError(BLANK_TEXT, name, line)
     metadata = {key: value for key, value in row.items() if key != TEXT_COLUMN and key != id_column}
     return Document(external, text, metadata or None)
 

@@ -159,8 +159,21 @@ def test_blank_queries_are_refused(capsys, index_folder, tmp_path) -> None:
         (tmp_path / name).write_text(text)
         code, out, err = run(capsys, "search", str(index_folder), "--queries", str(tmp_path / name),
                              "--output", str(tmp_path / "run.jsonl"))
-        assert code == 2 and out == "" and f"{tmp_path / name}:2: a blank query" in one_line_error(err)
+        assert code == 2 and out == "" and f"{tmp_path / name}:2: a blank text" in one_line_error(err)
         assert not (tmp_path / "run.jsonl").exists()
+
+
+def test_blank_corpus_texts_are_refused_and_nothing_written(capsys, tiny_model_path, index_folder, tmp_path) -> None:
+    (tmp_path / "gap.txt").write_text("the cat sat\n\na dog runs\n")
+    code, out, err = run(capsys, "index", "build", "--model", str(tiny_model_path), "--corpus",
+                         str(tmp_path / "gap.txt"), "--out", str(tmp_path / "new"))
+    assert code == 2 and out == "" and f"{tmp_path / 'gap.txt'}:2: a blank text" in one_line_error(err)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "more.jsonl").write_text('{"_id": "x", "text": "a fish swims"}\n{"_id": "y", "text": "  "}\n')
+    code, out, err = run(capsys, "index", "add", str(index_folder), "--corpus", str(tmp_path / "more.jsonl"))
+    assert code == 2 and out == "" and f"{tmp_path / 'more.jsonl'}:2: a blank text" in one_line_error(err)
+    code, out, _ = run(capsys, "index", "info", str(index_folder), "--json")
+    assert code == 0 and json.loads(out)["count"] == len(TINY_TEXTS)
 
 
 def test_encode_refuses_blank_texts_and_empty_files(capsys, tiny_model_path, tmp_path) -> None:
@@ -205,4 +218,4 @@ def test_a_missing_file_named_like_a_dataset_is_reported_missing_offline(tmp_pat
                            str(tmp_path / "e.npy")], capture_output=True, text=True, timeout=300, check=False, env=env)
     assert done.returncode == 2 and not (tmp_path / "e.npy").exists()
     assert one_line_error(done.stderr).startswith(
-        "embedkit: error: org/missing: no such file, and no Hugging Face dataset of that name loads")
+        "embedkit: error: org/missing: no such file (and the Hugging Face hub cannot be reached")

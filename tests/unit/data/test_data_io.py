@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from embedkit.data import io
 from embedkit.data.io import FORMATS, is_hf_name, read_rows
 from embedkit.errors import DataError, UnknownNameError
 
@@ -273,6 +274,7 @@ def fake_datasets(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
         return [{"text": "one"}, {"text": "two"}]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.setattr(io, "hub_reachable", lambda: True)
     return calls
 
 
@@ -297,6 +299,16 @@ def test_a_missing_file_named_like_a_dataset_is_first_of_all_a_missing_file(fake
     message = str(caught.value)
     assert message.startswith("org/missing: no such file, and no Hugging Face dataset of that name loads")
     assert "doesn't exist" in message and "\n" not in message
+
+
+def test_offline_a_name_that_is_no_file_is_missing_without_asking_for_a_dataset(
+    fake_datasets: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(io, "hub_reachable", lambda: False)
+    with pytest.raises(DataError, match=r"^org/name: no such file \(and the Hugging Face hub cannot be reached"):
+        read_rows("org/name")
+    assert fake_datasets == {}  # the hub's clients, which retry for a minute, were never asked
+    assert rows_of("hf:org/name") == [(1, {"text": "one"}), (2, {"text": "two"})]  # named, it may be cached
 
 
 def test_hugging_face_without_the_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -84,6 +84,39 @@ def test_bad_ids_are_refused_before_anything_is_encoded(encoder) -> None:
     assert len(index) == len(DOCS) and index.store.present(["d9"]) == []
 
 
+def test_blank_texts_are_refused_naming_where_before_anything_is_encoded(encoder, tmp_path, monkeypatch) -> None:
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("nothing may be encoded")
+
+    monkeypatch.setattr(encoder, "encode", no_encoding)
+    files = {
+        "gap.txt": ("the cat sat\n\na dog runs\n", 2),  # skipping line 2 would shift the id of line 3
+        "space.jsonl": ('{"_id": "a", "text": "the cat"}\n{"_id": "b", "title": "", "text": " \\t"}\n', 2),
+        "rows.csv": ("id,text\n1,the cat\n2,\n", 3),
+    }
+    for name, (text, line) in files.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError, match=f"^{tmp_path / name}:{line}: a blank text"):
+            build_index(encoder, tmp_path / name)
+    for corpus in (["the cat", "  "], [("d1", "the cat"), ("d2", "")]):
+        with pytest.raises(DataError, match="^corpus item 1: a blank text"):
+            build_index(encoder, corpus)
+    monkeypatch.undo()
+    index = build_index(encoder, DOCS[:2])
+    monkeypatch.setattr(encoder, "encode", no_encoding)
+    with pytest.raises(DataError, match="^corpus item 1: a blank text"):
+        index.add([("d8", "the moon"), ("d9", "\n")])
+    assert len(index) == 2
+
+
+def test_a_title_alone_is_a_text_and_trailing_blank_lines_shift_nothing(encoder, tmp_path) -> None:
+    (tmp_path / "titled.jsonl").write_text('{"_id": "t", "title": "Sails", "text": ""}\n')
+    titled = build_index(encoder, tmp_path / "titled.jsonl").search("Sails", k=1, return_payloads=True)
+    assert titled.ids[0, 0] == "t" and titled.texts[0][0] == "Sails "
+    (tmp_path / "trailing.txt").write_text("the cat sat\na dog runs\n\n\n")
+    assert len(build_index(encoder, tmp_path / "trailing.txt")) == 2
+
+
 @pytest.mark.filterwarnings("ignore::embedkit.index.IndexWarning")  # an IVF on 4 vectors, on purpose
 @pytest.mark.parametrize("spec", ["torch", "faiss:Flat", "faiss:IVF2,Flat", "faiss:HNSW8"])
 def test_add_and_remove_by_external_id(encoder, tmp_path, spec) -> None:
