@@ -1,6 +1,7 @@
 """Encoders: sentence-transformers backed models and a tiny random model for tests."""
 
 from embedkit.encoders.sentence_transformer import (
+    BACKENDS,
     DEFAULT_MODEL,
     POOLING_MODES,
     Encoder,
@@ -11,6 +12,7 @@ from embedkit.encoders.sentence_transformer import (
 from embedkit.encoders.tiny import build_tiny_model
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_MODEL",
     "POOLING_MODES",
     "Encoder",

@@ -18,8 +18,10 @@ import torch
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
+from embedkit.encoders.batching import encode_longest_first
 from embedkit.encoders.heads import has_head, read_head, write_head
 from embedkit.encoders.locate import cache_only
+from embedkit.encoders.openvino_backend import OpenVINORunner, check_int8_matches, require_openvino
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.fsutil import atomic_directory
 from embedkit.precision import PrecisionMixin, autocast
@@ -34,6 +36,8 @@ OFFLINE_MODEL_PACKAGES = {
 }
 
 POOLING_MODES = {"cls": "cls", "mean": "mean", "last": "lasttoken"}
+# What runs Encoder.encode: the torch module itself, or OpenVINO (embedkit.encoders.openvino_backend) on the CPU.
+BACKENDS = ("torch", "openvino", "openvino-int8")
 MLP_HEAD = "mlp"
 ENCODER_CONFIG = "embedkit.json"
 
@@ -81,6 +85,7 @@ class Encoder(PrecisionMixin, nn.Module):
         name: the name or path it was loaded from (recorded in saved models and index manifests).
         mlp_head: a training-only projection, or ``None``.
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``; see :mod:`embedkit.precision`.
+        runner: where :meth:`encode` runs when not in torch: an :class:`OpenVINORunner` (``backend`` says which).
     """
 
     model: SentenceTransformer
@@ -91,13 +96,20 @@ class Encoder(PrecisionMixin, nn.Module):
         name: str,
         mlp_head: MLPHead | None = None,
         precision: str = "auto",
+        runner: OpenVINORunner | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.name = name
         self.mlp_head = mlp_head
         self.precision = precision
+        self.runner = runner
         self.compute_dtype()  # an unknown precision fails here, not at the first batch
+
+    @property
+    def backend(self) -> str:
+        """What runs :meth:`encode`: one of :data:`BACKENDS`."""
+        return "torch" if self.runner is None else self.runner.backend
 
     @property
     def dim(self) -> int:
@@ -137,14 +149,17 @@ class Encoder(PrecisionMixin, nn.Module):
         """Embed ``n`` texts for inference: returns a float32 ``[n, D]`` array.
 
         Texts are sorted by length so that each batch pads little, run without gradients in the encoder's
-        precision, and returned in input order. A progress bar shows for 2,048 texts or more unless
-        ``show_progress`` says otherwise.
+        precision (on its :attr:`backend`), and returned in input order. A progress bar shows for 2,048 texts or
+        more unless ``show_progress`` says otherwise.
         """
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         if show_progress is None:
             show_progress = len(texts) >= 2048
+        if self.runner is not None:
+            embeddings = encode_longest_first(texts, self._run_backend, batch_size, self.dim, show_progress)
+            return torch.nn.functional.normalize(torch.from_numpy(embeddings), dim=1).numpy() if normalize else embeddings
         was_training = self.training
         try:
             with autocast(self.compute_dtype(), self.device):
@@ -158,6 +173,10 @@ class Encoder(PrecisionMixin, nn.Module):
         finally:
             self.train(was_training)
         return np.asarray(embeddings, dtype=np.float32)
+
+    def _run_backend(self, texts: list[str]) -> np.ndarray:
+        """One batch of ``n`` texts through :attr:`runner`: ``[n, D]`` float32."""
+        return self.runner.embed(self.model, self.model.preprocess(texts), self.compute_dtype())
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a sentence-transformers folder (plus the training heads beside it), atomically."""
@@ -185,6 +204,7 @@ def load_encoder(
     max_seq_length: int | None = None,
     device: str | torch.device | None = None,
     precision: str = "auto",
+    backend: str = "torch",
 ) -> Encoder:
     """Load a sentence-transformers model by hub name or local path.
 
@@ -195,11 +215,20 @@ def load_encoder(
         max_seq_length: truncate inputs to this many tokens.
         device: ``"cpu"``, ``"cuda"``, ...; default: CUDA when available.
         precision: ``"auto"`` (bf16 autocast where the hardware has bf16 units), ``"fp32"``, ``"bf16"``, ``"fp16"``.
+        backend: what runs :meth:`Encoder.encode`: ``"torch"``; ``"openvino"`` (the CPU, converted once and
+            cached; bf16 on AMX); ``"openvino-int8"`` (the int8 model ``embedkit quantize`` wrote into the folder).
+            Training always runs in torch.
     """
     name = str(name_or_path)
     if pooling is not None and pooling not in POOLING_MODES:
         raise ConfigError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLING_MODES)}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if backend != "torch":
+        if device is not None and torch.device(device).type != "cpu":
+            raise ConfigError(f"the {backend} backend runs on the CPU, not {device}; use backend torch there")
+        require_openvino(f"backend {backend}")
+    device = device or ("cuda" if torch.cuda.is_available() and backend == "torch" else "cpu")
     path = resolve_model_path(name)
     offline = cache_only(path)
     try:
@@ -222,7 +251,13 @@ def load_encoder(
         if has_head(path, MLP_HEAD):
             head.load_state_dict(read_head(path, MLP_HEAD)[0])
         head.to(device)
-    return Encoder(model, name=recorded_name, mlp_head=head, precision=precision)
+    runner = None
+    if backend != "torch":
+        int8_folder = Path(path) if backend == "openvino-int8" else None
+        if int8_folder is not None:
+            check_int8_matches(int8_folder, model)
+        runner = OpenVINORunner(int8_folder)
+    return Encoder(model, name=recorded_name, mlp_head=head, precision=precision, runner=runner)
 
 
 def _read_encoder_config(path: Path) -> dict[str, JsonValue]:

@@ -36,12 +36,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
-from weakref import WeakKeyDictionary
 
 import numpy as np
-import torch
-from torch import nn
 
+from embedkit.encoders.fingerprint import model_fingerprint
 from embedkit.errors import DataError
 from embedkit.fsutil import owned_directory, remove_if_abandoned
 from embedkit.index.spec import IndexFileError
@@ -70,9 +68,6 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value);
 """
 
 
-# -- model fingerprint ---------------------------------------------------------------------------------------
-_FINGERPRINTS: WeakKeyDictionary[nn.Module, tuple[tuple[tuple[str, int, int], ...], str]] = WeakKeyDictionary()
-
 ExternalId = int | str
 """A document id as the corpus gives it; one index holds ids of one type."""
 Metadata = Mapping[str, JsonValue]
@@ -80,27 +75,6 @@ Metadata = Mapping[str, JsonValue]
 
 FileDigest = dict[str, int | str]
 """``{"bytes": size, "sha256": hex}`` of one file of an index folder, as the manifest records it."""
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """``"sha256:<hex>"`` over the names, dtypes, shapes and bytes of ``model``'s state dict.
-
-    Cached per model; the cache key holds each tensor's storage address and version counter, which every
-    in-place update (an optimizer step) bumps, so a model trained after fingerprinting gets a new fingerprint.
-    """
-    state = model.state_dict()
-    key = tuple((name, tensor.data_ptr(), tensor._version) for name, tensor in state.items())
-    cached = _FINGERPRINTS.get(model)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    digest = hashlib.sha256()
-    for name, tensor in sorted(state.items()):
-        data = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes())
-    fingerprint = f"sha256:{digest.hexdigest()}"
-    _FINGERPRINTS[model] = (key, fingerprint)
-    return fingerprint
 
 
 # -- manifest ------------------------------------------------------------------------------------------------
