@@ -233,7 +233,7 @@ def cmd_eval_all(args: argparse.Namespace) -> int:
 
     document = run_report(
         [args.model, *args.compare], args.suite, args.out, log=args.log, batch_size=args.batch_size,
-        load=lambda model: load_encoder(model, device=args.device, precision=args.precision),
+        load=lambda model: load_encoder(model, device=args.device, precision=args.precision, backend=args.backend),
     )
     if args.json:
         print_json(document)
@@ -245,6 +245,7 @@ def cmd_eval_all(args: argparse.Namespace) -> int:
 
 def cmd_eval_preference(args: argparse.Namespace) -> int:
     from embedkit.encoders.reward import load_reward_model
+    from embedkit.errors import ConfigError
     from embedkit.eval.preference import PreferenceEvaluator, RewardScorer
     from embedkit.types import SupportsEncode
 
@@ -258,6 +259,8 @@ def cmd_eval_preference(args: argparse.Namespace) -> int:
     )
     model: SupportsEncode | RewardScorer
     if args.mode == "reward":
+        if args.backend != "torch":
+            raise ConfigError(f"--mode reward runs in torch; --backend {args.backend} is for --mode similarity")
         model = load_reward_model(args.model, device=args.device, precision=args.precision)
     else:
         model = load_model(args)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedkit.cli.options import add_model_options, load_model, parse_assignments, print_json
+from embedkit.cli.options import add_backend_option, add_model_options, load_model, parse_assignments, print_json
 from embedkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ def _add_encoder_options(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", default=None, help="model name or folder (default: the model that built the index)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (default: auto)")
+    add_backend_option(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size")
     parser.add_argument("--device", default=None, help="encoder device: cpu, cuda, ... (default: cuda if available)")
 
@@ -70,7 +71,7 @@ def _encoder(args: argparse.Namespace) -> Encoder:
     from embedkit.index.folder import current_manifest
 
     name = args.model or current_manifest(args.index).model_name
-    return load_encoder(name, device=args.device, precision=args.precision)
+    return load_encoder(name, device=args.device, precision=args.precision, backend=args.backend)
 
 
 def _open_index(args: argparse.Namespace, with_encoder: bool = True) -> Index:

@@ -6,7 +6,7 @@ import argparse
 import json
 from collections.abc import Mapping
 
-from embedkit.encoders import DEFAULT_MODEL, Encoder, load_encoder
+from embedkit.encoders import BACKENDS, DEFAULT_MODEL, Encoder, load_encoder
 from embedkit.errors import ConfigError
 from embedkit.precision import PRECISIONS
 from embedkit.types import JsonValue
@@ -18,16 +18,29 @@ def print_json(value: JsonValue | Mapping[str, object]) -> None:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--precision``, ``--batch-size`` and ``--device``: what :func:`load_model` reads."""
+    """``--model``, ``--precision``, ``--backend``, ``--batch-size`` and ``--device``: what :func:`load_model`
+    reads."""
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or folder (default: {DEFAULT_MODEL})")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (default: auto)")
+    add_backend_option(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
+def add_backend_option(parser: argparse.ArgumentParser) -> None:
+    """``--backend``: what runs encoding (see :func:`embedkit.encoders.load_encoder`)."""
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=BACKENDS,
+        help="what runs encoding: torch, openvino (the CPU, bf16 on AMX; pip install 'embedkit[openvino]') or "
+        "openvino-int8 (the int8 model that `embedkit quantize` wrote into the model folder) (default: torch)",
+    )
+
+
 def load_model(args: argparse.Namespace) -> Encoder:
     """The encoder that :func:`add_model_options` describes."""
-    return load_encoder(args.model, device=args.device, precision=args.precision)
+    return load_encoder(args.model, device=args.device, precision=args.precision, backend=args.backend)
 
 
 def parse_assignments(items: list[str], example: str) -> dict[str, float]:

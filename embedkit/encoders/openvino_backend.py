@@ -112,6 +112,7 @@ def convert(model: SentenceTransformer) -> openvino.Model:
         # Tracing warns about every Python branch it fixes; these models' branches do not depend on the shapes.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=".*torch.jit.trace", category=DeprecationWarning)
             converted = openvino.convert_model(SentenceEmbedding(model, names), example_input=example)
     finally:
         model.train(was_training)

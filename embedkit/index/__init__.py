@@ -17,6 +17,7 @@ search as a plain function over arrays, returning ``(scores, indices)`` like ``f
 
 from __future__ import annotations
 
+from embedkit.encoders.fingerprint import model_fingerprint
 from embedkit.index import exact, faiss_backend  # noqa: F401  (register the backends)
 from embedkit.index.corpus import Corpus, Document, as_corpus
 from embedkit.index.exact import exact_search
@@ -31,7 +32,6 @@ from embedkit.index.spec import (
     IndexWarning,
     parse_spec,
 )
-from embedkit.index.store import model_fingerprint
 
 __all__ = [
     "BACKENDS",

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from embedkit.data.collate import text_id
+from embedkit.encoders.fingerprint import model_fingerprint
 from embedkit.errors import ConfigError, DataError
 from embedkit.index.arrays import normalized
 from embedkit.index.corpus import Corpus, CorpusSource, Document, as_corpus, batched
@@ -47,7 +48,6 @@ from embedkit.index.store import (
     PayloadStore,
     check_ids,
     check_listed,
-    model_fingerprint,
     now,
     read_manifest,
     write_files,

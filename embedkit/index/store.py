@@ -39,7 +39,6 @@ from typing import TypeVar
 
 import numpy as np
 
-from embedkit.encoders.fingerprint import model_fingerprint
 from embedkit.errors import DataError
 from embedkit.fsutil import owned_directory, remove_if_abandoned
 from embedkit.index.spec import IndexFileError
