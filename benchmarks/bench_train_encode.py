@@ -311,8 +311,10 @@ def peer_encoder(settings: Settings, side: str) -> tuple[Callable[[list[str]], A
         return encoder.encode(batch, batch_size=settings.batch_size, show_progress=False)
 
     precision = str(encoder.compute_dtype()).removeprefix("torch.")
-    return encode, precision + (" (int8 weights and activations)" if side == EMBEDKIT_OPENVINO_INT8 else ""), (
-        encoder.max_seq_length
+    return (
+        encode,
+        precision + (" (int8 weights and activations)" if side == EMBEDKIT_OPENVINO_INT8 else ""),
+        encoder.max_seq_length,
     )
 
 
@@ -418,9 +420,8 @@ def measure_train(settings: Settings, side: str) -> dict[str, Any]:
         result["mean_s_per_step_begin_to_end"] = statistics.fmean(compute)
         steps_peak = timer.peak_rss_mib
         result["objective"] = f"MultipleNegativesRankingLoss(scale={settings.st_scale:g})"
-        result["trainer"] = (
-            "SentenceTransformerTrainer (defaults: AdamW lr 5e-5, max_grad_norm 1.0"
-            + (", bf16=True: bf16 autocast)" if side == ST_BF16 else ", fp32)")
+        result["trainer"] = "SentenceTransformerTrainer (defaults: AdamW lr 5e-5, max_grad_norm 1.0" + (
+            ", bf16=True: bf16 autocast)" if side == ST_BF16 else ", fp32)"
         )
         dtype = torch.bfloat16 if side == ST_BF16 else torch.float32
     else:
@@ -709,8 +710,14 @@ def plot(report: dict[str, Any], path: Path) -> None:
         colors = ["#888888" if name in ST_PEERS else "#1f77b4" for name in names]
         found = axis.barh(names, values, color=colors)
         for bar, label in zip(found, labels):
-            axis.annotate(label, (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=8,
-                          xytext=(3, 0), textcoords="offset points")
+            axis.annotate(
+                label,
+                (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                va="center",
+                fontsize=8,
+                xytext=(3, 0),
+                textcoords="offset points",
+            )
         axis.set_title(title)
         axis.set_xlim(0, max(values) * 1.45)
         axis.invert_yaxis()
@@ -720,8 +727,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
         axes[0],
         list(encode),
         [result["sentences_per_s"] for result in encode.values()],
-        [f"{r['sentences_per_s']:.0f}  {r['sentences_per_s'] / st_speed:.2f}x  STS {r['stsb_test_spearman']:.2f}"
-         for r in encode.values()],
+        [
+            f"{r['sentences_per_s']:.0f}  {r['sentences_per_s'] / st_speed:.2f}x  STS {r['stsb_test_spearman']:.2f}"
+            for r in encode.values()
+        ],
         "encode: sentences / s, median of rounds (higher is better)",
     )
     st_step = train[ST]["mean_s_per_step"]
@@ -844,9 +853,11 @@ def main(argv: list[str] | None = None) -> int:
         if "skipped" in result:
             log(f"encode {side}: skipped ({result['skipped']})")
         else:
-            log(f"encode {side}: {result['sentences_per_s']:.0f} sentences/s (rounds "
+            log(
+                f"encode {side}: {result['sentences_per_s']:.0f} sentences/s (rounds "
                 f"{', '.join(f'{v:.0f}' for v in result['sentences_per_s_rounds'])}), "
-                f"STS-B {result['stsb_test_spearman']:.2f}")
+                f"STS-B {result['stsb_test_spearman']:.2f}"
+            )
     return 0
 
 

@@ -18,11 +18,14 @@ the user's own texts, written into a model folder beside the sentence-transforme
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -167,7 +170,9 @@ class OpenVINORunner:
         import openvino
 
         if dtype not in _PRECISION_HINTS:
-            raise ConfigError(f"the {self.backend} backend runs in fp32 or bf16, not {str(dtype).removeprefix('torch.')}")
+            raise ConfigError(
+                f"the {self.backend} backend runs in fp32 or bf16, not {str(dtype).removeprefix('torch.')}"
+            )
         key = (model_fingerprint(model), dtype)
         if self._request is None or key != self._key:
             core = openvino.Core()
@@ -229,12 +234,31 @@ def quantize(model: SentenceTransformer, calibration: Sequence[str], folder: Pat
     batches = [model.preprocess(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
     dataset = nncf.Dataset(batches, lambda features: {name: features[name].numpy() for name in names})
     fp32 = openvino.Core().read_model(str(exported_model(model)))
-    quantized = nncf.quantize(
-        fp32, dataset, preset=nncf.QuantizationPreset.MIXED, model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(texts),
-    )
+    with _output_to_stderr(logging.getLogger("nncf")):
+        quantized = nncf.quantize(
+            fp32,
+            dataset,
+            preset=nncf.QuantizationPreset.MIXED,
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(batches),
+        )
     record = {"fingerprint": model_fingerprint(model), "calibration_texts": len(texts), "nncf": nncf.__version__}
     with atomic_directory(Path(folder) / INT8_DIR) as tmp:
         openvino.save_model(quantized, str(tmp / INT8_XML), compress_to_fp16=False)
         (tmp / INT8_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return Path(folder) / INT8_DIR / INT8_XML
+
+
+@contextlib.contextmanager
+def _output_to_stderr(logger: logging.Logger) -> Iterator[None]:
+    """Progress bars and ``logger``'s records on stderr inside the block: NNCF writes both to stdout, where a
+    command prints its result."""
+    handlers = [h for h in logger.handlers if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout]
+    for handler in handlers:
+        handler.setStream(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for handler in handlers:
+            handler.setStream(sys.stdout)

@@ -159,7 +159,9 @@ class Encoder(PrecisionMixin, nn.Module):
             show_progress = len(texts) >= 2048
         if self.runner is not None:
             embeddings = encode_longest_first(texts, self._run_backend, batch_size, self.dim, show_progress)
-            return torch.nn.functional.normalize(torch.from_numpy(embeddings), dim=1).numpy() if normalize else embeddings
+            return (
+                torch.nn.functional.normalize(torch.from_numpy(embeddings), dim=1).numpy() if normalize else embeddings
+            )
         was_training = self.training
         try:
             with autocast(self.compute_dtype(), self.device):
