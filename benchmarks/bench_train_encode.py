@@ -635,7 +635,9 @@ def summarise(encode: dict[str, dict], train: dict[str, dict], sts: dict, loss: 
         for side in ran
         if side not in ST_PEERS and reference_sts - ran[side]["stsb_test_spearman"] <= TARGETS["encode_sts_max_drop"]
     ]
-    fastest_embedkit = max(keeping, key=lambda side: ran[side]["sentences_per_s"])
+    # none keeping quality: the target is not met (ratio 0)
+    fastest_embedkit = max(keeping, key=lambda side: ran[side]["sentences_per_s"], default=None)
+    fastest_embedkit_speed = 0.0 if fastest_embedkit is None else ran[fastest_embedkit]["sentences_per_s"]
     ratios = {
         "encode_speedup_auto_vs_st": encode[EMBEDKIT_AUTO]["sentences_per_s"] / st_encode,
         "encode_speedup_fp32_vs_st": encode[EMBEDKIT_FP32]["sentences_per_s"] / st_encode,
@@ -645,7 +647,7 @@ def summarise(encode: dict[str, dict], train: dict[str, dict], sts: dict, loss: 
         },
         "fastest_st_peer": fastest_st,
         "fastest_embedkit_keeping_quality": fastest_embedkit,
-        "encode_speedup_vs_fastest_st": ran[fastest_embedkit]["sentences_per_s"] / ran[fastest_st]["sentences_per_s"],
+        "encode_speedup_vs_fastest_st": fastest_embedkit_speed / ran[fastest_st]["sentences_per_s"],
         "train_speedup_auto_vs_st": st_step / train[EMBEDKIT_AUTO]["mean_s_per_step"],
         "train_speedup_fp32_vs_st": st_step / train[EMBEDKIT_FP32]["mean_s_per_step"],
         "train_speedup_auto_vs_st_bf16": train[ST_BF16]["mean_s_per_step"] / train[EMBEDKIT_AUTO]["mean_s_per_step"],
