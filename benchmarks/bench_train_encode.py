@@ -709,7 +709,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     figure, axes = plt.subplots(1, 3, figsize=(18, 6))
 
     def bars(axis: Any, names: list[str], values: list[float], labels: list[str], title: str) -> None:
-        colors = ["#888888" if name in ST_PEERS else "#1f77b4" for name in names]
+        colors = ["#888888" if name.split(": ")[-1] in ST_PEERS else "#1f77b4" for name in names]
         found = axis.barh(names, values, color=colors)
         for bar, label in zip(found, labels):
             axis.annotate(
