@@ -144,6 +144,14 @@ def cmd_index_info(args: argparse.Namespace) -> int:
         print(f"{key:<17} {fields[key]}")
     print(f"{'model':<17} {info['model']['name']} ({info['model']['fingerprint'][:19]}...)")
     print(f"{'backend':<17} " + ", ".join(f"{k}={v}" for k, v in info["backend"].items()))
+    quantization = dict(info["quantization"])
+    rescore = quantization.pop("rescore", None)
+    if quantization:
+        quantization.pop("calibration", None)
+        print(f"{'quantization':<17} " + ", ".join(f"{k}={v}" for k, v in quantization.items()))
+    if isinstance(rescore, dict):
+        shown = {key: value for key, value in rescore.items() if key != "calibration"}
+        print(f"{'rescore':<17} " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     for name, file in info["files"].items():
         print(f"{'file':<17} {name} ({file['bytes']:,} bytes)")
     return 0
@@ -274,7 +282,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--corpus", required=True, help="jsonl/csv/tsv/parquet/txt file, or a BEIR folder")
     build.add_argument("--out", required=True, type=Path, help="the index folder to write")
     build.add_argument(
-        "--spec", default="torch", help="torch, torch:cuda, faiss:Flat, faiss:IVF1024,Flat, faiss:HNSW32, ..."
+        "--spec",
+        default="torch",
+        help="torch, torch:cuda, faiss:Flat, faiss:IVF1024,Flat, faiss:HNSW32, faiss:SQ8, faiss:BFlat,rescore=4, ...",
     )
     build.add_argument("--metric", default="cosine", choices=METRICS, help="default: cosine")
     build.add_argument("--chunk-size", type=int, default=16384, help="documents embedded at a time (bounds memory)")

@@ -11,13 +11,15 @@
         index.add(["more text"])
 
 Backends are found by name in :data:`BACKENDS`: ``torch`` (exact, chunked; ``torch:cuda`` on a GPU) and
-``faiss`` (``faiss:<factory string>``; on the GPU when faiss sees one). :func:`exact_search` is the exact
-search as a plain function over arrays, returning ``(scores, indices)`` like ``faiss.knn``.
+``faiss`` (``faiss:<factory string>``; on the GPU when faiss sees one; binary codes as ``faiss:BFlat``, and
+rescoring from vectors kept on disk as ``faiss:BFlat,rescore=4``: :mod:`embedkit.index.quantized`).
+:func:`exact_search` is the exact search as a plain function over arrays, returning ``(scores, indices)`` like
+``faiss.knn``.
 """
 
 from __future__ import annotations
 
-from embedkit.index import exact, faiss_backend  # noqa: F401  (register the backends)
+from embedkit.index import exact, quantized  # noqa: F401  (register the backends)
 from embedkit.index.corpus import Corpus, Document, as_corpus
 from embedkit.index.exact import exact_search
 from embedkit.index.index import Index, SearchResult, build_index

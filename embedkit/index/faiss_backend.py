@@ -1,4 +1,5 @@
 """The ``faiss:<factory string>`` backend: any faiss index, on the GPU when the installed faiss sees one.
+(:mod:`embedkit.index.quantized` registers it, and reads binary factory strings and rescoring options too.)
 
 The factory string is faiss's own (``Flat``, ``IVF1024,Flat``, ``HNSW32``, ``IVF4096,PQ64``, ``PQ32``,
 ``OPQ16,IVF256,PQ16``, ...). Vectors carry int64 ids: IVF indexes store ids natively; every other index is
@@ -25,7 +26,7 @@ import numpy as np
 
 from embedkit.errors import ConfigError
 from embedkit.index.arrays import aligned
-from embedkit.index.spec import BACKENDS, IndexFileError, IndexSpec, IndexWarning, pad_score
+from embedkit.index.spec import IndexFileError, IndexSpec, IndexWarning, pad_score
 from embedkit.types import JsonValue
 
 INDEX_FILE = "index.faiss"
@@ -115,6 +116,12 @@ def training_size(index: faiss.Index, n: int, factory: str) -> int:
     clusterings = list(_clusterings(index))
     if not clusterings:
         return min(n, TRAINING_CAP)
+    return clustering_sample_size(clusterings, n, factory)
+
+
+def clustering_sample_size(clusterings: list[tuple[str, int, faiss.ClusteringParameters]], n: int, factory: str) -> int:
+    """How many of ``n`` corpus vectors to train the k-means ``(what, centroids, parameters)`` of ``faiss:factory``
+    on (float or binary indexes alike); raises and warns as :func:`training_size`."""
     what, centroids, _ = max(clusterings, key=lambda item: item[1])
     advice = (
         f"use fewer IVF lists (at most n / {MIN_POINTS_PER_CENTROID} = {max(1, n // MIN_POINTS_PER_CENTROID)} for "
@@ -131,7 +138,7 @@ def training_size(index: faiss.Index, n: int, factory: str) -> int:
             f"{MIN_POINTS_PER_CENTROID * centroids} ({MIN_POINTS_PER_CENTROID} per centroid) faiss recommends; "
             f"the clusters will be poor and recall low; {advice}",
             IndexWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         for _, _, parameters in clusterings:
             parameters.min_points_per_centroid = 0  # faiss would print the same warning once per k-means
@@ -412,6 +419,3 @@ class FaissBackend:
         if ivf is not None:
             info["nlist"] = int(ivf.nlist)
         return info
-
-
-BACKENDS.register("faiss", FaissBackend)

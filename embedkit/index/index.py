@@ -28,6 +28,7 @@ from embedkit.errors import ConfigError, DataError
 from embedkit.index.arrays import normalized
 from embedkit.index.corpus import Corpus, CorpusSource, Document, as_corpus, batched
 from embedkit.index.folder import DEFAULT_LOCK_TIMEOUT, check_replaceable, check_unchanged, commit, reading, writer_lock
+from embedkit.index.quantized import quantization_record
 from embedkit.index.spec import (
     BACKENDS,
     Backend,
@@ -106,6 +107,7 @@ class IndexInfo(TypedDict):
     created: str
     embedkit_version: str
     search_params: dict[str, float]
+    quantization: dict[str, JsonValue]
     backend: dict[str, JsonValue]
     files: dict[str, FileDigest]
 
@@ -434,6 +436,7 @@ class Index:
         return root
 
     def _write_files(self, folder: Path) -> None:
+        self.manifest.quantization = quantization_record(self.backend)
         write_files(folder, self.manifest, [self.backend.save, self.store.save])
 
     @classmethod
@@ -498,6 +501,7 @@ class Index:
             "created": self.manifest.created,
             "embedkit_version": self.manifest.embedkit_version or __version__,
             "search_params": dict(self.manifest.search_params),
+            "quantization": quantization_record(self.backend),
             "backend": self.backend.describe(),
             "files": dict(self.manifest.files),
         }

@@ -4,10 +4,12 @@ A version folder (:mod:`embedkit.index.folder` keeps versions behind a pointer):
 
     manifest.json         embedkit version, model name and weight fingerprint, dimension, metric,
                           normalisation, spec, count, id type, creation time, search parameters, the
-                          size and sha256 of every other file (checked before any of them is parsed), and
+                          size and sha256 of every other file (checked before any of them is parsed), the
+                          quantization of the codes and its calibration (see embedkit.index.quantized), and
                           the sha256 of the manifest's own content (so that an edited spec is refused)
     payloads.sqlite       one row per vector: internal id, external id, text, text id, metadata (JSON)
-    index.faiss           (faiss backends) written by faiss.write_index
+    index.faiss           (faiss backends) written by faiss.write_index (binary indexes: write_index_binary)
+    rescore.safetensors   (faiss specs with rescore=<r>) the vectors that rescore candidates, and their ids
     vectors.safetensors   (torch backend) vectors and internal ids
 
 External ids are the corpus's own, ``int`` or ``str`` (one type per index), kept with their type: the
@@ -119,6 +121,7 @@ class Manifest:
     embedkit_version: str = ""
     created: str = ""
     search_params: dict[str, float] = field(default_factory=dict)
+    quantization: dict[str, JsonValue] = field(default_factory=dict)
     files: dict[str, FileDigest] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -283,7 +286,7 @@ class PayloadStore:
     @classmethod
     def create(cls) -> PayloadStore:
         """An empty store in a private working file (cheaper than memory for large corpora)."""
-        workdir, lock = _working_folder()
+        workdir, lock = working_folder()
         connection = _working_connection(workdir / PAYLOADS_FILE)
         connection.executescript(_SCHEMA)
         connection.execute("INSERT INTO meta VALUES ('next_internal', 0), ('id_type', NULL)")
@@ -310,7 +313,7 @@ class PayloadStore:
     def _writable(self) -> sqlite3.Connection:
         """The connection, after copying a read-only saved store to a private working file."""
         if self.read_only:
-            workdir, lock = _working_folder()
+            workdir, lock = working_folder()
             connection = _working_connection(workdir / PAYLOADS_FILE)
             self._connection.backup(connection)
             self._connection.close()
@@ -456,7 +459,7 @@ def _working_connection(path: Path) -> sqlite3.Connection:
     return connection
 
 
-def _working_folder() -> tuple[Path, int]:
+def working_folder() -> tuple[Path, int]:
     """A new locked ``embedkit-index-*`` folder in the temporary folder, after removing those whose process died
     (a killed process cannot clean up after itself, and each of its folders may hold a whole corpus)."""
     temp = Path(tempfile.gettempdir())
