@@ -41,7 +41,7 @@ def corpus(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("spec", ["torch", "faiss:HNSW8"])
+@pytest.mark.parametrize("spec", ["torch", "faiss:HNSW8", "faiss:BFlat,rescore=4"])
 def test_build_search_add_remove_info(capsys, tiny_model_path, corpus, spec) -> None:
     index = corpus / "idx"
     code, out, _ = run(
@@ -99,6 +99,18 @@ def test_build_search_add_remove_info(capsys, tiny_model_path, corpus, spec) -> 
     run_rows = [json.loads(line) for line in (corpus / "run.jsonl").read_text().splitlines()]
     assert code == 0 and json.loads(out)["queries"] == 2 and [row["query_id"] for row in run_rows] == ["q1", "q2"]
     assert all(len(row["ids"]) == 6 and "a" not in row["ids"] for row in run_rows)  # 6 documents left, padding dropped
+
+
+def test_info_shows_the_quantization(capsys, tiny_model_path, corpus) -> None:
+    index = corpus / "idx"
+    spec = "faiss:BFlat,rescore=2,rescore_dtype=int8"
+    argv = ["index", "build", "--model", tiny_model_path, "--corpus", corpus / "corpus.jsonl", "--out", index]
+    assert run(capsys, *argv, "--spec", spec, "--precision", "fp32")[0] == 0
+    code, out, _ = run(capsys, "index", "info", index)
+    assert code == 0 and "quantization      codes=binary, bits_per_dimension=1, code_bytes=4" in out
+    assert "rescore           factor=2, dtype=int8, file=rescore.safetensors" in out and "ranges" not in out
+    code, out, _ = run(capsys, "index", "info", index, "--json")
+    assert code == 0 and len(json.loads(out)["quantization"]["rescore"]["calibration"]["ranges"]) == 2
 
 
 def test_errors_are_one_line(capsys, tiny_model_path, corpus) -> None:
