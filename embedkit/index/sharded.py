@@ -5,7 +5,8 @@ trained once, on rank 0, on the seeded sample :func:`~embedkit.index.build_index
 sample vectors of its shard), and the trained, still empty index goes to every rank. Each rank then adds its
 shard to its copy, with the shard's corpus positions as ids, and rank 0 merges the shards in rank order with
 faiss's ``merge_from``, so the inverted lists hold the vectors in corpus order as in one process. Indexes that
-cannot be merged (HNSW graphs, exact ``torch`` search) receive the gathered vectors on rank 0 instead. Payloads
+cannot be merged (HNSW graphs, exact ``torch`` search, binary codes, rescoring) receive the gathered vectors on
+rank 0 instead, and are trained there when they need it (binary IVF, int8 rescoring vectors). Payloads
 (ids, texts, metadata) are stored on rank 0, which is the only rank that returns the index.
 
 In one process both functions are their plain counterparts (:meth:`Encoder.encode`, :func:`build_index`).
@@ -104,7 +105,7 @@ def build_index_sharded(
     texts = [d.text for d in rows]
     vectors = _shard_embeddings(encoder, texts, batch_size, index.manifest.normalize, show_progress)
     backend = index.backend
-    if isinstance(backend, FaissBackend) and backend.needs_training:  # of the backends, only faiss trains
+    if isinstance(backend, FaissBackend) and backend.needs_training:  # trained before the shards are added
         _train_on_main(backend, len(rows), vectors, start, seed)
     shard_ids = np.arange(start, end, dtype=np.int64)
     if isinstance(backend, FaissBackend) and backend.mergeable:
@@ -118,7 +119,10 @@ def build_index_sharded(
     else:
         shards = distributed.gather_to_main(vectors)
         if shards is not None:
-            backend.add(np.concatenate(shards), np.arange(len(rows), dtype=np.int64))
+            gathered = np.concatenate(shards)
+            if backend.needs_training:  # binary IVF, int8 rescoring vectors: on the sample one process would draw
+                backend.train(gathered[training_positions(len(rows), backend.training_size(len(rows)), seed)])
+            backend.add(gathered, np.arange(len(rows), dtype=np.int64))
     if not distributed.is_main_process():
         return None
     with index.store.transaction():

@@ -18,7 +18,8 @@ WORDS = ["cat", "dog", "sun", "rain", "train", "ship", "piano", "castle", "river
 CORPUS = [(f"doc-{i}", f"{WORDS[i % 12]} {WORDS[(i * 5) % 12]} number {i} by the {WORDS[(i * 7) % 11]}",
            {"position": i}) for i in range(301)]
 QUERIES = ["the cat by the river", "a train and a ship", "rain on the hill", "number 17"]
-SPECS = {"torch": "torch", "flat": "faiss:Flat", "ivf": "faiss:IVF4,Flat", "ivfpq": "faiss:IVF4,PQ4x2"}
+SPECS = {"torch": "torch", "flat": "faiss:Flat", "ivf": "faiss:IVF4,Flat", "ivfpq": "faiss:IVF4,PQ4x2",
+         "bivf": "faiss:BIVF4,rescore=4"}
 
 
 def worker(rank: int, world: int, model: str, folder: str, init_file: str) -> None:
