@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from embedkit.encoders.heads import has_head, read_head, write_head
 from embedkit.encoders.locate import cache_only
+from embedkit.encoders.prompts import named_prompt
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.fsutil import atomic_directory
 from embedkit.precision import PrecisionMixin, autocast
@@ -112,6 +113,12 @@ class Encoder(PrecisionMixin, nn.Module):
         self.model.max_seq_length = value
 
     @property
+    def prompts(self) -> dict[str, str]:
+        """The model's named prompts (sentence-transformers' ``prompts``, e.g. ``{"query": "query: ", "document":
+        ""}``): the live dict, so a change is saved with the model."""
+        return self.model.prompts
+
+    @property
     def pooling(self) -> str:
         mode = _pooling_module(self.model).pooling_mode
         return {v: k for k, v in POOLING_MODES.items()}.get(mode, str(mode))
@@ -133,13 +140,27 @@ class Encoder(PrecisionMixin, nn.Module):
         batch_size: int = 32,
         normalize: bool = False,
         show_progress: bool | None = None,
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> np.ndarray:
         """Embed ``n`` texts for inference: returns a float32 ``[n, D]`` array.
 
         Texts are sorted by length so that each batch pads little, run without gradients in the encoder's
         precision, and returned in input order. A progress bar shows for 2,048 texts or more unless
         ``show_progress`` says otherwise.
+
+        ``prompt`` goes before every text, or the model's prompt called ``prompt_name``; with neither, the model's
+        default prompt (``default_prompt_name``) when it has one. sentence-transformers applies it, so a pooling
+        that leaves prompt tokens out (``include_prompt=False``) leaves them out here too.
+
+        Raises:
+            ConfigError: both ``prompt`` and ``prompt_name``, or a name the model has no prompt for.
         """
+        if prompt_name is not None:
+            if prompt is not None:
+                raise ConfigError("give a prompt or a prompt name, not both")
+            prompt = named_prompt(self.prompts, prompt_name)
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -154,6 +175,7 @@ class Encoder(PrecisionMixin, nn.Module):
                     normalize_embeddings=normalize,
                     show_progress_bar=show_progress,
                     convert_to_numpy=True,
+                    prompt=prompt,
                 )
         finally:
             self.train(was_training)
