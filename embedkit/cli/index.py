@@ -7,6 +7,9 @@
     embedkit search idx/ "how do boundary layers behave at high speed" -k 10
     embedkit search idx/ --queries queries.jsonl -k 100 --output run.jsonl
 
+Documents get the model's document prompt (``build --prompt-name/--prompt`` for another), which the index records
+and ``add`` uses again; queries get the model's query prompt (``search --prompt-name/--prompt`` for another).
+
 ``build`` over an existing folder, ``add`` and ``remove`` hold the index's writers' lock from load to save, so
 concurrent runs queue (each waits up to ``--lock-timeout`` seconds) and none loses another's documents.
 """
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedkit.cli.options import add_model_options, load_model, parse_assignments, print_json
+from embedkit.cli.options import add_model_options, add_prompt_options, load_model, parse_assignments, print_json
 from embedkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -112,6 +115,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
             device=args.index_device,
             seed=args.seed,
             show_progress=not args.json,
+            prompt_name=args.prompt_name,
+            prompt=args.prompt,
         )
         if index is None:
             return 0
@@ -143,6 +148,7 @@ def cmd_index_info(args: argparse.Namespace) -> int:
     ):
         print(f"{key:<17} {fields[key]}")
     print(f"{'model':<17} {info['model']['name']} ({info['model']['fingerprint'][:19]}...)")
+    print(f"{'document_prompt':<17} {info['document_prompt']!r}")  # quoted: a prompt may end in a space or newline
     print(f"{'backend':<17} " + ", ".join(f"{k}={v}" for k, v in info["backend"].items()))
     for name, file in info["files"].items():
         print(f"{'file':<17} {name} ({file['bytes']:,} bytes)")
@@ -214,7 +220,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _search_one(index: Index, args: argparse.Namespace) -> int:
-    result = index.search([args.query], k=args.k, return_payloads=True, batch_size=args.batch_size)
+    result = index.search([args.query], k=args.k, return_payloads=True, batch_size=args.batch_size,
+                          prompt_name=args.prompt_name, prompt=args.prompt)
     assert result.texts is not None  # return_payloads=True fills them
     hits = [
         {"rank": rank, "id": _plain(doc), "score": float(score), "text": text}
@@ -235,7 +242,8 @@ def _search_many(index: Index, queries: list[Document], args: argparse.Namespace
     from embedkit.fsutil import atomic_write_bytes
 
     result = index.search(
-        [query.text for query in queries], k=args.k, batch_size=args.batch_size, show_progress=not args.json
+        [query.text for query in queries], k=args.k, batch_size=args.batch_size, show_progress=not args.json,
+        prompt_name=args.prompt_name, prompt=args.prompt,
     )
     from embedkit.eval.runs import jsonl_line, trec_lines
 
@@ -279,6 +287,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--metric", default="cosine", choices=METRICS, help="default: cosine")
     build.add_argument("--chunk-size", type=int, default=16384, help="documents embedded at a time (bounds memory)")
     build.add_argument("--seed", type=int, default=0, help="seed of the training sample (IVF, PQ)")
+    add_prompt_options(build, "every document", "the model's document prompt")
     _add_index_device(build)
     _add_lock_timeout(build)
     build.add_argument("--json", action="store_true", help="print the index info as JSON")
@@ -322,6 +331,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="a search parameter, e.g. nprobe=16 (IVF) or efSearch=128 (HNSW)",
     )
     _add_encoder_options(search)
+    add_prompt_options(search, "every query", "the model's query prompt")
     _add_index_device(search)
     search.add_argument("--json", action="store_true", help="print the results as JSON")
     search.set_defaults(func=cmd_search)

@@ -25,6 +25,16 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
+def add_prompt_options(parser: argparse.ArgumentParser, texts: str, default: str) -> None:
+    """``--prompt-name`` and ``--prompt`` (one or the other): the prompt put before ``texts``, instead of
+    ``default``."""
+    prompts = parser.add_mutually_exclusive_group()
+    prompts.add_argument("--prompt-name", default=None, metavar="NAME",
+                         help=f"put the model's prompt NAME before {texts} (default: {default})")
+    prompts.add_argument("--prompt", default=None, metavar="TEXT",
+                         help=f'put TEXT before {texts}, e.g. "query: " (default: {default})')
+
+
 def load_model(args: argparse.Namespace) -> Encoder:
     """The encoder that :func:`add_model_options` describes."""
     return load_encoder(args.model, device=args.device, precision=args.precision)

@@ -6,6 +6,10 @@ ids, texts and metadata, and a :class:`~embedkit.index.store.Manifest` naming th
 are. Searching with an encoder of another model or dimension is refused, since its vectors would live in
 another space and every score would be meaningless.
 
+Documents are embedded after the model's document prompt and queries after its query prompt (see
+:mod:`embedkit.encoders.prompts`); the manifest records the document prompt, every later addition uses it, and an
+encoder whose model declares another document prompt gets a :class:`PromptMismatchWarning`.
+
 On disk an index is a folder of numbered versions behind a pointer (:mod:`embedkit.index.folder`): saves never
 leave the path without a complete index, readers never see half of a save, and :meth:`Index.update` holds the
 writers' lock from load to save, so that concurrent writers queue rather than lose each other's documents.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from embedkit.data.collate import text_id
+from embedkit.encoders.prompts import DOCUMENT, QUERY, resolve_prompt
 from embedkit.errors import ConfigError, DataError
 from embedkit.index.arrays import normalized
 from embedkit.index.corpus import Corpus, CorpusSource, Document, as_corpus, batched
@@ -34,6 +40,7 @@ from embedkit.index.spec import (
     IndexFileError,
     IndexMismatchError,
     IndexSpec,
+    IndexWarning,
     backend_metric,
     check_device,
     check_metric,
@@ -60,6 +67,11 @@ CHUNK_SIZE = 16384
 SEARCH_BATCH = 4096
 """Queries embedded and searched at a time."""
 PROGRESS_FROM = 2048  # show progress bars for this many documents or queries and more
+
+
+class PromptMismatchWarning(IndexWarning):
+    """The index's documents were embedded after another prompt than the one the encoder's model declares for
+    documents, so queries embedded for that model may not match them well."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,7 @@ class IndexInfo(TypedDict):
     metric: str
     normalize: bool
     dimension: int
+    document_prompt: str
     count: int
     id_type: str | None
     model: ModelInfo
@@ -149,12 +162,14 @@ class Index:
 
             encoder = load_encoder(self.manifest.model_name)
             self.check_encoder(encoder)
+            self._warn_prompt_mismatch(encoder)
             self._encoder = encoder
         return self._encoder
 
     @encoder.setter
     def encoder(self, encoder: TextEncoder) -> None:
         self.check_encoder(encoder)
+        self._warn_prompt_mismatch(encoder)
         self._encoder = encoder
 
     def check_encoder(self, encoder: TextEncoder) -> None:
@@ -172,18 +187,36 @@ class Index:
                 "the index, or build a new index with this one"
             )
 
+    def _warn_prompt_mismatch(self, encoder: TextEncoder) -> None:
+        """A :class:`PromptMismatchWarning` when ``encoder``'s model declares another document prompt than the one
+        the index's documents were embedded after."""
+        declared = resolve_prompt(encoder.prompts, DOCUMENT)
+        recorded = self.manifest.document_prompt
+        if declared != recorded:
+            built = f"after the document prompt {recorded!r}" if recorded else "without a document prompt"
+            wanted = f"declares the document prompt {declared!r}" if declared else "declares no document prompt"
+            warnings.warn(
+                f"this index was built {built}, but model {encoder.name!r} {wanted}: rebuild the index with the "
+                "model's document prompt, or search with a query prompt that suits the index",
+                PromptMismatchWarning,
+                stacklevel=3,
+            )
+
     # -- adding and removing -----------------------------------------------------------------------------------
-    def _embed(self, texts: list[str], batch_size: int) -> np.ndarray:
-        return self.encoder.encode(texts, batch_size=batch_size, normalize=self.manifest.normalize, show_progress=False)
+    def _embed(self, texts: list[str], batch_size: int, prompt: str) -> np.ndarray:
+        return self.encoder.encode(
+            texts, batch_size=batch_size, normalize=self.manifest.normalize, show_progress=False, prompt=prompt
+        )
 
     def _embed_batches(self, texts: list[str], batch_size: int, progress: tqdm) -> np.ndarray:
-        """:meth:`_embed`, one batch per call so that ``progress`` moves per batch. Texts are batched longest
-        first, as the encoder batches one call's texts, so that each batch pads as little as before."""
+        """Documents through :meth:`_embed` after the recorded document prompt, one batch per call so that
+        ``progress`` moves per batch. Texts are batched longest first, as the encoder batches one call's texts, so
+        that each batch pads as little as before."""
         order = np.argsort([-len(text) for text in texts], kind="stable")
         vectors = np.empty((len(texts), self.manifest.dimension), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             positions = order[start : start + batch_size]
-            vectors[positions] = self._embed([texts[i] for i in positions], batch_size)
+            vectors[positions] = self._embed([texts[i] for i in positions], batch_size, self.manifest.document_prompt)
             progress.update(len(positions))
         return vectors
 
@@ -213,7 +246,8 @@ class Index:
         """Embed and add documents; returns how many were added.
 
         Ids are checked first (type, duplicates, ids already in the index), so a bad id fails before anything is
-        embedded. The corpus is embedded ``chunk_size`` documents at a time. An index that needs training (IVF,
+        embedded. The corpus is embedded ``chunk_size`` documents at a time, after the document prompt the
+        manifest records. An index that needs training (IVF,
         PQ) is trained on its first add, on a seeded sample of the corpus whose embeddings are kept for the add.
 
         Args:
@@ -340,11 +374,15 @@ class Index:
         k: int = 10,
         batch_size: int = 64,
         show_progress: bool | None = None,
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`search`, but returns ``(scores [n, k], internal ids [n, k] int64)``, for embedkit's own
         code (the miner) that maps ids itself."""
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
+        query_prompt = ""
         texts: list[str] | None = None
         vectors: np.ndarray | None = None
         if isinstance(queries, str):
@@ -355,12 +393,14 @@ class Index:
             texts = list(queries)
             if not all(isinstance(text, str) for text in texts):
                 raise DataError("queries must be texts or an [n, D] array of vectors")
+        if texts is not None:
+            query_prompt = resolve_prompt(self.encoder.prompts, QUERY, prompt_name=prompt_name, prompt=prompt)
         total = len(texts) if texts is not None else len(vectors)  # type: ignore[arg-type]
         scores, found = [], []
         progress = _progress(total, "searching", show_progress)
         for start in range(0, total, SEARCH_BATCH):
             if texts is not None:
-                block = self._embed(texts[start : start + SEARCH_BATCH], batch_size)
+                block = self._embed(texts[start : start + SEARCH_BATCH], batch_size, query_prompt)
             else:
                 block = vectors[start : start + SEARCH_BATCH]  # type: ignore[index]
             block_scores, block_ids = self.backend.search(block, int(k))
@@ -380,6 +420,8 @@ class Index:
         return_payloads: bool = False,
         batch_size: int = 64,
         show_progress: bool | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> SearchResult:
         """The ``k`` nearest documents of each query.
 
@@ -390,12 +432,16 @@ class Index:
             return_payloads: also return the texts and metadata of the results.
             batch_size: encoding batch size.
             show_progress: a progress bar; by default for 2,048 queries or more.
+            prompt_name: text queries get the encoder's prompt of this name instead of its query prompt.
+            prompt: text queries get this prompt instead of the encoder's query prompt.
 
         Raises:
             IndexMismatchError: vectors of another dimension.
-            ConfigError: ``k`` is not a positive integer.
+            ConfigError: ``k`` is not a positive integer; both ``prompt`` and ``prompt_name``, or an unknown name.
         """
-        scores, internal = self.search_internal(queries, k, batch_size, show_progress)
+        scores, internal = self.search_internal(
+            queries, k, batch_size, show_progress, prompt_name=prompt_name, prompt=prompt
+        )
         externals, _ = self.store.id_arrays()
         texts, metadata = self.store.payloads(internal) if return_payloads else (None, None)
         return SearchResult(scores=scores, ids=externals[internal], texts=texts, metadata=metadata)
@@ -466,8 +512,9 @@ class Index:
 
         Args:
             path: the folder :meth:`save` wrote.
-            encoder: the encoder for text queries; checked against the manifest now. ``None``: the manifest's
-                model is loaded (and checked) on the first text query.
+            encoder: the encoder for text queries; checked against the manifest now (a
+                :class:`PromptMismatchWarning` when its model declares another document prompt than the index was
+                built with). ``None``: the manifest's model is loaded (and checked) on the first text query.
             device: ``"auto"``, ``"gpu"`` or ``"cpu"``: where faiss indexes search.
 
         Raises:
@@ -492,6 +539,7 @@ class Index:
             "metric": self.manifest.metric,
             "normalize": self.manifest.normalize,
             "dimension": self.manifest.dimension,
+            "document_prompt": self.manifest.document_prompt,
             "count": len(self.backend),
             "id_type": self.manifest.id_type,
             "model": {"name": self.manifest.model_name, "fingerprint": self.manifest.model_fingerprint},
@@ -532,8 +580,11 @@ def training_positions(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def empty_index(encoder: TextEncoder, spec: str | IndexSpec, metric: str, device: str) -> Index:
-    """An index with nothing in it yet, for ``encoder``'s embeddings (see :func:`build_index`)."""
+def empty_index(
+    encoder: TextEncoder, spec: str | IndexSpec, metric: str, device: str, document_prompt: str = ""
+) -> Index:
+    """An index with nothing in it yet, for ``encoder``'s embeddings of documents after ``document_prompt`` (see
+    :func:`build_index`)."""
     parsed = parse_spec(spec)
     metric = check_metric(metric)
     backend = BACKENDS.get(parsed.backend).create(parsed, encoder.dim, backend_metric(metric), check_device(device))
@@ -544,11 +595,14 @@ def empty_index(encoder: TextEncoder, spec: str | IndexSpec, metric: str, device
         dimension=encoder.dim,
         model_name=encoder.name,
         model_fingerprint=model_fingerprint(encoder.model),
+        document_prompt=document_prompt,
         embedkit_version=__version__,
         created=now(),
     )
     index = Index(backend, PayloadStore.create(), manifest)
-    index.encoder = encoder
+    # the encoder that builds the index: its weights are the manifest's, and a prompt chosen for this build is no
+    # mismatch to warn about
+    index._encoder = encoder
     return index
 
 
@@ -564,8 +618,13 @@ def build_index(
     device: str = "auto",
     seed: int = 0,
     show_progress: bool | None = None,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
 ) -> Index:
     """Embed a corpus with ``encoder`` and index it.
+
+    Documents are embedded after the model's document prompt (see :mod:`embedkit.encoders.prompts`), or the
+    prompt given; the manifest records it.
 
     Args:
         encoder: any :class:`~embedkit.types.TextEncoder` (its ``name``, ``dim`` and ``model`` go into the
@@ -581,8 +640,15 @@ def build_index(
         device: ``"auto"`` (faiss on the GPU when it sees one), ``"gpu"`` or ``"cpu"``.
         seed: seed of the training sample of IVF/PQ indexes.
         show_progress: progress bars; by default for 2,048 documents or more.
+        prompt_name: embed documents after the model's prompt of this name instead of its document prompt.
+        prompt: embed documents after this prompt instead of the model's document prompt; ``embeddings`` given
+            must have been embedded after it too.
+
+    Raises:
+        ConfigError: both ``prompt`` and ``prompt_name``, or a name the model has no prompt for.
     """
-    index = empty_index(encoder, spec, metric, device)
+    document_prompt = resolve_prompt(encoder.prompts, DOCUMENT, prompt_name=prompt_name, prompt=prompt)
+    index = empty_index(encoder, spec, metric, device, document_prompt)
     index.add(
         corpus,
         embeddings=embeddings,

@@ -19,6 +19,7 @@ from typing import cast
 import numpy as np
 
 from embedkit import distributed
+from embedkit.encoders.prompts import DOCUMENT, resolve_prompt
 from embedkit.index.corpus import CorpusSource, as_corpus
 from embedkit.index.faiss_backend import FaissBackend
 from embedkit.index.index import CHUNK_SIZE, Index, build_index, empty_index, training_positions
@@ -35,16 +36,22 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
 
 
 def _shard_embeddings(
-    encoder: TextEncoder, texts: Sequence[str], batch_size: int, normalize: bool, show_progress: bool | None
+    encoder: TextEncoder,
+    texts: Sequence[str],
+    batch_size: int,
+    normalize: bool,
+    show_progress: bool | None,
+    prompt: str | None,
 ) -> np.ndarray:
-    """``[end - start, D]`` embeddings of this rank's shard ``texts[start:end]``; rank 0 shows its progress (the
-    other ranks go at the same pace)."""
+    """``[end - start, D]`` embeddings of this rank's shard ``texts[start:end]`` after ``prompt``; rank 0 shows its
+    progress (the other ranks go at the same pace)."""
     start, end = shard_bounds(len(texts), distributed.rank(), distributed.world_size())
     return encoder.encode(
         list(texts[start:end]),
         batch_size=batch_size,
         normalize=normalize,
         show_progress=show_progress if distributed.is_main_process() else False,
+        prompt=prompt,
     )
 
 
@@ -55,10 +62,14 @@ def encode_sharded(
     batch_size: int = 64,
     normalize: bool = False,
     show_progress: bool | None = None,
+    prompt: str | None = None,
 ) -> np.ndarray | None:
-    """Embed ``texts`` with every process of the job: ``[n, D]`` float32 in input order on rank 0, ``None`` on
-    the others. Each rank embeds a contiguous shard; every rank must pass the same texts."""
-    shards = distributed.gather_to_main(_shard_embeddings(encoder, texts, batch_size, normalize, show_progress))
+    """Embed ``texts`` (each after ``prompt``; ``None``: the model's default prompt) with every process of the job:
+    ``[n, D]`` float32 in input order on rank 0, ``None`` on the others. Each rank embeds a contiguous shard; every
+    rank must pass the same texts."""
+    shards = distributed.gather_to_main(
+        _shard_embeddings(encoder, texts, batch_size, normalize, show_progress, prompt)
+    )
     return None if shards is None else np.concatenate(shards)
 
 
@@ -73,6 +84,8 @@ def build_index_sharded(
     device: str = "auto",
     seed: int = 0,
     show_progress: bool | None = None,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
 ) -> Index | None:
     """:func:`~embedkit.index.build_index` across the processes of a ``torchrun`` job (see the module doc).
 
@@ -95,14 +108,17 @@ def build_index_sharded(
             device=device,
             seed=seed,
             show_progress=show_progress,
+            prompt_name=prompt_name,
+            prompt=prompt,
         )
-    index = empty_index(encoder, spec, metric, device)
+    document_prompt = resolve_prompt(encoder.prompts, DOCUMENT, prompt_name=prompt_name, prompt=prompt)
+    index = empty_index(encoder, spec, metric, device, document_prompt)
     documents = as_corpus(corpus)
     rows = list(documents)
     id_type = check_ids([d.id for d in rows], None, documents.name)
     start, end = shard_bounds(len(rows), distributed.rank(), distributed.world_size())
     texts = [d.text for d in rows]
-    vectors = _shard_embeddings(encoder, texts, batch_size, index.manifest.normalize, show_progress)
+    vectors = _shard_embeddings(encoder, texts, batch_size, index.manifest.normalize, show_progress, document_prompt)
     backend = index.backend
     if isinstance(backend, FaissBackend) and backend.needs_training:  # of the backends, only faiss trains
         _train_on_main(backend, len(rows), vectors, start, seed)

@@ -3,9 +3,10 @@
 A version folder (:mod:`embedkit.index.folder` keeps versions behind a pointer)::
 
     manifest.json         embedkit version, model name and weight fingerprint, dimension, metric,
-                          normalisation, spec, count, id type, creation time, search parameters, the
-                          size and sha256 of every other file (checked before any of them is parsed), and
-                          the sha256 of the manifest's own content (so that an edited spec is refused)
+                          normalisation, spec, the prompt put before each document, count, id type,
+                          creation time, search parameters, the size and sha256 of every other file
+                          (checked before any of them is parsed), and the sha256 of the manifest's own
+                          content (so that an edited spec is refused)
     payloads.sqlite       one row per vector: internal id, external id, text, text id, metadata (JSON)
     index.faiss           (faiss backends) written by faiss.write_index
     vectors.safetensors   (torch backend) vectors and internal ids
@@ -114,6 +115,7 @@ class Manifest:
     dimension: int
     model_name: str
     model_fingerprint: str
+    document_prompt: str = ""  # manifests written before prompts were recorded had none
     count: int = 0
     id_type: str | None = None
     embedkit_version: str = ""
