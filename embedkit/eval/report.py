@@ -186,25 +186,35 @@ def build_evaluators(suite: Suite, batch_size: int = 64) -> dict[str, Any]:
 
 
 class CachedEncoder:
-    """An encoder that embeds each distinct text once: evaluators sharing data (STS, geometry on the same file,
-    the scatter plot) do not encode it again. Every other attribute is the wrapped encoder's."""
+    """An encoder that embeds each distinct text once per prompt: evaluators sharing data (STS, geometry on the
+    same file, the scatter plot) do not encode it again. Every other attribute is the wrapped encoder's."""
 
     def __init__(self, encoder: Any) -> None:
         self.encoder = encoder
-        self._vectors: dict[str, np.ndarray] = {}
+        self._vectors: dict[tuple[str | None, str], np.ndarray] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.encoder, name)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32, normalize: bool = False, **kwargs: Any) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        normalize: bool = False,
+        *,
+        prompt: str | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
         texts = list(texts)
-        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        missing = list(dict.fromkeys(t for t in texts if (prompt, t) not in self._vectors))
         if missing:
-            vectors = self.encoder.encode(missing, batch_size=batch_size, **kwargs)
-            self._vectors.update(zip(missing, vectors, strict=True))
+            # the prompt goes on only when given, so an encoder that takes none can be cached for prompt-free use
+            prompted = {} if prompt is None else {"prompt": prompt}
+            vectors = self.encoder.encode(missing, batch_size=batch_size, **prompted, **kwargs)
+            self._vectors.update(zip(((prompt, t) for t in missing), vectors, strict=True))
         if not texts:
             return np.zeros((0, self.encoder.dim), dtype=np.float32)
-        vectors = np.stack([self._vectors[t] for t in texts])
+        vectors = np.stack([self._vectors[prompt, t] for t in texts])
         if normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors
