@@ -12,7 +12,7 @@ The main entry points::
 
 from __future__ import annotations
 
-from embedkit.data import collate, read_examples
+from embedkit.data import ColumnPrompts, collate, read_examples
 from embedkit.encoders import DEFAULT_MODEL, Encoder, load_encoder
 from embedkit.errors import ConfigError, DataError, EmbedkitError, UnknownNameError
 from embedkit.eval import (
@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "EVALUATORS",
     "LOSSES",
+    "ColumnPrompts",
     "CombinedEvaluator",
     "ConfigError",
     "DataError",

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from embedkit import distributed
-from embedkit.data import is_beir_folder, read_examples
+from embedkit.data import ColumnPrompts, is_beir_folder, read_examples
 from embedkit.data.io import FORMATS
 from embedkit.encoders import DEFAULT_MODEL, load_encoder
 from embedkit.encoders.sentence_transformer import POOLING_MODES
@@ -67,7 +67,13 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """The training data (see :func:`embedkit.read_examples`): a file, or a BEIR folder whose ``split`` judgements
-    scoring ``min_relevance`` or more give (query, document) pairs."""
+    scoring ``min_relevance`` or more give (query, document) pairs.
+
+    ``prompts`` puts a prompt before the texts of a column: ``{anchor = "query: ", positive = "passage: "}``
+    (``negative`` defaults to the positive's). A column it leaves out gets the model's own prompt: its query
+    prompt for anchors, its document prompt for positives (see :func:`embedkit.training.fit.column_prompts`); the
+    model keeps the anchor's and the positive's as its ``query`` and ``document`` prompts.
+    """
 
     path: str = ""
     kind: str | None = None
@@ -76,6 +82,7 @@ class DataConfig:
     limit: int | None = None
     split: str = "train"
     min_relevance: int = 1
+    prompts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -213,6 +220,7 @@ def _device(name: str) -> torch.device:
         raise ConfigError(str(error).splitlines()[0]) from None
 
 
+PROMPT_COLUMNS = tuple(f.name for f in dataclasses.fields(ColumnPrompts))
 _FILTERS = 'naming filters, such as { name = "margin", margin = 0.05 }'
 
 RULES: dict[str, Rule] = {
@@ -223,6 +231,7 @@ RULES: dict[str, Rule] = {
     "data.kind": one_of(kind.value for kind in Kind),
     "data.format": one_of(FORMATS),
     "data.limit": at_least(1),
+    "data.prompts": Rule(lambda table: set(table) <= set(PROMPT_COLUMNS), f"keyed by {', '.join(PROMPT_COLUMNS)}"),
     "train.batch_size": at_least(2),  # in-batch negatives need a second row
     "train.lr": above(0),
     "train.epochs": at_least(1),
@@ -575,7 +584,8 @@ def run_training(config: RunConfig, show_progress: bool = True, overwrite: bool 
     prepare_output_dir(config, overwrite, write=distributed.is_main_process())
     distributed.barrier()
     source = f"{config.data.path} ({kind.value}, {len(examples)} rows)"
-    return fit(encoder, examples, loss, settings, kind=kind, evaluator=evaluator, source=source, negatives=negatives)
+    return fit(encoder, examples, loss, settings, kind=kind, evaluator=evaluator, source=source, negatives=negatives,
+               prompts=ColumnPrompts(**config.data.prompts))
 
 
 def negative_miner(config: RunConfig) -> NegativeMiner | None:

@@ -93,6 +93,10 @@ BAD_VALUES = [
     ("[data]\nlimit = 0", "data.limit = 0 is invalid: expected an integer of at least 1"),
     ("[data]\ncolumns = { premise = 1 }", 'data.columns = {"premise": 1} is invalid: expected a table of strings'),
     ("[data]\npath = [\"a.txt\"]", r'data.path = \["a.txt"\] is invalid: expected a string'),
+    ('[data]\nprompts = { query = "q: " }',
+     'data.prompts = {"query": "q: "} is invalid: expected a table of strings keyed by anchor, positive, negative'),
+    ("[data]\nprompts = { anchor = 1 }", 'data.prompts = {"anchor": 1} is invalid: expected a table of strings'),
+    ('[data]\nprompts = "query: "', 'data.prompts = "query: " is invalid: expected a table of strings'),
     ('[eval]\nsts = "a.jsonl"\nprimary = "mteb"',
      'eval.primary = "mteb" is invalid: expected a string naming one of: sts, retrieval, preference'),
     ("[mining]\nnegatives = -1", "mining.negatives = -1 is invalid: expected an integer of at least 0"),
@@ -177,6 +181,37 @@ def test_retrieval_is_a_dev_metric_that_picks_the_best_model(tmp_path, tiny_mode
     evals = [record["eval"] for record in result.history if "eval" in record]
     assert len(evals) == 3 and all({"retrieval/ndcg@10", "sts/spearman"} <= set(e) for e in evals)
     assert result.best_score == max(e["retrieval/ndcg@10"] for e in evals)
+
+
+def test_recipe_prompts_train_and_are_saved_with_the_model(tmp_path, tiny_model_path) -> None:
+    from conftest import TINY_TEXTS
+    from sentence_transformers import SentenceTransformer
+
+    from embedkit.training.recipe import run_training
+
+    (tmp_path / "pairs.jsonl").write_text("".join(
+        json.dumps({"anchor": " ".join(text.split()[:3]), "positive": text}) + "\n" for text in TINY_TEXTS))
+    recipe = write(tmp_path, f"""
+[model]
+name = {json.dumps(str(tiny_model_path))}
+precision = "fp32"
+[data]
+path = {json.dumps(str(tmp_path / "pairs.jsonl"))}
+[data.prompts]
+anchor = "query: "
+positive = "passage: "
+[train]
+output_dir = {json.dumps(str(tmp_path / "run"))}
+batch_size = 4
+max_steps = 1
+show_progress = false
+""")
+    config = load_config(recipe)
+    assert config.data.prompts == {"anchor": "query: ", "positive": "passage: "}
+    run_training(config)
+    saved = SentenceTransformer(str(tmp_path / "run" / "final"), device="cpu")
+    assert saved.prompts == {"query": "query: ", "document": "passage: "}
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["data"]["prompts"]["anchor"] == "query: "
 
 
 def test_the_primary_dev_set_must_be_given() -> None:
