@@ -128,10 +128,10 @@ class LookupEncoder:
     """Maps each text to a fixed vector (and looks enough like an embedkit encoder for an index: name, dim, model)."""
 
     name = "lookup"
-    prompts: dict[str, str] = {}
 
     def __init__(self, table: dict[str, list[float]]) -> None:
         self.table = table
+        self.prompts: dict[str, str] = {}
         self.dim = len(next(iter(table.values())))
         self.model = torch.nn.Linear(1, 1)  # the index fingerprints the model's weights
 
