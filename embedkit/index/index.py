@@ -247,8 +247,8 @@ class Index:
 
         Ids are checked first (type, duplicates, ids already in the index), so a bad id fails before anything is
         embedded. The corpus is embedded ``chunk_size`` documents at a time, after the document prompt the
-        manifest records. An index that needs training (IVF,
-        PQ) is trained on its first add, on a seeded sample of the corpus whose embeddings are kept for the add.
+        manifest records. An index that needs training (IVF, PQ) is trained on its first add, on a seeded sample
+        of the corpus whose embeddings are kept for the add.
 
         Args:
             corpus: see :func:`~embedkit.index.corpus.as_corpus`.
