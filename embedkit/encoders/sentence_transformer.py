@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from embedkit.encoders.heads import has_head, read_head, write_head
 from embedkit.encoders.locate import cache_only
+from embedkit.encoders.truncation import check_truncate_dim, ends_normalized, truncated
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.fsutil import atomic_directory
 from embedkit.precision import PrecisionMixin, autocast
@@ -76,11 +77,17 @@ class Encoder(PrecisionMixin, nn.Module):
     ``forward(texts)`` is the training path (gradients, dropout when in train mode, the MLP head when there is
     one); :meth:`encode` is the inference path (no gradients, no head, float32 numpy out).
 
+    With ``truncate_dim`` both paths give the first ``truncate_dim`` dimensions of the model's embeddings,
+    normalised again when the model normalises its own (see :mod:`embedkit.encoders.truncation`), and
+    :attr:`dim` is ``truncate_dim``. It is a choice of use, as in sentence-transformers: :meth:`save` writes the
+    whole model.
+
     Args:
         model: the wrapped sentence-transformers model.
         name: the name or path it was loaded from (recorded in saved models and index manifests).
         mlp_head: a training-only projection, or ``None``.
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``; see :mod:`embedkit.precision`.
+        truncate_dim: keep this many leading dimensions (Matryoshka embeddings); ``None`` keeps them all.
     """
 
     model: SentenceTransformer
@@ -91,6 +98,7 @@ class Encoder(PrecisionMixin, nn.Module):
         name: str,
         mlp_head: MLPHead | None = None,
         precision: str = "auto",
+        truncate_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -98,10 +106,30 @@ class Encoder(PrecisionMixin, nn.Module):
         self.mlp_head = mlp_head
         self.precision = precision
         self.compute_dtype()  # an unknown precision fails here, not at the first batch
+        self.truncate_dim = truncate_dim
 
     @property
     def dim(self) -> int:
+        """The size of the embeddings both paths give: ``truncate_dim`` when set."""
+        return self.truncate_dim or self.full_dim
+
+    @property
+    def full_dim(self) -> int:
+        """The size of the model's own embeddings."""
         return int(self.model.get_embedding_dimension())
+
+    @property
+    def truncate_dim(self) -> int | None:
+        return self._truncate_dim
+
+    @truncate_dim.setter
+    def truncate_dim(self, value: int | None) -> None:
+        self._truncate_dim = check_truncate_dim(value, self.full_dim)
+
+    @property
+    def normalizes(self) -> bool:
+        """Whether the model's embeddings are unit vectors (its last module normalises them)."""
+        return ends_normalized(self.model)
 
     @property
     def max_seq_length(self) -> int:
@@ -125,7 +153,9 @@ class Encoder(PrecisionMixin, nn.Module):
         embeddings = self.model(self.tokenize(texts))["sentence_embedding"]
         if self.mlp_head is not None and self.training:
             embeddings = self.mlp_head(embeddings)
-        return embeddings
+        if self.truncate_dim is None:
+            return embeddings
+        return truncated(embeddings, self.truncate_dim, self.normalizes)
 
     def encode(
         self,
@@ -157,7 +187,10 @@ class Encoder(PrecisionMixin, nn.Module):
                 )
         finally:
             self.train(was_training)
-        return np.asarray(embeddings, dtype=np.float32)
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if self.truncate_dim is None:
+            return embeddings
+        return truncated(embeddings, self.truncate_dim, normalize or self.normalizes)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a sentence-transformers folder (plus the training heads beside it), atomically."""
@@ -185,6 +218,7 @@ def load_encoder(
     max_seq_length: int | None = None,
     device: str | torch.device | None = None,
     precision: str = "auto",
+    truncate_dim: int | None = None,
 ) -> Encoder:
     """Load a sentence-transformers model by hub name or local path.
 
@@ -195,6 +229,8 @@ def load_encoder(
         max_seq_length: truncate inputs to this many tokens.
         device: ``"cpu"``, ``"cuda"``, ...; default: CUDA when available.
         precision: ``"auto"`` (bf16 autocast where the hardware has bf16 units), ``"fp32"``, ``"bf16"``, ``"fp16"``.
+        truncate_dim: give the first this many dimensions of each embedding (a Matryoshka model's smaller
+            embeddings), normalised again when the model normalises; ``None`` gives them whole.
     """
     name = str(name_or_path)
     if pooling is not None and pooling not in POOLING_MODES:
@@ -222,7 +258,7 @@ def load_encoder(
         if has_head(path, MLP_HEAD):
             head.load_state_dict(read_head(path, MLP_HEAD)[0])
         head.to(device)
-    return Encoder(model, name=recorded_name, mlp_head=head, precision=precision)
+    return Encoder(model, name=recorded_name, mlp_head=head, precision=precision, truncate_dim=truncate_dim)
 
 
 def _read_encoder_config(path: Path) -> dict[str, JsonValue]:
