@@ -107,6 +107,18 @@ BAD_VALUES = [
     ('[loss]\nname = "infonce"\nparams = 3', "loss.params = 3 is invalid: expected a table"),
     ('[loss]\nname = "infonce"\nwarmth = 1', "loss 'infonce' has no parameter warmth; valid parameters: "),
     ('[loss]\nname = "nce"', "unknown loss 'nce'; valid names: "),
+    ("[loss]\nmatryoshka_dims = []", r"loss.matryoshka_dims = \[\] is invalid: matryoshka_dims must name at least one"),
+    ("[loss]\nmatryoshka_dims = [64, 0]", "loss.matryoshka_dims = .* is invalid: matryoshka_dims must be positive integers"),
+    ("[loss]\nmatryoshka_dims = [64, 64]", "loss.matryoshka_dims = .* is invalid: matryoshka_dims names 64 more than once"),
+    ("[loss]\nmatryoshka_dims = [64.5]", "loss.matryoshka_dims = .* is invalid: expected a list of integers that are"),
+    ("[loss]\nmatryoshka_dims = 64", "loss.matryoshka_dims = 64 is invalid: expected a list of integers"),
+    ("[loss]\nmatryoshka_dims = [64, 32]\nmatryoshka_weights = [1, -1]",
+     "loss.matryoshka_weights = .* is invalid: matryoshka_weights must be numbers above 0, got -1.0"),
+    ('[loss]\nmatryoshka_dims = [64, 32]\nmatryoshka_weights = ["1", 1]',
+     "loss.matryoshka_weights = .* is invalid: expected a list of finite numbers each above 0"),
+    ("[loss]\nmatryoshka_dims = [64, 32]\nmatryoshka_weights = [1]",
+     "loss.matryoshka_weights = .* is invalid: matryoshka_weights gives 1 weight for 2 matryoshka_dims"),
+    ("[loss]\nmatryoshka_weights = [1]", "loss.matryoshka_weights is set without loss.matryoshka_dims"),
 ]
 
 
@@ -140,6 +152,31 @@ def test_a_config_built_in_python_is_checked_too(tmp_path) -> None:
 def test_shipped_recipes_load(name: str) -> None:
     config = load_config(REPO / "recipes" / f"{name}.toml")
     assert isinstance(config, RunConfig) and config.loss.params["temperature"] == 0.05
+
+
+def test_matryoshka_keys_wrap_the_loss_and_are_recorded(tmp_path, tiny_model_path) -> None:
+    from embedkit.losses import MatryoshkaLoss
+    from embedkit.training.recipe import run_training
+
+    config = load_config(REPO / "recipes" / "matryoshka.toml")
+    assert config.loss.matryoshka_dims == (384, 256, 128, 64, 32) and config.loss.matryoshka_weights == (1.0,) * 5
+    loss = config.loss.build()
+    assert isinstance(loss, MatryoshkaLoss) and loss.dims == (384, 256, 128, 64, 32)
+    assert config_to_dict(config)["loss"]["matryoshka_dims"] == (384, 256, 128, 64, 32)
+    assert "matryoshka_dims" not in config_to_dict(load_config(REPO / "recipes" / "simcse-sup.toml"))["loss"]
+
+    (tmp_path / "s.txt").write_text("".join(f"sentence number {i} about the cat\n" for i in range(8)))
+    raw = {"model": {"name": str(tiny_model_path), "precision": "fp32"}, "data": {"path": str(tmp_path / "s.txt")},
+           "loss": {"name": "simcse-unsup", "matryoshka_dims": [32, 8], "matryoshka_weights": [1, 2]},
+           "train": {"output_dir": str(tmp_path / "run"), "batch_size": 4, "max_steps": 2, "show_progress": False}}
+    assert run_training(config_from_dict(raw)).steps == 2
+    recorded = json.loads((tmp_path / "run" / "recipe.json").read_text())["loss"]
+    assert recorded == {"name": "simcse-unsup", "matryoshka_dims": [32, 8], "matryoshka_weights": [1.0, 2.0]}
+
+    raw["loss"]["matryoshka_dims"], raw["train"]["output_dir"] = [64, 8], str(tmp_path / "wide")
+    with pytest.raises(ConfigError, match=r"loss.matryoshka_dims = \[64, 8\] is invalid: 64 exceeds the 32 dimensions"):
+        run_training(config_from_dict(raw))
+    assert not (tmp_path / "wide").exists()  # refused before anything is written
 
 
 def test_simcse_unsup_recipe_has_the_paper_settings() -> None:
