@@ -4,7 +4,8 @@ An index ties three things together: a backend holding vectors under int64 inter
 any ``faiss`` index), a :class:`~embedkit.index.store.PayloadStore` mapping internal ids to the corpus's own
 ids, texts and metadata, and a :class:`~embedkit.index.store.Manifest` naming the model whose embeddings these
 are. Searching with an encoder of another model or dimension is refused, since its vectors would live in
-another space and every score would be meaningless.
+another space and every score would be meaningless. An index of a model's embeddings cut to their first
+``truncate_dim`` dimensions (Matryoshka) records the cut, and the model it loads for text queries makes the same.
 
 On disk an index is a folder of numbered versions behind a pointer (:mod:`embedkit.index.folder`): saves never
 leave the path without a complete index, readers never see half of a save, and :meth:`Index.update` holds the
@@ -100,6 +101,7 @@ class IndexInfo(TypedDict):
     metric: str
     normalize: bool
     dimension: int
+    truncate_dim: int | None
     count: int
     id_type: str | None
     model: ModelInfo
@@ -147,7 +149,7 @@ class Index:
         if self._encoder is None:
             from embedkit.encoders import load_encoder
 
-            encoder = load_encoder(self.manifest.model_name)
+            encoder = load_encoder(self.manifest.model_name, truncate_dim=self.manifest.truncate_dim)
             self.check_encoder(encoder)
             self._encoder = encoder
         return self._encoder
@@ -164,6 +166,14 @@ class Index:
             IndexMismatchError: names both models, their fingerprints and dimensions.
         """
         fingerprint = model_fingerprint(encoder.model)
+        if fingerprint == self.manifest.model_fingerprint and encoder.dim != self.manifest.dimension:
+            cut = self.manifest.truncate_dim
+            wanted = "without truncate_dim" if cut is None else f"with truncate_dim={cut} (--truncate-dim {cut})"
+            raise IndexMismatchError(
+                f"this index holds {_size(self.manifest.dimension, cut)} embeddings of model "
+                f"{self.manifest.model_name!r}, but the encoder gives {_size(encoder.dim, truncation_of(encoder))} "
+                f"ones; load the model {wanted}, or build a new index with this one"
+            )
         if encoder.dim != self.manifest.dimension or fingerprint != self.manifest.model_fingerprint:
             raise IndexMismatchError(
                 f"this index holds embeddings of model {self.manifest.model_name!r} "
@@ -492,6 +502,7 @@ class Index:
             "metric": self.manifest.metric,
             "normalize": self.manifest.normalize,
             "dimension": self.manifest.dimension,
+            "truncate_dim": self.manifest.truncate_dim,
             "count": len(self.backend),
             "id_type": self.manifest.id_type,
             "model": {"name": self.manifest.model_name, "fingerprint": self.manifest.model_fingerprint},
@@ -527,6 +538,17 @@ def _load_files(folder: Path, device: str) -> tuple[Backend, PayloadStore, Manif
     return backend, store, manifest
 
 
+def truncation_of(encoder: TextEncoder) -> int | None:
+    """The ``truncate_dim`` an encoder cuts its embeddings to (an :class:`~embedkit.encoders.Encoder` or a
+    :class:`~embedkit.encoders.truncation.TruncatedEncoder`); ``None`` for one that does not cut them."""
+    return getattr(encoder, "truncate_dim", None)
+
+
+def _size(dimension: int, truncate_dim: int | None) -> str:
+    """``"384-dimensional"``, or ``"128-dimensional (truncate_dim 128)"`` for cut embeddings."""
+    return f"{dimension}-dimensional" + ("" if truncate_dim is None else f" (truncate_dim {truncate_dim})")
+
+
 def training_positions(n: int, size: int, seed: int) -> np.ndarray:
     """``[size]`` sorted positions of the seeded sample of ``n`` documents that an IVF/PQ index is trained on."""
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
@@ -546,6 +568,7 @@ def empty_index(encoder: TextEncoder, spec: str | IndexSpec, metric: str, device
         model_fingerprint=model_fingerprint(encoder.model),
         embedkit_version=__version__,
         created=now(),
+        truncate_dim=truncation_of(encoder),
     )
     index = Index(backend, PayloadStore.create(), manifest)
     index.encoder = encoder

@@ -2,7 +2,8 @@
 
 A version folder (:mod:`embedkit.index.folder` keeps versions behind a pointer)::
 
-    manifest.json         embedkit version, model name and weight fingerprint, dimension, metric,
+    manifest.json         embedkit version, model name and weight fingerprint, dimension (and the
+                          ``truncate_dim`` the model's embeddings were cut to, when they were), metric,
                           normalisation, spec, count, id type, creation time, search parameters, the
                           size and sha256 of every other file (checked before any of them is parsed), and
                           the sha256 of the manifest's own content (so that an edited spec is refused)
@@ -120,9 +121,13 @@ class Manifest:
     created: str = ""
     search_params: dict[str, float] = field(default_factory=dict)
     files: dict[str, FileDigest] = field(default_factory=dict)
+    truncate_dim: int | None = None
+    """The leading dimensions of the model's embeddings kept (Matryoshka); ``None``: all of them."""
 
     def to_json(self) -> str:
         body = asdict(self)
+        if body["truncate_dim"] is None:
+            del body["truncate_dim"]  # so that embedkit versions without truncation read untruncated indexes
         model = {"name": body.pop("model_name"), "fingerprint": body.pop("model_fingerprint")}
         document = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model, **body}
         return json.dumps({**document, "checksum": content_checksum(document)}, indent=2) + "\n"
