@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedkit.cli.options import add_model_options, load_model, parse_assignments, print_json
+from embedkit.cli.options import add_model_options, add_truncate_dim, load_model, parse_assignments, print_json
 from embedkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -65,12 +65,14 @@ def _add_lock_timeout(parser: argparse.ArgumentParser) -> None:
 
 
 def _encoder(args: argparse.Namespace) -> Encoder:
-    """The encoder of ``--model``, or of the model that built the index at ``args.index``."""
+    """The encoder of ``--model``, or of the model that built the index at ``args.index``, cut to the index's
+    ``truncate_dim``."""
     from embedkit.encoders import load_encoder
     from embedkit.index.folder import current_manifest
 
-    name = args.model or current_manifest(args.index).model_name
-    return load_encoder(name, device=args.device, precision=args.precision)
+    manifest = current_manifest(args.index)
+    return load_encoder(args.model or manifest.model_name, device=args.device, precision=args.precision,
+                        truncate_dim=manifest.truncate_dim)
 
 
 def _open_index(args: argparse.Namespace, with_encoder: bool = True) -> Index:
@@ -136,6 +138,7 @@ def cmd_index_info(args: argparse.Namespace) -> int:
         "metric",
         "normalize",
         "dimension",
+        "truncate_dim",
         "count",
         "id_type",
         "created",
@@ -271,6 +274,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     build = actions.add_parser("build", help="embed a corpus and save it as an index folder")
     add_model_options(build)
+    add_truncate_dim(build)
     build.add_argument("--corpus", required=True, help="jsonl/csv/tsv/parquet/txt file, or a BEIR folder")
     build.add_argument("--out", required=True, type=Path, help="the index folder to write")
     build.add_argument(

@@ -25,9 +25,17 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
+def add_truncate_dim(parser: argparse.ArgumentParser) -> None:
+    """``--truncate-dim N``: the first N dimensions of each embedding (a Matryoshka model's smaller embeddings)."""
+    parser.add_argument("--truncate-dim", type=int, default=None, metavar="N",
+                        help="keep the first N dimensions of each embedding, normalised again when the model "
+                        "normalises (default: all)")
+
+
 def load_model(args: argparse.Namespace) -> Encoder:
-    """The encoder that :func:`add_model_options` describes."""
-    return load_encoder(args.model, device=args.device, precision=args.precision)
+    """The encoder that :func:`add_model_options` (and :func:`add_truncate_dim`, where given) describe."""
+    return load_encoder(args.model, device=args.device, precision=args.precision,
+                        truncate_dim=getattr(args, "truncate_dim", None))
 
 
 def parse_assignments(items: list[str], example: str) -> dict[str, float]:
