@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -63,8 +64,8 @@ def ends_normalized(model: nn.Module) -> bool:
 class TruncatedEncoder:
     """An encoder's embeddings cut to their first ``dim`` dimensions, normalised again when the encoder's own are.
 
-    Every attribute but ``dim``, ``truncate_dim`` and :meth:`encode` is the wrapped encoder's, so an index built
-    through the view records the encoder's model and the cut (:mod:`embedkit.index`).
+    Name, model, precision, device and length are the wrapped encoder's, so an index built through the view
+    records the encoder's model and the cut (:mod:`embedkit.index`).
 
     Args:
         encoder: an :class:`~embedkit.encoders.Encoder` (or a wrapper that passes its attributes on); its
@@ -83,8 +84,25 @@ class TruncatedEncoder:
     def dim(self) -> int:
         return self.truncate_dim
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.encoder, name)
+    @property
+    def name(self) -> str:
+        return self.encoder.name
+
+    @property
+    def precision(self) -> str:
+        return self.encoder.precision
+
+    @property
+    def model(self) -> nn.Module:
+        return self.encoder.model
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.encoder.max_seq_length
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.device
 
     def encode(
         self, texts: Sequence[str], batch_size: int = 32, normalize: bool = False, show_progress: bool | None = None
