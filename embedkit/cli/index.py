@@ -25,7 +25,7 @@ from embedkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from embedkit.encoders import Encoder
-    from embedkit.index import Document, Index
+    from embedkit.index import Corpus, Document, Index
 
 TEXT_WIDTH = 100  # characters of a result's text shown by `search`
 
@@ -48,6 +48,15 @@ def _add_index_device(parser: argparse.ArgumentParser) -> None:
         default="auto",
         choices=DEVICES,
         help="where faiss indexes search: auto (the GPU when faiss sees one), gpu or cpu",
+    )
+
+
+def _add_corpus_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--corpus", required=True, help="jsonl/csv/tsv/parquet/txt file, or a BEIR folder")
+    parser.add_argument(
+        "--allow-blank",
+        action="store_true",
+        help="index documents whose text is blank (as some benchmark collections hold) instead of refusing them",
     )
 
 
@@ -104,7 +113,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     with lock:
         index = build_index_sharded(
             encoder,
-            args.corpus,
+            _corpus(args),
             spec=args.spec,
             metric=args.metric,
             batch_size=args.batch_size,
@@ -121,6 +130,12 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     else:
         print(f"indexed {len(index)} documents with {args.spec} ({args.metric}) into {args.out}")
     return 0
+
+
+def _corpus(args: argparse.Namespace) -> Corpus:
+    from embedkit.index import as_corpus
+
+    return as_corpus(args.corpus, allow_blank=args.allow_blank)
 
 
 def cmd_index_info(args: argparse.Namespace) -> int:
@@ -154,7 +169,7 @@ def cmd_index_add(args: argparse.Namespace) -> int:
 
     encoder = _encoder(args)  # loaded before taking the lock: other writers need not wait for it
     with Index.update(args.index, encoder, lock_timeout=args.lock_timeout) as index:
-        added = index.add(args.corpus, batch_size=args.batch_size, show_progress=not args.json)
+        added = index.add(_corpus(args), batch_size=args.batch_size, show_progress=not args.json)
     if args.json:
         print_json({"index": str(args.index), "added": added, "count": len(index)})
     else:
@@ -271,7 +286,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     build = actions.add_parser("build", help="embed a corpus and save it as an index folder")
     add_model_options(build)
-    build.add_argument("--corpus", required=True, help="jsonl/csv/tsv/parquet/txt file, or a BEIR folder")
+    _add_corpus_options(build)
     build.add_argument("--out", required=True, type=Path, help="the index folder to write")
     build.add_argument(
         "--spec", default="torch", help="torch, torch:cuda, faiss:Flat, faiss:IVF1024,Flat, faiss:HNSW32, ..."
@@ -291,7 +306,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     add = actions.add_parser("add", help="embed more documents into an index folder")
     add.add_argument("index", type=Path, help="the index folder")
-    add.add_argument("--corpus", required=True, help="jsonl/csv/tsv/parquet/txt file, or a BEIR folder")
+    _add_corpus_options(add)
     _add_encoder_options(add)
     _add_lock_timeout(add)
     add.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -106,10 +106,12 @@ class RetrievalEvaluator:
 
     def search(self, encoder: TextEncoder) -> dict[str, dict[str, float]]:
         """The run ``{query_id: {doc_id: score}}`` of the top ``k`` documents of every judged query."""
-        from embedkit.index import build_index  # the index pulls in faiss; import it only when searching
+        from embedkit.index import as_corpus, build_index  # the index pulls in faiss; import it only when searching
 
         data = self.data
-        index = build_index(encoder, data.documents, spec=self.index_spec, metric="cosine", batch_size=self.batch_size)
+        # a collection is scored as published, with the few empty documents some hold (BEIR's convention)
+        documents = as_corpus(data.documents, allow_blank=True)
+        index = build_index(encoder, documents, spec=self.index_spec, metric="cosine", batch_size=self.batch_size)
         found = index.search(data.queries, k=min(self.k, len(data.doc_ids)), batch_size=self.batch_size)
         run: dict[str, dict[str, float]] = {}
         for query_id, ids, scores in zip(data.query_ids, found.ids, found.scores, strict=True):

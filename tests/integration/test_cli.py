@@ -169,11 +169,14 @@ def test_blank_corpus_texts_are_refused_and_nothing_written(capsys, tiny_model_p
                          str(tmp_path / "gap.txt"), "--out", str(tmp_path / "new"))
     assert code == 2 and out == "" and f"{tmp_path / 'gap.txt'}:2: a blank text" in one_line_error(err)
     assert not (tmp_path / "new").exists()
-    (tmp_path / "more.jsonl").write_text('{"_id": "x", "text": "a fish swims"}\n{"_id": "y", "text": "  "}\n')
+    (tmp_path / "more.jsonl").write_text('{"_id": 100, "text": "a fish swims"}\n{"_id": 101, "text": "  "}\n')
     code, out, err = run(capsys, "index", "add", str(index_folder), "--corpus", str(tmp_path / "more.jsonl"))
     assert code == 2 and out == "" and f"{tmp_path / 'more.jsonl'}:2: a blank text" in one_line_error(err)
     code, out, _ = run(capsys, "index", "info", str(index_folder), "--json")
     assert code == 0 and json.loads(out)["count"] == len(TINY_TEXTS)
+    code, out, _ = run(capsys, "index", "add", str(index_folder), "--corpus", str(tmp_path / "more.jsonl"),
+                       "--allow-blank", "--json")
+    assert code == 0 and json.loads(out)["count"] == len(TINY_TEXTS) + 2
 
 
 def test_encode_refuses_blank_texts_and_empty_files(capsys, tiny_model_path, tmp_path) -> None:
