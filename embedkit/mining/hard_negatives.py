@@ -435,8 +435,9 @@ def _index_with_embeddings(
     with :func:`~embedkit.index.build_index` (chunked) and pass it instead.
     """
     positives = list(dict.fromkeys(row.positive for row in rows))
-    # an empty document of a collection (Cranfield has two) is a harmless candidate that is never mined
-    documents = list(as_corpus(positives if corpus is None else corpus, allow_blank=True))
+    # the empty documents some collections hold (Cranfield has two) are candidates like any other
+    collection = as_corpus(positives if corpus is None else corpus, allow_blank=True)
+    documents = as_corpus(list(collection), allow_blank=True)  # read once; iterated here and by build_index
     texts = list(dict.fromkeys([*(d.text for d in documents), *(row.anchor for row in rows), *positives]))
     vectors = _encode(encoder, texts, normalize=True, batch_size=batch_size)
     row_of = {text: i for i, text in enumerate(texts)}

@@ -3,6 +3,8 @@ keep/drop decisions."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -199,6 +201,21 @@ def test_mining_from_the_positives_alone(world) -> None:
         steps=[{"name": "rank-window", "end": 5}],
     )
     assert len(triplets) == 6 and all(set(row.negatives) <= set(positives) - {row.positive} for row in triplets)
+
+
+def test_a_collection_with_an_empty_document_is_mined(world, tmp_path) -> None:
+    anchors, positives, negatives, vectors = world
+    (tmp_path / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": str(i), "text": text}) + "\n" for i, text in enumerate([*positives, "", *negatives]))
+    )
+    triplets = mine_hard_negatives(
+        TableEncoder({**vectors, "": -vectors[anchors[0]]}),
+        list(zip(anchors, positives, strict=True)),
+        tmp_path / "corpus.jsonl",
+        num_negatives=2,
+        steps=[{"name": "rank-window", "end": 5}],
+    )
+    assert len(triplets) == 6 and all(len(row.negatives) == 2 for row in triplets)
 
 
 def test_bad_mining_requests(world) -> None:
