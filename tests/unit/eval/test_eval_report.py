@@ -143,13 +143,14 @@ def test_cached_encoder_satisfies_the_text_encoder_protocol(tiny_model_path) -> 
 
 
 def test_markdown_table_puts_models_side_by_side() -> None:
-    table = markdown_table([ModelReport("base", "m1", None, {"sts/a/spearman": 80.123, "x": 1.0}),
-                            ModelReport("tuned", "m2", None, {"sts/a/spearman": 81.5})])
+    table = markdown_table([ModelReport("base", "m1", None, {"sts/a/spearman": 80.123, "x": 1.0, "p/n": 40}),
+                            ModelReport("tuned", "m2", None, {"sts/a/spearman": 81.5, "p/n": 40})])
     assert table.splitlines() == [
         "| metric | base | tuned |",
         "| --- | ---: | ---: |",
         "| sts/a/spearman | 80.12 | 81.50 |",
         "| x | 1.00 |  |",
+        "| p/n | 40 | 40 |",  # a count is no score: no decimals
     ]
 
 
@@ -182,17 +183,25 @@ pairs = { path = "pref.jsonl" }
     assert json.loads((out / "report.json").read_text()) == document
     first, second = document["models"]
     assert first["model"] == str(run / "best") and first["log"] == str(run / "log.jsonl") and second["log"] is None
-    expected = {"sts/dev/sts/spearman", "sts/dev/spearman", "retrieval/small/ndcg@10", "retrieval/small/mrr@10",
+    expected = {"sts/dev/spearman", "retrieval/small/ndcg@10", "retrieval/small/mrr@10",
                 "retrieval/small/recall@1", "retrieval/small/recall@10", "retrieval/small/map@10",
                 "preference/pairs/accuracy", "geometry/dev/alignment", "geometry/dev/uniformity",
                 "geometry/dev/anisotropy"}
     assert expected <= set(first["metrics"]) and set(first["metrics"]) == set(second["metrics"])
     assert first["metrics"] != second["metrics"]
+    # one file's Spearman is reported once, under one name
+    assert [name for name in first["metrics"] if name.startswith("sts/")] == ["sts/dev/spearman"]
+    # scores x100, and the metrics in units of their own named; counts are integers
+    assert document["scale"] == 100 and document["unscaled"] == [
+        "geometry/dev/alignment", "geometry/dev/anisotropy", "geometry/dev/uniformity", "preference/pairs/log_loss",
+        "preference/pairs/mean_margin", "preference/pairs/n", "preference/pairs/ties"]
+    assert first["metrics"]["preference/pairs/n"] == 7 and type(first["metrics"]["preference/pairs/n"]) is int
     assert document["plots"] == ["sts_scatter.png", "alignment_uniformity.png", "training.png"]
     for name in document["plots"]:
         assert (out / name).read_bytes().startswith(PNG_SIGNATURE)
     markdown = (out / "report.md").read_text()
     assert f"| metric | {tmp_path.name}/run | {tmp_path.name}/other |" in markdown
+    assert "| preference/pairs/n | 7 | 7 |" in markdown and "Scores x100" in markdown
     assert first["label"] == f"{tmp_path.name}/run" and "![training](training.png)" in markdown
 
 
