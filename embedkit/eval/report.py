@@ -20,6 +20,8 @@ evaluator's options (``path`` names the data)::
     local_tasks = "mteb_tasks.toml"                # see embedkit.eval.mteb_local
     source = "auto"
 
+``recipes/suite.toml`` is an example that runs on the sample data in ``data/quickstart``.
+
 :func:`write_report` writes ``report.json``, ``report.md`` and ``sts_scatter.png``, ``alignment_uniformity.png``
 and, for training runs (a run folder as the model, or a log given), ``training.png``. Every metric is named once,
 ``section/entry/metric``; ``report.json`` states the scale of its scores (see :mod:`embedkit.eval.scale`).

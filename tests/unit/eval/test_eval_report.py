@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY_TEXTS
+from conftest import REPO_ROOT, TINY_TEXTS
 
 from embedkit.cli import main
 from embedkit.encoders import build_tiny_model, load_encoder
@@ -203,6 +203,25 @@ pairs = { path = "pref.jsonl" }
     assert f"| metric | {tmp_path.name}/run | {tmp_path.name}/other |" in markdown
     assert "| preference/pairs/n | 7 | 7 |" in markdown and "Scores x100" in markdown
     assert first["label"] == f"{tmp_path.name}/run" and "![training](training.png)" in markdown
+
+
+SHIPPED_SUITE = REPO_ROOT / "recipes" / "suite.toml"
+
+
+def test_the_shipped_suite_reads_and_runs(tiny_model_path, tmp_path) -> None:
+    pytest.importorskip("mteb")
+    suite = read_suite(SHIPPED_SUITE)
+    assert [entry.key for entry in suite.entries] == [
+        "sts/quickstart", "retrieval/quickstart", "preference/quickstart", "geometry/quickstart"]
+    assert suite.mteb is not None and suite.mteb.source == "local" and len(suite.mteb.tasks) == 2
+
+    document = run_report([str(tiny_model_path)], SHIPPED_SUITE, tmp_path / "report")
+    metrics = document["models"][0]["metrics"]
+    assert {"sts/quickstart/spearman", "retrieval/quickstart/ndcg@10", "preference/quickstart/accuracy",
+            "geometry/quickstart/uniformity", "mteb/sts/cosine_spearman", "mteb/retrieval/ndcg_at_10",
+            "mteb/mean"} <= set(metrics)
+    assert metrics["preference/quickstart/n"] == 40 and document["scale"] == 100
+    assert document["plots"] == ["sts_scatter.png", "alignment_uniformity.png"]
 
 
 def test_report_with_mteb_tasks(data, tiny_model_path, tmp_path) -> None:
