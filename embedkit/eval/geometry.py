@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 from scipy.spatial.distance import pdist
@@ -25,6 +26,7 @@ from scipy.special import logsumexp
 
 from embedkit.data import Kind, read_examples
 from embedkit.errors import ConfigError, DataError
+from embedkit.eval.scale import SCORE_SCALE
 from embedkit.types import SupportsEncode
 
 ALIGNMENT_ALPHA = 2.0
@@ -84,6 +86,7 @@ class GeometryEvaluator:
     seed: int = 0
     primary_metric: str = "uniformity"
     higher_is_better: bool = field(default=False, init=False)
+    score_scale: ClassVar[int] = SCORE_SCALE
 
     def __post_init__(self) -> None:
         if self.max_sentences < 2:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pytrec_eval
 
 from embedkit.data.beir import read_beir
 from embedkit.errors import ConfigError
+from embedkit.eval.scale import SCORE_SCALE
 from embedkit.types import TextEncoder
 
 GAINS = ("exponential", "linear")
@@ -92,6 +94,7 @@ class RetrievalEvaluator:
     batch_size: int = 64
     primary_metric: str = field(default=f"ndcg@{NDCG_AT}", init=False)
     higher_is_better: bool = field(default=True, init=False)
+    score_scale: ClassVar[int] = SCORE_SCALE
 
     def __post_init__(self) -> None:
         self.recall_at = tuple(sorted(set(self.recall_at)))

@@ -47,6 +47,7 @@ from embedkit.encoders.batching import embed_batch
 from embedkit.encoders.card import ModelCard, write_model_card
 from embedkit.encoders.sentence_transformer import Encoder
 from embedkit.errors import ConfigError, DataError
+from embedkit.eval.scale import ScaledScores, scale_fields
 from embedkit.fsutil import atomic_directory, atomic_write_bytes, fsync_directory, fsync_file, fsync_tree
 from embedkit.losses.objective import Objective
 from embedkit.precision import autocast
@@ -546,7 +547,10 @@ def fit(
         nonlocal best_state
         metrics = evaluator(encoder) if main_process else None
         metrics = distributed.broadcast_object(metrics)
-        log({"step": run.step, **({} if interpolation is None else {"interpolation": interpolation}), "eval": metrics})
+        # embedkit's evaluators say how their scores are scaled; another evaluator's scale is its own business
+        scale = scale_fields(metrics) if isinstance(evaluator, ScaledScores) else {}
+        log({"step": run.step, **({} if interpolation is None else {"interpolation": interpolation}), "eval": metrics,
+             **scale})
         if result.first_eval is None:
             result.first_eval = metrics
         if interpolation is None:

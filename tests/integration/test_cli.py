@@ -54,6 +54,8 @@ def test_eval_sts_json(capsys, tiny_model_path, tmp_path) -> None:
                        "--json")
     result = json.loads(out)
     assert code == 0 and result["task"] == "sts" and -100 <= result["metrics"]["spearman"] <= 100
+    assert result["metrics"].keys() == {"spearman"} and result["pairs"] == {"sts": 3}
+    assert (result["scale"], result["unscaled"]) == (100, [])
 
 
 def test_train_from_recipe_with_overrides(capsys, tiny_model_path, tmp_path) -> None:
@@ -69,6 +71,7 @@ def test_train_from_recipe_with_overrides(capsys, tiny_model_path, tmp_path) -> 
                        "--set", "model.precision=fp32")
     summary = json.loads(out)
     assert code == 0 and summary["steps"] == 3 and summary["first_eval"] is not None
+    assert (summary["scale"], summary["unscaled"]) == (100, [])
     assert json.loads((tmp_path / "run" / "recipe.json").read_text())["loss"]["name"] == "simcse-unsup"
     assert (tmp_path / "run" / "best" / "modules.json").exists()
 

@@ -166,6 +166,7 @@ def test_cli_retrieval_and_its_errors(capsys, tiny_model_path, beir, tmp_path) -
                  "--recall-at", "1,10", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["queries"] == 2 and 0 <= result["metrics"]["ndcg@10"] <= 100
+    assert result["documents"] == len(CORPUS) and (result["scale"], result["unscaled"]) == (100, [])
 
     write_beir(tmp_path / "bad", CORPUS, QUERIES, [("q1", "nope", 1)])
     code = main(["eval", "retrieval", "--model", str(tiny_model_path), "--data", str(tmp_path / "bad")])

@@ -37,7 +37,9 @@ def test_a_trec_run_from_search_scores_the_same_with_eval_run_and_pytrec_eval(be
     assert len(lines) == 8 * 5 and all(len(line.split()) == 6 and line.split()[1] == "Q0" for line in lines)
     capsys.readouterr()
     assert main(["eval", "run", str(tmp_path / "run.trec"), "--qrels", str(beir), "--k", "5", "--json"]) == 0
-    ours = json.loads(capsys.readouterr().out)["metrics"]
+    document = json.loads(capsys.readouterr().out)
+    ours = document["metrics"]
+    assert (document["scale"], document["unscaled"]) == (100, []) and document["queries"] == 8
 
     qrels = read_qrels(beir / "qrels" / "test.tsv")
     run = {}
