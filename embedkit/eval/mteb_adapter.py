@@ -37,6 +37,7 @@ from embedkit.encoders.locate import looks_like_local_path
 from embedkit.errors import ConfigError, EmbedkitError, MissingDependencyError
 from embedkit.eval.mteb_local import LocalTaskSpec, read_task_file, resolve_tasks
 from embedkit.eval.scale import SCORE_SCALE
+from embedkit.hub import cached_hub_file
 from embedkit.types import TextEncoder
 
 try:  # mteb is optional (the eval extra): without it, importing this module is a one-line error
@@ -121,16 +122,10 @@ def hub_commit(source: str | os.PathLike[str]) -> tuple[HubCommit, Path] | None:
         name = str(source)
         if looks_like_local_path(name):
             return None
-        from huggingface_hub import try_to_load_from_cache
-        from huggingface_hub.errors import HFValidationError
-
-        try:
-            cached = try_to_load_from_cache(name, "modules.json")
-        except HFValidationError:  # not a repository id: nothing of that name can be cached
+        cached = cached_hub_file(name, "modules.json")
+        if cached is None:
             return None
-        if not isinstance(cached, str):
-            return None
-        folder = Path(cached).parent
+        folder = cached.parent
     snapshot = HUB_SNAPSHOT.search(folder.absolute().as_posix())
     if snapshot is not None:
         return HubCommit(snapshot["repo"].replace("--", "/"), snapshot["commit"]), folder

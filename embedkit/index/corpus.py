@@ -105,29 +105,29 @@ def _file_rows(path: Path, allow_blank: bool) -> Iterator[Document]:
 
 def _list_rows(items: Sequence[CorpusItem], allow_blank: bool) -> Iterator[Document]:
     for position, item in enumerate(items):
-        if isinstance(item, str):
-            if not (allow_blank or item.strip()):
-                raise DataError(f"corpus item {position}: {BLANK_TEXT}")
-            yield Document(position, item)
-        elif isinstance(item, Mapping):
+        if isinstance(item, Mapping):
             yield _row_document(item, position, "corpus", position + 1, allow_blank)
-        elif isinstance(item, tuple) and len(item) in (2, 3):
-            document = Document(*item)
-            if not isinstance(document.text, str):
-                raise DataError(
-                    f"corpus item {position}: the text must be a string, got {type(document.text).__name__}"
-                )
-            if document.metadata is not None and not isinstance(document.metadata, Mapping):
-                raise DataError(
-                    f"corpus item {position}: metadata must be a dict, got {type(document.metadata).__name__}"
-                )
-            if not (allow_blank or document.text.strip()):
-                raise DataError(f"corpus item {position}: {BLANK_TEXT}")
-            yield document
-        else:
-            raise DataError(
-                f"corpus item {position}: expected a text, an (id, text[, metadata]) tuple or a dict, got {item!r:.80}"
-            )
+            continue
+        document = _item_document(item, position)
+        if not (allow_blank or document.text.strip()):
+            raise DataError(f"corpus item {position}: {BLANK_TEXT}")
+        yield document
+
+
+def _item_document(item: CorpusItem, position: int) -> Document:
+    """The document of a text or an ``(id, text[, metadata])`` tuple at ``position`` of an in-memory corpus."""
+    if isinstance(item, str):
+        return Document(position, item)
+    if not (isinstance(item, tuple) and len(item) in (2, 3)):
+        raise DataError(
+            f"corpus item {position}: expected a text, an (id, text[, metadata]) tuple or a dict, got {item!r:.80}"
+        )
+    document = Document(*item)
+    if not isinstance(document.text, str):
+        raise DataError(f"corpus item {position}: the text must be a string, got {type(document.text).__name__}")
+    if document.metadata is not None and not isinstance(document.metadata, Mapping):
+        raise DataError(f"corpus item {position}: metadata must be a dict, got {type(document.metadata).__name__}")
+    return document
 
 
 def _row_document(row: Mapping[str, Cell], position: int, name: str, line: int, allow_blank: bool) -> Document:

@@ -7,10 +7,10 @@ import os
 import threading
 
 import pytest
-from conftest import writer_lock_held_elsewhere
+from conftest import held_elsewhere
 
 from embedkit.cli import main
-from embedkit.index.folder import current_folder
+from embedkit.index.folder import current_folder, writer_lock
 
 DOCS = [
     {"_id": "a", "title": "Cats", "text": "the cat sat on the mat"},
@@ -176,7 +176,7 @@ def test_concurrent_adds_lose_nothing(capsys, tiny_model_path, corpus) -> None:
 
 def test_a_locked_index_is_a_one_line_error(capsys, tiny_model_path, corpus) -> None:
     index = build(capsys, tiny_model_path, corpus)
-    with writer_lock_held_elsewhere(index):
+    with held_elsewhere(writer_lock(index)):
         (corpus / "ids.txt").write_text("a\n")
         code, _, err = run(capsys, "index", "remove", index, "--ids", corpus / "ids.txt", "--lock-timeout", "0.2")
         assert code == 2 and err.count("\n") == 1

@@ -8,22 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import write_beir
 
 from embedkit.cli import main
 from embedkit.errors import ConfigError, DataError, EmbedkitError
 from embedkit.eval import EmptyQuerySetError, RetrievalEvaluator, UnknownIdError, read_beir
 from embedkit.eval.retrieval import retrieval_metrics
-
-
-def write_beir(folder, corpus, queries, qrels, split: str = "test") -> None:
-    """A BEIR folder: ``corpus`` {id: (title, text)}, ``queries`` {id: text}, ``qrels`` [(query, doc, score)]."""
-    (folder / "qrels").mkdir(parents=True, exist_ok=True)
-    (folder / "corpus.jsonl").write_text("".join(
-        json.dumps({"_id": i, "title": title, "text": text}) + "\n" for i, (title, text) in corpus.items()))
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in queries.items()))
-    (folder / "qrels" / f"{split}.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
-
 
 CORPUS = {
     "d1": ("cats", "the cat sat on the mat"),

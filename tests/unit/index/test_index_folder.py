@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import writer_lock_held_elsewhere
+from conftest import held_elsewhere
 
 from embedkit.encoders import load_encoder
 from embedkit.fsutil import LockTimeoutError
 from embedkit.index import Index, IndexConflictError, IndexFileError, build_index
 from embedkit.index import index as index_module
-from embedkit.index.folder import POINTER_FILE, current_folder, reading
+from embedkit.index.folder import POINTER_FILE, current_folder, reading, writer_lock
 from embedkit.index.store import MANIFEST_FILE, content_checksum
 
 DIM = 32
@@ -81,7 +81,7 @@ def test_saving_over_another_writers_change_is_refused(encoder, tmp_path) -> Non
 
 def test_a_second_writer_waits_for_the_lock_then_gives_up(encoder, tmp_path) -> None:
     root = saved(encoder, tmp_path / "idx")
-    with writer_lock_held_elsewhere(root):
+    with held_elsewhere(writer_lock(root)):
         locked = pytest.raises(LockTimeoutError, match=f"index {root} is locked by another writer")
         with locked, Index.update(root, lock_timeout=0.2) as index:
             index.remove(["d1"])
