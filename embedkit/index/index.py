@@ -69,8 +69,8 @@ class SearchResult:
     """Search results, best first; unpacks like faiss's ``D, I``: ``scores, ids = index.search(...)``.
 
     Attributes:
-        scores: ``[n, k]`` float32; similarities (cosine, ip) or squared distances (l2). Empty slots (fewer
-            than ``k`` vectors in the index) hold ``-inf`` (``+inf`` for l2).
+        scores: ``[n, k]`` float32; similarities (cosine, ip), squared distances (l2), BM25 scores (``bm25``)
+            or fused scores (``hybrid``). Empty slots (fewer than ``k`` results) hold ``-inf`` (``+inf`` for l2).
         ids: ``[n, k]`` external ids: int64 (empty slots ``-1``) or object holding ``str`` (empty slots ``None``).
         texts: ``[n, k]`` object array of texts when payloads were asked for, else ``None``.
         metadata: ``[n, k]`` object array of metadata dicts (or ``None``) when payloads were asked for.
