@@ -182,7 +182,7 @@ class HybridBackend:
         self.dense.add(vectors, ids)
 
     def remove(self, ids: np.ndarray) -> int:
-        self.lexical.remove(ids)
+        """Remove vectors from the dense side; the lexical side follows in :meth:`index_texts`."""
         return self.dense.remove(ids)
 
     def index_texts(self, ids: np.ndarray, texts: Sequence[str]) -> None:

@@ -164,7 +164,7 @@ class Index:
     @property
     def embeds(self) -> bool:
         """Whether the index embeds documents and queries (every kind but ``bm25``)."""
-        return getattr(self.backend, "embeds", True)  # vector backends do not declare it
+        return needs_encoder(self.manifest.spec)
 
     def check_encoder(self, encoder: TextEncoder) -> None:
         """Refuse an encoder whose model weights or dimension differ from those that built the index (any encoder
