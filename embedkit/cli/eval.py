@@ -49,7 +49,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                            help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     retrieval.add_argument("--split", default="test", help="the qrels split (default: test)")
     retrieval.add_argument("--index", default="torch",
-                           help="index spec: torch, faiss:Flat, faiss:HNSW32, ... (default: torch)")
+                           help="index spec: torch, faiss:Flat, faiss:HNSW32, bm25, hybrid:faiss:Flat, ... "
+                           "(default: torch)")
     retrieval.add_argument("--k", type=int, default=100,
                            help="documents retrieved per query; MAP is over them (default: 100)")
     retrieval.add_argument("--recall-at", type=_cutoffs, default=(1, 10, 100),

@@ -1,6 +1,8 @@
 """``embedkit index build | info | add | remove`` and ``embedkit search``::
 
     embedkit index build --model M --corpus corpus.jsonl --out idx/ --spec faiss:IVF1024,Flat [--metric cosine]
+    embedkit index build --corpus corpus.jsonl --out bm25/ --spec bm25              (no model: BM25 alone)
+    embedkit index build --model M --corpus corpus.jsonl --out hybrid/ --spec hybrid:faiss:Flat
     embedkit index info idx/
     embedkit index add idx/ --corpus more.jsonl [--lock-timeout 600]
     embedkit index remove idx/ --ids ids.txt
@@ -73,12 +75,19 @@ def _add_lock_timeout(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _encoder(args: argparse.Namespace) -> Encoder:
-    """The encoder of ``--model``, or of the model that built the index at ``args.index``."""
+def _encoder(args: argparse.Namespace) -> Encoder | None:
+    """The encoder of ``--model``, or of the model that built the index at ``args.index`` (``None`` for an index
+    that embeds nothing, such as ``bm25``)."""
     from embedkit.encoders import load_encoder
     from embedkit.index.folder import current_manifest
+    from embedkit.index.spec import needs_encoder
 
-    name = args.model or current_manifest(args.index).model_name
+    name = args.model
+    if name is None:
+        manifest = current_manifest(args.index)
+        if not needs_encoder(manifest.spec):
+            return None
+        name = manifest.model_name
     return load_encoder(name, device=args.device, precision=args.precision)
 
 
@@ -105,9 +114,10 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     from embedkit import distributed
     from embedkit.index.folder import writer_lock
     from embedkit.index.sharded import build_index_sharded
+    from embedkit.index.spec import needs_encoder
 
     distributed.init_from_environment()  # under torchrun: each process embeds a shard, rank 0 merges and saves
-    encoder = load_model(args)
+    encoder = load_model(args) if needs_encoder(args.spec) else None  # bm25 embeds nothing
     # rank 0 alone saves, so it alone locks (a lock on every rank would make the others wait for rank 0's lock)
     lock = writer_lock(args.out, args.lock_timeout) if distributed.is_main_process() else contextlib.nullcontext()
     with lock:
@@ -157,7 +167,8 @@ def cmd_index_info(args: argparse.Namespace) -> int:
         "embedkit_version",
     ):
         print(f"{key:<17} {fields[key]}")
-    print(f"{'model':<17} {info['model']['name']} ({info['model']['fingerprint'][:19]}...)")
+    model = info["model"]
+    print(f"{'model':<17} " + (f"{model['name']} ({model['fingerprint'][:19]}...)" if model["name"] else "none"))
     print(f"{'backend':<17} " + ", ".join(f"{k}={v}" for k, v in info["backend"].items()))
     for name, file in info["files"].items():
         print(f"{'file':<17} {name} ({file['bytes']:,} bytes)")
@@ -289,7 +300,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     _add_corpus_options(build)
     build.add_argument("--out", required=True, type=Path, help="the index folder to write")
     build.add_argument(
-        "--spec", default="torch", help="torch, torch:cuda, faiss:Flat, faiss:IVF1024,Flat, faiss:HNSW32, ..."
+        "--spec",
+        default="torch",
+        help="torch, torch:cuda, faiss:Flat, faiss:IVF1024,Flat, faiss:HNSW32, bm25 (needs no model), "
+        "hybrid:faiss:Flat, hybrid:fusion=convex,alpha=0.5:torch, ...",
     )
     build.add_argument("--metric", default="cosine", choices=METRICS, help="default: cosine")
     build.add_argument("--chunk-size", type=int, default=16384, help="documents embedded at a time (bounds memory)")

@@ -78,7 +78,8 @@ class RetrievalEvaluator:
     Args:
         folder: a BEIR folder.
         split: the qrels split (``qrels/<split>.tsv``).
-        index_spec: ``"torch"``, ``"faiss:Flat"``, ``"faiss:HNSW32"``, ... (see :mod:`embedkit.index`).
+        index_spec: ``"torch"``, ``"faiss:Flat"``, ``"faiss:HNSW32"``, ``"bm25"`` (the encoder is not used),
+            ``"hybrid:faiss:Flat"``, ... (see :mod:`embedkit.index`).
         k: documents retrieved per query; ``map@k`` is computed over them.
         recall_at: the cutoffs of ``recall@k``, each at most ``k``.
         gain: ``"exponential"`` or ``"linear"`` nDCG gains for graded judgements (see the module docs).

@@ -34,9 +34,11 @@ from embedkit.index.spec import (
     IndexFileError,
     IndexMismatchError,
     IndexSpec,
+    TextBackend,
     backend_metric,
     check_device,
     check_metric,
+    needs_encoder,
     parse_spec,
 )
 from embedkit.index.store import (
@@ -67,8 +69,8 @@ class SearchResult:
     """Search results, best first; unpacks like faiss's ``D, I``: ``scores, ids = index.search(...)``.
 
     Attributes:
-        scores: ``[n, k]`` float32; similarities (cosine, ip) or squared distances (l2). Empty slots (fewer
-            than ``k`` vectors in the index) hold ``-inf`` (``+inf`` for l2).
+        scores: ``[n, k]`` float32; similarities (cosine, ip), squared distances (l2), BM25 scores (``bm25``)
+            or fused scores (``hybrid``). Empty slots (fewer than ``k`` results) hold ``-inf`` (``+inf`` for l2).
         ids: ``[n, k]`` external ids: int64 (empty slots ``-1``) or object holding ``str`` (empty slots ``None``).
         texts: ``[n, k]`` object array of texts when payloads were asked for, else ``None``.
         metadata: ``[n, k]`` object array of metadata dicts (or ``None``) when payloads were asked for.
@@ -145,6 +147,8 @@ class Index:
     def encoder(self) -> TextEncoder:
         """The encoder that embeds text queries: the one given, else the manifest's model, loaded on first use."""
         if self._encoder is None:
+            if not self.embeds:
+                raise ConfigError(f"index {self.manifest.spec!r} embeds nothing, so it has no encoder")
             from embedkit.encoders import load_encoder
 
             encoder = load_encoder(self.manifest.model_name)
@@ -157,12 +161,20 @@ class Index:
         self.check_encoder(encoder)
         self._encoder = encoder
 
+    @property
+    def embeds(self) -> bool:
+        """Whether the index embeds documents and queries (every kind but ``bm25``)."""
+        return needs_encoder(self.manifest.spec)
+
     def check_encoder(self, encoder: TextEncoder) -> None:
-        """Refuse an encoder whose model weights or dimension differ from those that built the index.
+        """Refuse an encoder whose model weights or dimension differ from those that built the index (any encoder
+        fits an index that embeds nothing: it is not used).
 
         Raises:
             IndexMismatchError: names both models, their fingerprints and dimensions.
         """
+        if not self.embeds:
+            return
         fingerprint = model_fingerprint(encoder.model)
         if encoder.dim != self.manifest.dimension or fingerprint != self.manifest.model_fingerprint:
             raise IndexMismatchError(
@@ -215,11 +227,12 @@ class Index:
         Ids are checked first (type, duplicates, ids already in the index), so a bad id fails before anything is
         embedded. The corpus is embedded ``chunk_size`` documents at a time. An index that needs training (IVF,
         PQ) is trained on its first add, on a seeded sample of the corpus whose embeddings are kept for the add.
+        An index of texts (``bm25``, ``hybrid``) then rebuilds its text index from every stored document.
 
         Args:
             corpus: see :func:`~embedkit.index.corpus.as_corpus`.
             embeddings: ``[n, D]`` precomputed embeddings of the corpus's texts by this index's model, in corpus
-                order; nothing is encoded then.
+                order; nothing is encoded then (an index that embeds nothing ignores them).
             batch_size: encoding batch size.
             chunk_size: documents embedded and added at a time.
             seed: seed of the training sample.
@@ -237,6 +250,8 @@ class Index:
         taken = self.store.present(ids) if len(self.store) else []
         if taken:
             raise DataError(f"{len(taken)} ids are already in the index, e.g. {taken[:3]}", documents.name)
+        if not self.embeds:
+            embeddings = None
         if embeddings is not None:
             embeddings = np.asarray(embeddings)
             self._check_dimension(embeddings)
@@ -251,16 +266,28 @@ class Index:
         progress = _progress(len(ids), "embedding and indexing", show_progress)
         start = 0
         for chunk in batched(documents, chunk_size):
-            vectors = self._chunk_vectors(
-                chunk, start, embeddings, sample_positions, sample_vectors, batch_size, progress
-            )
-            with self.store.transaction():
-                self.backend.add(vectors, self._insert_payloads(chunk))
+            if not self.embeds:
+                with self.store.transaction():
+                    self._insert_payloads(chunk)
+                progress.update(len(chunk))
+            else:
+                vectors = self._chunk_vectors(
+                    chunk, start, embeddings, sample_positions, sample_vectors, batch_size, progress
+                )
+                with self.store.transaction():
+                    self.backend.add(vectors, self._insert_payloads(chunk))
             start += len(chunk)
         progress.close()
+        self.index_texts()
         self.manifest.count = len(self.backend)
         self.manifest.id_type = id_type
         return len(ids)
+
+    def index_texts(self) -> None:
+        """Rebuild the text index of a ``bm25`` or ``hybrid`` index from every stored document (nothing for other
+        kinds): after an add or a remove, as BM25 cannot be updated in place (see :mod:`embedkit.index.bm25`)."""
+        if isinstance(self.backend, TextBackend):
+            self.backend.index_texts(*self.store.texts())
 
     def _insert_payloads(self, documents: Sequence[Document]) -> np.ndarray:
         """Store the ids, texts and metadata of ``documents`` (inside a store transaction); ``[n]`` internal ids."""
@@ -330,6 +357,7 @@ class Index:
         with self.store.transaction():
             self.store.delete(internal)
             removed = self.backend.remove(internal)
+            self.index_texts()
         self.manifest.count = len(self.backend)
         return removed
 
@@ -340,11 +368,17 @@ class Index:
         k: int = 10,
         batch_size: int = 64,
         show_progress: bool | None = None,
+        *,
+        embeddings: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`search`, but returns ``(scores [n, k], internal ids [n, k] int64)``, for embedkit's own
-        code (the miner) that maps ids itself."""
+        code (the miner) that maps ids itself. ``embeddings``: ``[n, D]`` precomputed embeddings of the query
+        texts, used instead of embedding them (a ``hybrid`` index needs both)."""
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
+        lexical = self.backend if isinstance(self.backend, TextBackend) else None
+        if lexical is not None and isinstance(queries, np.ndarray):
+            raise ConfigError(f"index {self.manifest.spec!r} searches texts: give the query texts, not vectors")
         texts: list[str] | None = None
         vectors: np.ndarray | None = None
         if isinstance(queries, str):
@@ -355,18 +389,28 @@ class Index:
             texts = list(queries)
             if not all(isinstance(text, str) for text in texts):
                 raise DataError("queries must be texts or an [n, D] array of vectors")
+        if embeddings is not None and texts is not None and self.embeds:
+            vectors = self._prepared(embeddings)
+            if len(vectors) != len(texts):
+                raise DataError(f"{len(vectors)} embeddings for {len(texts)} queries")
         total = len(texts) if texts is not None else len(vectors)  # type: ignore[arg-type]
         scores, found = [], []
         progress = _progress(total, "searching", show_progress)
         for start in range(0, total, SEARCH_BATCH):
-            if texts is not None:
-                block = self._embed(texts[start : start + SEARCH_BATCH], batch_size)
+            block_texts = None if texts is None else texts[start : start + SEARCH_BATCH]
+            if vectors is not None:
+                block = vectors[start : start + SEARCH_BATCH]
+            elif self.embeds:
+                block = self._embed(block_texts, batch_size)  # type: ignore[arg-type]
             else:
-                block = vectors[start : start + SEARCH_BATCH]  # type: ignore[index]
-            block_scores, block_ids = self.backend.search(block, int(k))
+                block = None
+            if lexical is not None:
+                block_scores, block_ids = lexical.search_texts(block_texts, block, int(k))  # type: ignore[arg-type]
+            else:
+                block_scores, block_ids = self.backend.search(block, int(k))  # type: ignore[arg-type]
             scores.append(block_scores)
             found.append(block_ids)
-            progress.update(len(block))
+            progress.update(len(block_ids))
         progress.close()
         if not scores:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
@@ -385,7 +429,7 @@ class Index:
 
         Args:
             queries: a text, a list of texts (embedded with :attr:`encoder`), or ``[n, D]`` vectors (normalised
-                here when the metric is cosine).
+                here when the metric is cosine; not for ``bm25`` and ``hybrid`` indexes, which search texts).
             k: results per query.
             return_payloads: also return the texts and metadata of the results.
             batch_size: encoding batch size.
@@ -532,28 +576,35 @@ def training_positions(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def empty_index(encoder: TextEncoder, spec: str | IndexSpec, metric: str, device: str) -> Index:
-    """An index with nothing in it yet, for ``encoder``'s embeddings (see :func:`build_index`)."""
+def empty_index(encoder: TextEncoder | None, spec: str | IndexSpec, metric: str, device: str) -> Index:
+    """An index with nothing in it yet, for ``encoder``'s embeddings (see :func:`build_index`); an index that
+    embeds nothing (``bm25``) records no model (name, fingerprint ``""``, dimension 0) and ignores ``encoder``."""
     parsed = parse_spec(spec)
     metric = check_metric(metric)
-    backend = BACKENDS.get(parsed.backend).create(parsed, encoder.dim, backend_metric(metric), check_device(device))
+    embeds = needs_encoder(parsed)
+    if embeds and encoder is None:
+        raise ConfigError(f"index {str(parsed)!r} embeds its documents: give an encoder")
+    model = encoder if embeds else None
+    dim = 0 if model is None else model.dim
+    backend = BACKENDS.get(parsed.backend).create(parsed, dim, backend_metric(metric), check_device(device))
     manifest = Manifest(
         spec=str(parsed),
         metric=metric,
         normalize=metric == "cosine",
-        dimension=encoder.dim,
-        model_name=encoder.name,
-        model_fingerprint=model_fingerprint(encoder.model),
+        dimension=dim,
+        model_name="" if model is None else model.name,
+        model_fingerprint="" if model is None else model_fingerprint(model.model),
         embedkit_version=__version__,
         created=now(),
     )
     index = Index(backend, PayloadStore.create(), manifest)
-    index.encoder = encoder
+    if model is not None:
+        index.encoder = model
     return index
 
 
 def build_index(
-    encoder: TextEncoder,
+    encoder: TextEncoder | None,
     corpus: CorpusSource,
     spec: str | IndexSpec = "torch",
     metric: str = "cosine",
@@ -569,11 +620,12 @@ def build_index(
 
     Args:
         encoder: any :class:`~embedkit.types.TextEncoder` (its ``name``, ``dim`` and ``model`` go into the
-            manifest).
+            manifest); ``None`` for an index that embeds nothing (``bm25``), which ignores it anyway.
         corpus: a jsonl/csv/tsv/parquet/txt file, a BEIR folder or its ``corpus.jsonl`` (text = title + " " +
             text), a list of texts (ids 0..n-1), or a list of ``(id, text[, metadata])`` (see
             :func:`~embedkit.index.corpus.as_corpus`).
-        spec: ``"torch"``, ``"torch:cuda"``, ``"faiss:Flat"``, ``"faiss:IVF1024,Flat"``, ``"faiss:HNSW32"``, ...
+        spec: ``"torch"``, ``"torch:cuda"``, ``"faiss:Flat"``, ``"faiss:IVF1024,Flat"``, ``"faiss:HNSW32"``,
+            ``"bm25"``, ``"hybrid:faiss:Flat"``, ... (see :mod:`embedkit.index.bm25`, :mod:`embedkit.index.hybrid`).
         metric: ``"cosine"`` (normalised inner product), ``"ip"`` or ``"l2"``.
         embeddings: ``[n, D]`` precomputed embeddings of the corpus by ``encoder``, in corpus order.
         batch_size: encoding batch size.

@@ -22,7 +22,7 @@ from embedkit import distributed
 from embedkit.index.corpus import CorpusSource, as_corpus
 from embedkit.index.faiss_backend import FaissBackend
 from embedkit.index.index import CHUNK_SIZE, Index, build_index, empty_index, training_positions
-from embedkit.index.spec import IndexSpec
+from embedkit.index.spec import IndexSpec, needs_encoder
 from embedkit.index.store import check_ids
 from embedkit.types import TextEncoder
 
@@ -63,7 +63,7 @@ def encode_sharded(
 
 
 def build_index_sharded(
-    encoder: TextEncoder,
+    encoder: TextEncoder | None,
     corpus: CorpusSource,
     spec: str | IndexSpec = "torch",
     metric: str = "cosine",
@@ -84,7 +84,10 @@ def build_index_sharded(
         DataError: a bad id or row (on every rank alike, before anything is embedded).
         ConfigError: too few documents to train the index.
     """
-    if not distributed.is_distributed():
+    if not distributed.is_distributed() or not needs_encoder(spec):
+        # an index that embeds nothing has nothing to share out: rank 0 builds it alone
+        if not distributed.is_main_process():
+            return None
         return build_index(
             encoder,
             corpus,
@@ -124,6 +127,7 @@ def build_index_sharded(
     with index.store.transaction():
         for chunk_start in range(0, len(rows), chunk_size):
             index._insert_payloads(rows[chunk_start : chunk_start + chunk_size])
+    index.index_texts()
     index.manifest.count = len(backend)
     index.manifest.id_type = id_type
     return index

@@ -435,6 +435,11 @@ class PayloadStore:
         shape = np.shape(internal)
         return texts.reshape(shape), metadata.reshape(shape)
 
+    def texts(self) -> tuple[np.ndarray, list[str]]:
+        """``([n] int64 internal ids, ascending; their texts)``: every stored document (a text index's rebuild)."""
+        rows = self._connection.execute("SELECT internal, text FROM items ORDER BY internal").fetchall()
+        return np.array([row[0] for row in rows], dtype=np.int64), [row[1] for row in rows]
+
     def save(self, folder: Path) -> list[str]:
         """Copy the database into ``folder`` (SQLite's online backup: a consistent snapshot)."""
         # created here so that its mode follows the umask alone (SQLite would cap it at 0644); empty is a valid db

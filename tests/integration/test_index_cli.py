@@ -116,7 +116,7 @@ def test_errors_are_one_line(capsys, tiny_model_path, corpus) -> None:
         "--spec",
         "annoy",
     )
-    assert code == 2 and "unknown index backend 'annoy'; valid names: faiss, torch" in err
+    assert code == 2 and "unknown index backend 'annoy'; valid names: bm25, faiss, hybrid, torch" in err
     code, _, err = run(
         capsys,
         "index",
@@ -140,6 +140,45 @@ def test_errors_are_one_line(capsys, tiny_model_path, corpus) -> None:
     assert code == 2 and "corrupt or truncated" in err
     code, _, err = run(capsys, "search", index)
     assert code == 2 and "give either a query text or --queries" in err
+
+
+def test_bm25_and_hybrid_indexes(capsys, tiny_model_path, corpus) -> None:
+    pytest.importorskip("bm25s")
+    pytest.importorskip("Stemmer")
+    lexical = corpus / "bm25"
+    # no --model: BM25 embeds nothing, so no model is loaded (the default one is not asked for)
+    code, out, _ = run(capsys, "index", "build", "--corpus", corpus / "corpus.jsonl", "--out", lexical, "--spec", "bm25",
+                       "--json")
+    assert code == 0 and json.loads(out)["model"] == {"name": "", "fingerprint": ""}
+    code, out, _ = run(capsys, "search", lexical, "cats on a mat", "-k", "3", "--json")
+    assert code == 0 and [hit["id"] for hit in json.loads(out)] == ["a"]  # BM25 returns what shares a word
+    code, out, _ = run(capsys, "index", "add", lexical, "--corpus", corpus / "more.jsonl", "--json")
+    assert code == 0 and json.loads(out)["count"] == 8
+    code, out, _ = run(capsys, "search", lexical, "castles of sand", "-k", "3", "--json")
+    assert code == 0 and [hit["id"] for hit in json.loads(out)] == ["h"]  # found in the rebuilt index
+    code, out, _ = run(capsys, "index", "info", lexical)
+    assert code == 0 and ["model", "none"] in [line.split() for line in out.splitlines()] and "backend=bm25" in out
+
+    hybrid = corpus / "hybrid"
+    spec = "hybrid:fusion=convex,alpha=0.5:faiss:Flat"
+    code, out, _ = run(capsys, "index", "build", "--model", tiny_model_path, "--corpus", corpus / "corpus.jsonl",
+                       "--out", hybrid, "--spec", spec, "--precision", "fp32", "--json")
+    assert code == 0 and json.loads(out)["spec"] == spec and json.loads(out)["backend"]["fusion"] == "convex"
+    code, out, _ = run(capsys, "search", hybrid, "the cat sat on the mat", "-k", "3", "--precision", "fp32", "--json")
+    hits = json.loads(out)
+    assert code == 0 and len(hits) == 3 and hits[0]["id"] == "a" and hits[0]["score"] == pytest.approx(1.0)
+    write_jsonl(corpus / "queries.jsonl", [{"_id": "q1", "text": "the cat sat"}, {"_id": "q2", "text": "a dog runs in the park"}])
+    code, _, _ = run(capsys, "search", hybrid, "--queries", corpus / "queries.jsonl", "-k", "2", "--output",
+                     corpus / "run.jsonl")
+    run_rows = [json.loads(line) for line in (corpus / "run.jsonl").read_text().splitlines()]
+    assert code == 0 and [row["ids"][0] for row in run_rows] == ["a", "b"]
+
+    code, _, err = run(capsys, "index", "build", "--model", tiny_model_path, "--corpus", corpus / "corpus.jsonl",
+                       "--out", corpus / "bad", "--spec", "hybrid:fusion=max:torch")
+    assert code == 2 and err.count("\n") == 1 and "unknown fusion 'max'; valid: rrf, convex" in err
+    code, _, err = run(capsys, "index", "build", "--corpus", corpus / "corpus.jsonl", "--out", corpus / "bad",
+                       "--spec", "bm25:k1=-2")
+    assert code == 2 and err.count("\n") == 1 and "option k1 must be a number >= 0" in err
 
 
 def build(capsys, tiny_model_path, corpus) -> object:

@@ -162,3 +162,16 @@ def test_cli_retrieval_and_its_errors(capsys, tiny_model_path, beir, tmp_path) -
     code = main(["eval", "retrieval", "--model", str(tiny_model_path), "--data", str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "corpus id 'nope' is not in corpus.jsonl" in err
+
+
+def test_evaluator_takes_bm25_and_hybrid_specs(beir) -> None:
+    pytest.importorskip("bm25s")
+    pytest.importorskip("Stemmer")
+    lexical = RetrievalEvaluator(beir, index_spec="bm25", k=10, recall_at=(1, 10))
+    run = lexical.search(lookup_for(lexical.data))
+    # "the cat sat" and "a dog runs" share words with d1 and d2 alone ("the", "a" are stop words; "cats" stems)
+    assert set(run["q1"]) == {"d1"} and set(run["q2"]) == {"d2"}
+    assert lexical(lookup_for(lexical.data))["recall@1"] == pytest.approx(75.0)  # q1: 1 of 2 relevant; q2: 1 of 1
+    hybrid = RetrievalEvaluator(beir, index_spec="hybrid:faiss:Flat", k=10, recall_at=(1, 10))
+    run = hybrid.search(lookup_for(hybrid.data))
+    assert len(run["q1"]) == len(CORPUS) and run["q1"]["d1"] == pytest.approx(2 / 61)  # first in both lists

@@ -333,7 +333,7 @@ def test_corpus_files_and_beir_folders(encoder, tmp_path, shared_data) -> None:
 def test_specs_and_metrics_are_checked() -> None:
     assert parse_spec("faiss:IVF1024,Flat") == IndexSpec("faiss", "IVF1024,Flat")
     assert str(parse_spec("torch")) == "torch" and parse_spec(" faiss ").options == ""
-    with pytest.raises(UnknownNameError, match="unknown index backend 'annoy'; valid names: faiss, torch"):
+    with pytest.raises(UnknownNameError, match="unknown index backend 'annoy'; valid names: bm25, faiss, hybrid, torch"):
         parse_spec("annoy:trees=10")
     with pytest.raises(ConfigError, match="non-empty string"):
         parse_spec("")
