@@ -373,10 +373,8 @@ class Index:
         else:
             wanted = set(positions.tolist())
             texts = [d.text for position, d in enumerate(documents) if position in wanted]
-            what = {(True, False): "training sample", (False, True): "tuning queries"}.get(
-                (len(training) > 0, tune), "training sample and tuning queries"
-            )
-            progress = _progress(len(texts), f"embedding the {what}", show)
+            what = [name for name, wanted in (("training sample", len(training)), ("tuning queries", tune)) if wanted]
+            progress = _progress(len(texts), f"embedding the {' and '.join(what)}", show)
             vectors = self._embed_batches(texts, batch_size, progress)
             progress.close()
         if len(training):
