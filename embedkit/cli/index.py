@@ -1,6 +1,7 @@
 """``embedkit index build | info | add | remove`` and ``embedkit search``::
 
-    embedkit index build --model M --corpus corpus.jsonl --out idx/ --spec faiss:IVF1024,Flat [--metric cosine]
+    embedkit index build --model M --corpus corpus.jsonl --out idx/ --spec faiss:HNSW32 [--metric cosine]
+                         [--target-recall 0.95|off] [--overwrite]
     embedkit index build --corpus corpus.jsonl --out bm25/ --spec bm25              (no model: BM25 alone)
     embedkit index build --model M --corpus corpus.jsonl --out hybrid/ --spec hybrid:faiss:Flat
     embedkit index info idx/
@@ -9,8 +10,9 @@
     embedkit search idx/ "how do boundary layers behave at high speed" -k 10
     embedkit search idx/ --queries queries.jsonl -k 100 --output run.jsonl
 
-``build`` over an existing folder, ``add`` and ``remove`` hold the index's writers' lock from load to save, so
-concurrent runs queue (each waits up to ``--lock-timeout`` seconds) and none loses another's documents.
+``build`` refuses an ``--out`` that holds an index unless ``--overwrite`` is given; ``build``, ``add`` and
+``remove`` hold the index's writers' lock from load to save, so concurrent runs queue (each waits up to
+``--lock-timeout`` seconds) and none loses another's documents.
 """
 
 from __future__ import annotations
@@ -110,17 +112,45 @@ def parse_params(items: list[str]) -> dict[str, float]:
 
 
 # -- index build | info | add | remove -----------------------------------------------------------------------
+def parse_target_recall(text: str) -> float | None:
+    """``"0.9"`` -> ``0.9``; ``"off"`` -> ``None`` (faiss's default search parameters)."""
+    from embedkit.index.tuning import check_target_recall
+
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--target-recall takes a number in (0, 1] or off, got {text!r}") from None
+    return check_target_recall(value)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse, before anything is embedded, to build over an index without ``--overwrite`` (and over anything that
+    is not an index folder at all)."""
+    from embedkit.index.folder import check_replaceable, current_version
+
+    check_replaceable(out)
+    if not overwrite and current_version(out) is not None:
+        raise ConfigError(f"{out} already holds an index; pass --overwrite to replace it, or choose another --out")
+
+
 def cmd_index_build(args: argparse.Namespace) -> int:
     from embedkit import distributed
     from embedkit.index.folder import writer_lock
     from embedkit.index.sharded import build_index_sharded
     from embedkit.index.spec import needs_encoder
+    from embedkit.index.tuning import tuning_summary
 
+    target_recall = parse_target_recall(args.target_recall)
     distributed.init_from_environment()  # under torchrun: each process embeds a shard, rank 0 merges and saves
+    _check_out(args.out, args.overwrite)  # on every rank, so that all stop before embedding
     encoder = load_model(args) if needs_encoder(args.spec) else None  # bm25 embeds nothing
     # rank 0 alone saves, so it alone locks (a lock on every rank would make the others wait for rank 0's lock)
     lock = writer_lock(args.out, args.lock_timeout) if distributed.is_main_process() else contextlib.nullcontext()
     with lock:
+        if distributed.is_main_process():
+            _check_out(args.out, args.overwrite)  # again under the lock: another build may have saved since
         index = build_index_sharded(
             encoder,
             _corpus(args),
@@ -131,6 +161,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
             device=args.index_device,
             seed=args.seed,
             show_progress=not args.json,
+            target_recall=target_recall,
         )
         if index is None:
             return 0
@@ -139,6 +170,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         print_json(index.info())
     else:
         print(f"indexed {len(index)} documents with {args.spec} ({args.metric}) into {args.out}")
+        if index.manifest.search_tuning is not None:
+            print(f"search parameter {tuning_summary(index.manifest.search_tuning)}")
     return 0
 
 
@@ -149,6 +182,8 @@ def _corpus(args: argparse.Namespace) -> Corpus:
 
 
 def cmd_index_info(args: argparse.Namespace) -> int:
+    from embedkit.index.tuning import tuning_summary
+
     info = _open_index(args, with_encoder=False).info()
     if args.json:
         print_json(info)
@@ -169,6 +204,9 @@ def cmd_index_info(args: argparse.Namespace) -> int:
         print(f"{key:<17} {fields[key]}")
     model = info["model"]
     print(f"{'model':<17} " + (f"{model['name']} ({model['fingerprint'][:19]}...)" if model["name"] else "none"))
+    params = ", ".join(f"{name}={value:g}" for name, value in info["search_params"].items())
+    print(f"{'search_params':<17} {params or 'defaults'}")
+    print(f"{'search_tuning':<17} {tuning_summary(info['search_tuning'])}")
     print(f"{'backend':<17} " + ", ".join(f"{k}={v}" for k, v in info["backend"].items()))
     for name, file in info["files"].items():
         print(f"{'file':<17} {name} ({file['bytes']:,} bytes)")
@@ -291,6 +329,7 @@ def _search_many(index: Index, queries: list[Document], args: argparse.Namespace
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``index`` (build, info, add, remove) and ``search``."""
     from embedkit.index.spec import METRICS
+    from embedkit.index.tuning import DEFAULT_TARGET_RECALL
 
     index = commands.add_parser("index", help="build, inspect and change an index folder")
     actions = index.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -302,12 +341,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--spec",
         default="torch",
-        help="torch, torch:cuda, faiss:Flat, faiss:IVF1024,Flat, faiss:HNSW32, bm25 (needs no model), "
+        help="torch, torch:cuda, faiss:Flat, faiss:IVF256,Flat, faiss:HNSW32, bm25 (needs no model), "
         "hybrid:faiss:Flat, hybrid:fusion=convex,alpha=0.5:torch, ...",
     )
     build.add_argument("--metric", default="cosine", choices=METRICS, help="default: cosine")
     build.add_argument("--chunk-size", type=int, default=16384, help="documents embedded at a time (bounds memory)")
-    build.add_argument("--seed", type=int, default=0, help="seed of the training sample (IVF, PQ)")
+    build.add_argument("--seed", type=int, default=0, help="seed of the training sample (IVF, PQ) and tuning queries")
+    build.add_argument(
+        "--target-recall",
+        default=str(DEFAULT_TARGET_RECALL),
+        metavar="R|off",
+        help=f"tune nprobe (IVF) or efSearch (HNSW) to the smallest value whose recall@10 against exact search "
+        f"reaches R, with a tenth of the corpus as held-out queries (default: {DEFAULT_TARGET_RECALL}); off: faiss's "
+        "defaults",
+    )
+    build.add_argument("--overwrite", action="store_true", help="replace the index at --out (a new version of it)")
     _add_index_device(build)
     _add_lock_timeout(build)
     build.add_argument("--json", action="store_true", help="print the index info as JSON")

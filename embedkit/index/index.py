@@ -27,6 +27,7 @@ from embedkit.data.collate import text_id
 from embedkit.errors import ConfigError, DataError
 from embedkit.index.arrays import normalized
 from embedkit.index.corpus import Corpus, CorpusSource, Document, as_corpus, batched
+from embedkit.index.faiss_backend import FaissBackend
 from embedkit.index.folder import DEFAULT_LOCK_TIMEOUT, check_replaceable, check_unchanged, commit, reading, writer_lock
 from embedkit.index.spec import (
     BACKENDS,
@@ -53,6 +54,16 @@ from embedkit.index.store import (
     now,
     read_manifest,
     write_files,
+)
+from embedkit.index.tuning import (
+    DEFAULT_TARGET_RECALL,
+    RECALL_AT,
+    HeldOutQueries,
+    SearchTuning,
+    check_target_recall,
+    query_count,
+    tune_search,
+    tuned_parameter,
 )
 from embedkit.types import JsonValue, TextEncoder
 from embedkit.version import __version__
@@ -108,6 +119,7 @@ class IndexInfo(TypedDict):
     created: str
     embedkit_version: str
     search_params: dict[str, float]
+    search_tuning: SearchTuning | None
     backend: dict[str, JsonValue]
     files: dict[str, FileDigest]
 
@@ -229,6 +241,11 @@ class Index:
         PQ) is trained on its first add, on a seeded sample of the corpus whose embeddings are kept for the add.
         An index of texts (``bm25``, ``hybrid``) then rebuilds its text index from every stored document.
 
+        The search parameters tuned when the index was built (:func:`build_index`) are kept, not tuned again:
+        that would take the exact vectors of every document in the index, which a quantized index no longer
+        holds, so the whole corpus would be embedded again. The manifest's ``search_tuning`` names the number of
+        documents it was measured on; build the index again to tune it for a corpus that has grown much.
+
         Args:
             corpus: see :func:`~embedkit.index.corpus.as_corpus`.
             embeddings: ``[n, D]`` precomputed embeddings of the corpus's texts by this index's model, in corpus
@@ -242,6 +259,20 @@ class Index:
             DataError: a bad id or row; ``embeddings`` of the wrong length.
             ConfigError: too few documents to train the index.
         """
+        return self._add(corpus, embeddings, batch_size, chunk_size, seed, show_progress, target_recall=None)
+
+    def _add(
+        self,
+        corpus: CorpusSource,
+        embeddings: np.ndarray | None,
+        batch_size: int,
+        chunk_size: int,
+        seed: int,
+        show_progress: bool | None,
+        target_recall: float | None,
+    ) -> int:
+        """:meth:`add`; with a ``target_recall``, the search parameter is then tuned for it (see
+        :mod:`embedkit.index.tuning`), against exact search over the documents of this add."""
         if chunk_size < 1:
             raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
         documents = as_corpus(corpus)
@@ -257,11 +288,13 @@ class Index:
             self._check_dimension(embeddings)
             if len(embeddings) != len(ids):
                 raise DataError(f"{len(embeddings)} embeddings for {len(ids)} documents", documents.name)
+        tune = target_recall is not None and query_count(len(ids)) > 0 and tuned_parameter(self.backend) is not None
         sample_positions = np.zeros(0, dtype=np.int64)
         sample_vectors = np.zeros((0, self.manifest.dimension), dtype=np.float32)
-        if self.backend.needs_training:
-            sample_positions, sample_vectors = self._train(
-                documents, len(ids), embeddings, batch_size, seed, show_progress
+        queries: HeldOutQueries | None = None
+        if self.backend.needs_training or tune:
+            sample_positions, sample_vectors, queries = self._sample(
+                documents, len(ids), embeddings, batch_size, seed, show_progress, tune
             )
         progress = _progress(len(ids), "embedding and indexing", show_progress)
         start = 0
@@ -275,12 +308,17 @@ class Index:
                     chunk, start, embeddings, sample_positions, sample_vectors, batch_size, progress
                 )
                 with self.store.transaction():
-                    self.backend.add(vectors, self._insert_payloads(chunk))
+                    internal = self._insert_payloads(chunk)
+                    if queries is not None:
+                        vectors, internal = queries.withhold(start, vectors, internal)
+                    self.backend.add(vectors, internal)
             start += len(chunk)
         progress.close()
         self.index_texts()
         self.manifest.count = len(self.backend)
         self.manifest.id_type = id_type
+        if queries is not None and target_recall is not None:
+            self._tune(queries, target_recall)
         return len(ids)
 
     def index_texts(self) -> None:
@@ -288,6 +326,17 @@ class Index:
         kinds): after an add or a remove, as BM25 cannot be updated in place (see :mod:`embedkit.index.bm25`)."""
         if isinstance(self.backend, TextBackend):
             self.backend.index_texts(*self.store.texts())
+
+    def _tune(self, queries: HeldOutQueries, target_recall: float) -> None:
+        """Set the search parameter that reaches ``target_recall`` for ``queries``, held out of an index that
+        holds every other document; then add them, and record the tuning in the manifest."""
+        if not isinstance(self.backend, FaissBackend):
+            raise ConfigError(f"index {self.manifest.spec!r} has no search parameter to tune")
+        tuning = tune_search(self.backend, queries, target_recall, len(self.backend) + len(queries.ids))
+        queries.restore(self.backend)
+        self.set_search_params(**{tuning["parameter"]: tuning["value"]})
+        self.manifest.search_tuning = tuning
+        self.manifest.count = len(self.backend)
 
     def _insert_payloads(self, documents: Sequence[Document]) -> np.ndarray:
         """Store the ids, texts and metadata of ``documents`` (inside a store transaction); ``[n]`` internal ids."""
@@ -325,24 +374,43 @@ class Index:
             vectors[~kept] = self._embed_batches(texts, batch_size, progress)
         return vectors
 
-    def _train(
-        self, documents: Corpus, n: int, embeddings: np.ndarray | None, batch_size: int, seed: int, show: bool | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Train the backend on a seeded sample; returns ``([s] sorted positions, [s, D] their vectors)``."""
-        size = self.backend.training_size(n)
-        if size == 0:
-            raise ConfigError(f"index {self.manifest.spec!r} must be trained, but the corpus is empty")
-        positions = training_positions(n, size, seed)
+    def _sample(
+        self,
+        documents: Corpus,
+        n: int,
+        embeddings: np.ndarray | None,
+        batch_size: int,
+        seed: int,
+        show: bool | None,
+        tune: bool,
+    ) -> tuple[np.ndarray, np.ndarray, HeldOutQueries | None]:
+        """Embed the seeded samples needed before the first chunk: the training sample of an index that needs
+        training (which is trained on it here), and with ``tune`` the corpus vectors that serve as tuning
+        queries. Returns ``([s] sorted positions, [s, D] their vectors, the tuning queries)``."""
+        training = np.zeros(0, dtype=np.int64)
+        if self.backend.needs_training:
+            size = self.backend.training_size(n)
+            if size == 0:
+                raise ConfigError(f"index {self.manifest.spec!r} must be trained, but the corpus is empty")
+            training = training_positions(n, size, seed)
+        queries = training_positions(n, query_count(n), seed) if tune else np.zeros(0, dtype=np.int64)
+        positions = np.union1d(training, queries)
         if embeddings is not None:
             vectors = self._prepared(embeddings[positions])
         else:
             wanted = set(positions.tolist())
             texts = [d.text for position, d in enumerate(documents) if position in wanted]
-            progress = _progress(len(texts), "embedding the training sample", show)
+            what = [name for name, wanted in (("training sample", len(training)), ("tuning queries", tune)) if wanted]
+            progress = _progress(len(texts), f"embedding the {' and '.join(what)}", show)
             vectors = self._embed_batches(texts, batch_size, progress)
             progress.close()
-        self.backend.train(vectors)
-        return positions, vectors
+        if len(training):
+            self.backend.train(vectors[np.isin(positions, training)])
+        held_out = None
+        if tune:
+            k = min(RECALL_AT, n - len(queries))
+            held_out = HeldOutQueries(queries, vectors[np.isin(positions, queries)], k, self.backend.metric)
+        return positions, vectors, held_out
 
     def remove(self, ids: Sequence[int | str]) -> int:
         """Remove documents by external id; returns how many were removed.
@@ -542,6 +610,7 @@ class Index:
             "created": self.manifest.created,
             "embedkit_version": self.manifest.embedkit_version or __version__,
             "search_params": dict(self.manifest.search_params),
+            "search_tuning": self.manifest.search_tuning,
             "backend": self.backend.describe(),
             "files": dict(self.manifest.files),
         }
@@ -615,8 +684,10 @@ def build_index(
     device: str = "auto",
     seed: int = 0,
     show_progress: bool | None = None,
+    target_recall: float | None = DEFAULT_TARGET_RECALL,
 ) -> Index:
-    """Embed a corpus with ``encoder`` and index it.
+    """Embed a corpus with ``encoder`` and index it; an approximate index (IVF, HNSW) gets the search parameter
+    that reaches ``target_recall`` (see :mod:`embedkit.index.tuning`).
 
     Args:
         encoder: any :class:`~embedkit.types.TextEncoder` (its ``name``, ``dim`` and ``model`` go into the
@@ -631,16 +702,20 @@ def build_index(
         batch_size: encoding batch size.
         chunk_size: documents embedded and added at a time (bounds memory).
         device: ``"auto"`` (faiss on the GPU when it sees one), ``"gpu"`` or ``"cpu"``.
-        seed: seed of the training sample of IVF/PQ indexes.
+        seed: seed of the training sample of IVF/PQ indexes and of the tuning queries.
         show_progress: progress bars; by default for 2,048 documents or more.
+        target_recall: the recall@10 against exact search to tune ``nprobe`` (IVF) or ``efSearch`` (HNSW) for,
+            with a tenth of the corpus (at most 1,000 documents) as queries, held out of the index while it is
+            tuned; the smallest value that reaches it is saved with the index (``manifest.search_tuning`` says
+            what was measured). ``None``: faiss's defaults.
+
+    Raises:
+        ConfigError: a ``target_recall`` outside ``(0, 1]``; too few documents to train the index.
+
+    Warns:
+        IndexWarning: no value of the parameter reaches ``target_recall`` (the best one is kept).
     """
+    target = check_target_recall(target_recall)
     index = empty_index(encoder, spec, metric, device)
-    index.add(
-        corpus,
-        embeddings=embeddings,
-        batch_size=batch_size,
-        chunk_size=chunk_size,
-        seed=seed,
-        show_progress=show_progress,
-    )
+    index._add(corpus, embeddings, batch_size, chunk_size, seed, show_progress, target_recall=target)
     return index

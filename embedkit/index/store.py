@@ -3,9 +3,10 @@
 A version folder (:mod:`embedkit.index.folder` keeps versions behind a pointer)::
 
     manifest.json         embedkit version, model name and weight fingerprint, dimension, metric,
-                          normalisation, spec, count, id type, creation time, search parameters, the
-                          size and sha256 of every other file (checked before any of them is parsed), and
-                          the sha256 of the manifest's own content (so that an edited spec is refused)
+                          normalisation, spec, count, id type, creation time, search parameters and
+                          how they were tuned (:mod:`embedkit.index.tuning`), the size and sha256 of
+                          every other file (checked before any of them is parsed), and the sha256 of
+                          the manifest's own content (so that an edited spec is refused)
     payloads.sqlite       one row per vector: internal id, external id, text, text id, metadata (JSON)
     index.faiss           (faiss backends) written by faiss.write_index
     vectors.safetensors   (torch backend) vectors and internal ids
@@ -35,7 +36,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from weakref import WeakKeyDictionary
 
 import numpy as np
@@ -47,12 +48,15 @@ from embedkit.fsutil import owned_directory, remove_if_abandoned
 from embedkit.index.spec import IndexFileError
 from embedkit.types import JsonValue
 
+if TYPE_CHECKING:
+    from embedkit.index.tuning import SearchTuning
+
 MANIFEST_FILE = "manifest.json"
 PAYLOADS_FILE = "payloads.sqlite"
 FORMAT = "embedkit-index"
-FORMAT_VERSION = 2
-"""Version 2 added the manifest's ``checksum``; version 1 manifests (no checksum) are still read."""
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""Version 2 added the manifest's ``checksum``, version 3 its ``search_tuning``; older manifests are still read."""
+READABLE_VERSIONS = (1, 2, 3)
 WORKDIR_PREFIX = "embedkit-index-"
 _Value = TypeVar("_Value")
 _SQL_VARIABLES = 900  # ids per "IN (...)" query, under SQLite's historical limit of 999 parameters
@@ -119,6 +123,7 @@ class Manifest:
     embedkit_version: str = ""
     created: str = ""
     search_params: dict[str, float] = field(default_factory=dict)
+    search_tuning: SearchTuning | None = None
     files: dict[str, FileDigest] = field(default_factory=dict)
 
     def to_json(self) -> str:

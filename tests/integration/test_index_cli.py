@@ -6,8 +6,9 @@ import json
 import os
 import threading
 
+import numpy as np
 import pytest
-from conftest import held_elsewhere
+from conftest import TINY_TEXTS, held_elsewhere
 
 from embedkit.cli import main
 from embedkit.index.folder import current_folder, writer_lock
@@ -224,6 +225,59 @@ def test_a_locked_index_is_a_one_line_error(capsys, tiny_model_path, corpus) -> 
         assert code == 0 and json.loads(out)[0]["id"] == "a"
     code, out, _ = run(capsys, "index", "remove", index, "--ids", corpus / "ids.txt", "--json")
     assert code == 0 and json.loads(out)["count"] == 5
+
+
+def test_build_over_an_index_needs_overwrite(capsys, tiny_model_path, corpus) -> None:
+    index = build(capsys, tiny_model_path, corpus)
+    again = ["index", "build", "--model", tiny_model_path, "--corpus", corpus / "more.jsonl", "--out", index]
+    code, out, err = run(capsys, *again)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"{index} already holds an index; pass --overwrite to replace it" in err
+    code, out, _ = run(capsys, "index", "info", index, "--json")
+    assert json.loads(out)["count"] == 6 and json.loads(out)["version"] == "v-000001"  # untouched
+
+    code, out, _ = run(capsys, *again, "--overwrite", "--json")
+    assert code == 0 and json.loads(out)["count"] == 2
+    code, out, _ = run(capsys, "index", "info", index, "--json")
+    assert json.loads(out)["count"] == 2 and json.loads(out)["version"] == "v-000002"  # a new version, saved whole
+    with held_elsewhere(writer_lock(index)):  # the replacement waits for other writers like any save
+        code, _, err = run(capsys, *again, "--overwrite", "--lock-timeout", "0.2")
+        assert code == 2 and "is locked by another writer" in err and err.count("\n") == 1
+
+    (corpus / "mine").mkdir()
+    (corpus / "mine" / "notes.txt").write_text("not an index")
+    code, _, err = run(capsys, *again[:-1], corpus / "mine", "--overwrite")
+    assert code == 2 and "refusing to replace" in err and (corpus / "mine" / "notes.txt").exists()
+
+
+def test_build_tunes_search_and_shows_it(capsys, tiny_model_path, tmp_path) -> None:
+    words = " ".join(TINY_TEXTS).split()  # the tiny model's vocabulary
+    rng = np.random.default_rng(0)
+    write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "text": " ".join(rng.choice(words, 5))} for i in range(400)])
+    build = ["index", "build", "--model", tiny_model_path, "--corpus", tmp_path / "corpus.jsonl", "--spec",
+             "faiss:IVF8,Flat", "--precision", "fp32"]
+    code, out, _ = run(capsys, *build, "--out", tmp_path / "tuned")
+    assert code == 0 and "search parameter nprobe=" in out and "40 of 400 documents as held-out queries" in out
+    code, out, _ = run(capsys, "index", "info", tmp_path / "tuned", "--json")
+    info = json.loads(out)
+    tuning = info["search_tuning"]
+    assert tuning["parameter"] == "nprobe" and tuning["reached"] and tuning["recall"] >= 0.95
+    assert info["search_params"] == {"nprobe": tuning["value"]} == info["backend"]["search_params"]
+    code, out, _ = run(capsys, "index", "info", tmp_path / "tuned")
+    lines = {line[:17].strip(): line[17:].strip() for line in out.splitlines()}
+    assert lines["search_params"] == f"nprobe={tuning['value']}"
+    assert lines["search_tuning"].startswith(f"nprobe={tuning['value']}: recall@10 {tuning['recall']:.3f}")
+    # --param overrides the tuned value for one search
+    code, out, _ = run(capsys, "search", tmp_path / "tuned", "cat dog sun", "--param", "nprobe=8", "--json")
+    assert code == 0 and len(json.loads(out)) == 10
+
+    code, out, _ = run(capsys, *build, "--out", tmp_path / "plain", "--target-recall", "off", "--json")
+    assert code == 0 and json.loads(out)["search_tuning"] is None and json.loads(out)["search_params"] == {}
+    code, out, _ = run(capsys, "index", "info", tmp_path / "plain")
+    assert "search_params     defaults" in out and "search_tuning     none" in out
+    for value, message in [("1.5", "must be a number in (0, 1]"), ("high", "--target-recall takes a number")]:
+        code, out, err = run(capsys, *build, "--out", tmp_path / "bad", "--target-recall", value)
+        assert code == 2 and message in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
 
 
 def test_mine_triplets(capsys, tiny_model_path, corpus) -> None:
