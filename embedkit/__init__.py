@@ -12,6 +12,7 @@ The main entry points::
 
 from __future__ import annotations
 
+from embedkit import progress  # noqa: F401  (in a notebook kernel, chooses tqdm's bar before any library does)
 from embedkit.data import collate, read_examples
 from embedkit.encoders import DEFAULT_MODEL, Encoder, load_encoder
 from embedkit.errors import ConfigError, DataError, EmbedkitError, UnknownNameError

@@ -61,6 +61,13 @@ def text_id(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
+def longest_first(texts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """The positions of ``texts`` in batches of ``batch_size``, longest text first (ties in input order), so
+    that each batch holds texts of similar length and pads little."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def text_ids(texts: Sequence[str]) -> torch.Tensor:
     """``[len(texts)]`` long: :func:`text_id` of each text."""
     return torch.tensor([text_id(text) for text in texts], dtype=torch.long)

@@ -25,6 +25,7 @@ from scipy.special import logsumexp
 
 from embedkit.data import Kind, read_examples
 from embedkit.errors import ConfigError, DataError
+from embedkit.progress import stage
 from embedkit.types import SupportsEncode
 
 ALIGNMENT_ALPHA = 2.0
@@ -115,7 +116,8 @@ class GeometryEvaluator:
         firsts = [a for a, _ in self.positive_pairs]
         seconds = [b for _, b in self.positive_pairs]
         texts = sorted({*firsts, *seconds, *self.sample})
-        vectors = encoder.encode(texts, batch_size=self.batch_size)
+        with stage("geometry"):
+            vectors = encoder.encode(texts, batch_size=self.batch_size)
         row = {text: i for i, text in enumerate(texts)}
         sample = vectors[[row[t] for t in self.sample]]
         return {

@@ -36,6 +36,7 @@ from embedkit.data.render import render_pairs, tokenizer_of
 from embedkit.encoders import Encoder
 from embedkit.encoders.reward import RewardHead, RewardModel
 from embedkit.errors import ConfigError, EmbedkitError
+from embedkit.progress import stage
 from embedkit.types import JsonValue, SupportsEncode, TextEncoder
 
 MODES = ("similarity", "reward")
@@ -212,7 +213,8 @@ class PreferenceEvaluator:
             prompts = render_pairs(tokenizer_of(encoder), prompts, [""] * len(prompts), encoder.max_seq_length)
         texts = sorted({*prompts, *self.chosen, *self.rejected})  # each distinct text is encoded once
         row = {text: i for i, text in enumerate(texts)}
-        vectors = np.asarray(encoder.encode(texts, batch_size=self.batch_size), dtype=np.float64)
+        with stage("preference"):
+            vectors = np.asarray(encoder.encode(texts, batch_size=self.batch_size), dtype=np.float64)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
         def cosine(replies: list[str]) -> np.ndarray:

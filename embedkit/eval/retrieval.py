@@ -23,6 +23,7 @@ import pytrec_eval
 
 from embedkit.data.beir import read_beir
 from embedkit.errors import ConfigError
+from embedkit.progress import stage
 from embedkit.types import TextEncoder
 
 GAINS = ("exponential", "linear")
@@ -109,8 +110,10 @@ class RetrievalEvaluator:
         from embedkit.index import build_index  # the index pulls in faiss; import it only when searching
 
         data = self.data
-        index = build_index(encoder, data.documents, spec=self.index_spec, metric="cosine", batch_size=self.batch_size)
-        found = index.search(data.queries, k=min(self.k, len(data.doc_ids)), batch_size=self.batch_size)
+        with stage("retrieval"):
+            index = build_index(encoder, data.documents, spec=self.index_spec, metric="cosine",
+                                batch_size=self.batch_size)
+            found = index.search(data.queries, k=min(self.k, len(data.doc_ids)), batch_size=self.batch_size)
         run: dict[str, dict[str, float]] = {}
         for query_id, ids, scores in zip(data.query_ids, found.ids, found.scores, strict=True):
             # an index may pad a short result list with id -1

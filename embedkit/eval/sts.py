@@ -16,6 +16,7 @@ from scipy.stats import spearmanr
 
 from embedkit.data import Kind, read_examples
 from embedkit.errors import DataError
+from embedkit.progress import stage
 from embedkit.types import Example, SupportsEncode
 
 STS_SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".tsv", ".parquet", ".json")
@@ -81,7 +82,8 @@ class STSEvaluator:
         results: dict[str, float] = {}
         for name, examples in self.sets.items():
             texts = sorted({t for e in examples for t in (e.anchor, e.positive)})
-            vectors = encoder.encode(texts, batch_size=self.batch_size)
+            with stage("sts"):
+                vectors = encoder.encode(texts, batch_size=self.batch_size)
             row = {text: i for i, text in enumerate(texts)}
             first = vectors[[row[e.anchor] for e in examples]]
             second = vectors[[row[e.positive] for e in examples]]

@@ -18,12 +18,11 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from embedkit.data.collate import text_id
+from embedkit.data.collate import longest_first, text_id
 from embedkit.errors import ConfigError, DataError
 from embedkit.index.arrays import normalized
 from embedkit.index.corpus import Corpus, CorpusSource, Document, as_corpus, batched
@@ -52,14 +51,17 @@ from embedkit.index.store import (
     read_manifest,
     write_files,
 )
+from embedkit.progress import progress_bar
 from embedkit.types import JsonValue, TextEncoder
 from embedkit.version import __version__
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 CHUNK_SIZE = 16384
 """Documents embedded and added at a time: the corpus's embeddings are never all in memory at once."""
 SEARCH_BATCH = 4096
 """Queries embedded and searched at a time."""
-PROGRESS_FROM = 2048  # show progress bars for this many documents or queries and more
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,6 @@ class IndexInfo(TypedDict):
     search_params: dict[str, float]
     backend: dict[str, JsonValue]
     files: dict[str, FileDigest]
-
-
-def _progress(total: int, description: str, show: bool | None) -> tqdm:
-    return tqdm(
-        total=total, desc=description, unit="text", disable=not (total >= PROGRESS_FROM if show is None else show)
-    )
 
 
 class Index:
@@ -179,10 +175,8 @@ class Index:
     def _embed_batches(self, texts: list[str], batch_size: int, progress: tqdm) -> np.ndarray:
         """:meth:`_embed`, one batch per call so that ``progress`` moves per batch. Texts are batched longest
         first, as the encoder batches one call's texts, so that each batch pads as little as before."""
-        order = np.argsort([-len(text) for text in texts], kind="stable")
         vectors = np.empty((len(texts), self.manifest.dimension), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            positions = order[start : start + batch_size]
+        for positions in longest_first(texts, batch_size):
             vectors[positions] = self._embed([texts[i] for i in positions], batch_size)
             progress.update(len(positions))
         return vectors
@@ -248,7 +242,7 @@ class Index:
             sample_positions, sample_vectors = self._train(
                 documents, len(ids), embeddings, batch_size, seed, show_progress
             )
-        progress = _progress(len(ids), "embedding and indexing", show_progress)
+        progress = progress_bar("embedding and indexing", len(ids), show=show_progress)
         start = 0
         for chunk in batched(documents, chunk_size):
             vectors = self._chunk_vectors(
@@ -311,7 +305,7 @@ class Index:
         else:
             wanted = set(positions.tolist())
             texts = [d.text for position, d in enumerate(documents) if position in wanted]
-            progress = _progress(len(texts), "embedding the training sample", show)
+            progress = progress_bar("embedding the training sample", len(texts), show=show)
             vectors = self._embed_batches(texts, batch_size, progress)
             progress.close()
         self.backend.train(vectors)
@@ -357,7 +351,7 @@ class Index:
                 raise DataError("queries must be texts or an [n, D] array of vectors")
         total = len(texts) if texts is not None else len(vectors)  # type: ignore[arg-type]
         scores, found = [], []
-        progress = _progress(total, "searching", show_progress)
+        progress = progress_bar("searching", total, show=show_progress)
         for start in range(0, total, SEARCH_BATCH):
             if texts is not None:
                 block = self._embed(texts[start : start + SEARCH_BATCH], batch_size)

@@ -39,7 +39,6 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
-from tqdm.auto import tqdm
 
 from embedkit import distributed
 from embedkit.data import Table, as_examples, collate
@@ -50,6 +49,7 @@ from embedkit.errors import ConfigError, DataError
 from embedkit.fsutil import atomic_directory, atomic_write_bytes, fsync_directory, fsync_file, fsync_tree
 from embedkit.losses.objective import Objective
 from embedkit.precision import autocast
+from embedkit.progress import progress_bar, quiet_library_bars, stage
 from embedkit.training.gradcache import grad_cache_backward
 from embedkit.training.negatives import NegativeMiner, load_mined, mining_summary, save_mined
 from embedkit.types import Evaluator, Example, Kind, TextBatch
@@ -426,7 +426,8 @@ def _load_saved_model(encoder: Encoder, folder: Path) -> None:
     """Load the weights of a model ``encoder.save`` wrote into ``encoder`` (the inference modules only)."""
     from sentence_transformers import SentenceTransformer
 
-    saved = SentenceTransformer(str(folder), device=str(encoder.device))
+    with quiet_library_bars():
+        saved = SentenceTransformer(str(folder), device=str(encoder.device))
     encoder.model.load_state_dict(saved.state_dict())
 
 
@@ -544,7 +545,8 @@ def fit(
     def evaluate(interpolation: float | None = None) -> None:
         # Rank 0 evaluates and saves; the others wait and learn the verdict, so all agree on the best model.
         nonlocal best_state
-        metrics = evaluator(encoder) if main_process else None
+        with stage("dev"):
+            metrics = evaluator(encoder) if main_process else None
         metrics = distributed.broadcast_object(metrics)
         log({"step": run.step, **({} if interpolation is None else {"interpolation": interpolation}), "eval": metrics})
         if result.first_eval is None:
@@ -578,12 +580,8 @@ def fit(
     if evaluator is not None and run.step == 0:
         evaluate()
 
-    progress = tqdm(
-        total=total_steps,
-        initial=run.step,
-        desc="train",
-        unit="step",
-        disable=not (settings.show_progress and main_process),
+    progress = progress_bar(
+        "train", total_steps, unit="step", show=settings.show_progress and main_process, initial=run.step
     )
     started = time.perf_counter()
     last_eval_step = run.step if evaluator is not None and run.step == 0 else -1
