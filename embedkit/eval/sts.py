@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from embedkit.data import Kind, read_examples
 from embedkit.errors import DataError
@@ -24,6 +23,8 @@ STS_SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".tsv", ".parquet", ".json")
 
 def sts_spearman(embeddings1: np.ndarray, embeddings2: np.ndarray, gold: np.ndarray) -> float:
     """Spearman x100 of row-wise cosine similarity ``[n, D], [n, D]`` against ``[n]`` gold scores."""
+    from scipy.stats import spearmanr  # here: the CLI reads this package's names without loading scipy
+
     a = embeddings1 / np.maximum(np.linalg.norm(embeddings1, axis=1, keepdims=True), 1e-12)
     b = embeddings2 / np.maximum(np.linalg.norm(embeddings2, axis=1, keepdims=True), 1e-12)
     cosine = (a * b).sum(axis=1)

@@ -17,21 +17,39 @@ search as a plain function over arrays, returning ``(scores, indices)`` like ``f
 
 from __future__ import annotations
 
-from embedkit.index import exact, faiss_backend  # noqa: F401  (register the backends)
-from embedkit.index.corpus import Corpus, Document, as_corpus
-from embedkit.index.exact import exact_search
-from embedkit.index.index import Index, SearchResult, build_index
-from embedkit.index.spec import (
-    BACKENDS,
-    METRICS,
-    IndexConflictError,
-    IndexFileError,
-    IndexMismatchError,
-    IndexSpec,
-    IndexWarning,
-    parse_spec,
+from typing import TYPE_CHECKING
+
+from embedkit.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from embedkit.index.corpus import Corpus, Document, as_corpus
+    from embedkit.index.exact import exact_search
+    from embedkit.index.index import BACKENDS, Index, SearchResult, build_index, parse_spec
+    from embedkit.index.spec import (
+        METRICS,
+        IndexConflictError,
+        IndexFileError,
+        IndexMismatchError,
+        IndexSpec,
+        IndexWarning,
+    )
+    from embedkit.index.store import model_fingerprint
+
+# Imported on first use: `embedkit index --help` reads embedkit.index.spec without loading torch or faiss.
+# BACKENDS and parse_spec come through embedkit.index.index, which registers the backends.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(("Corpus", "Document", "as_corpus"), "embedkit.index.corpus"),
+        "exact_search": "embedkit.index.exact",
+        **dict.fromkeys(("BACKENDS", "Index", "SearchResult", "build_index", "parse_spec"), "embedkit.index.index"),
+        **dict.fromkeys(
+            ("METRICS", "IndexConflictError", "IndexFileError", "IndexMismatchError", "IndexSpec", "IndexWarning"),
+            "embedkit.index.spec",
+        ),
+        "model_fingerprint": "embedkit.index.store",
+    },
 )
-from embedkit.index.store import model_fingerprint
 
 __all__ = [
     "BACKENDS",

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "embedkit"
 # so are mining and eval.
 RANKS: dict[str, int] = {
     **dict.fromkeys(
-        ("types", "errors", "registry", "fsutil", "precision", "distributed", "version", "hub", "progress"), 0
+        ("types", "errors", "registry", "fsutil", "precision", "distributed", "version", "hub", "lazy", "progress"), 0
     ),
     "data": 1,
     "encoders": 2,
