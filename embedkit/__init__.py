@@ -12,6 +12,7 @@ The main entry points::
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from embedkit import progress  # noqa: F401  (in a notebook kernel, chooses tqdm's bar before any library does)
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
     from embedkit.training.adapt import adapt
     from embedkit.training.fit import FitResult, FitSettings, fit
     from embedkit.types import EmbeddedBatch, Evaluator, Example, Kind, Scores, TextBatch, TextEncoder
+
+# A library logs, the application shows: without logging configured, embedkit's messages go nowhere.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # Imported on first use, so that `import embedkit` (and every CLI command) does not pay for torch up front.
 __getattr__, __dir__ = lazy_exports(

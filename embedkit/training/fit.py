@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -53,6 +54,8 @@ from embedkit.progress import progress_bar, quiet_library_bars, stage
 from embedkit.training.gradcache import grad_cache_backward
 from embedkit.training.negatives import NegativeMiner, load_mined, mining_summary, save_mined
 from embedkit.types import Evaluator, Example, Kind, TextBatch
+
+logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -504,6 +507,7 @@ def fit(
     resumed = settings.resume and run.load_checkpoint()
     if resumed:
         if main_process:
+            logger.info("resuming the run in %s at step %d of %d", run.output_dir, run.step, total_steps)
             _truncate_log(log_path, run.step)
         distributed.barrier()
         result.history = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
@@ -548,6 +552,9 @@ def fit(
         with stage("dev"):
             metrics = evaluator(encoder) if main_process else None
         metrics = distributed.broadcast_object(metrics)
+        if main_process:
+            model = f"step {run.step}" if interpolation is None else f"interpolation {interpolation}"
+            logger.info("%s: dev %s %.4g", model, primary, metrics[primary])
         log({"step": run.step, **({} if interpolation is None else {"interpolation": interpolation}), "eval": metrics})
         if result.first_eval is None:
             result.first_eval = metrics

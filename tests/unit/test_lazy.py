@@ -37,7 +37,7 @@ def test_help_and_argument_errors_load_no_model_library() -> None:
     done = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PARSE_ONLY}"], capture_output=True,
                           text=True, timeout=600, check=False, cwd=Path(embedkit.__file__).parents[1])
     assert done.returncode == 0, done.stderr
-    assert "usage: embedkit [-h] COMMAND" in done.stdout
+    assert "usage: embedkit [-h] [-q | -v] COMMAND" in done.stdout
     assert "invalid choice: 'x'" in done.stderr
     assert json.loads(done.stdout.splitlines()[-1]) == []
 

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import TINY_TEXTS, sentence_examples
 
+import embedkit
 from embedkit import progress
 from embedkit.encoders import load_encoder
 from embedkit.eval import STSEvaluator
@@ -87,15 +91,26 @@ def test_encode_draws_its_own_labelled_bar(tiny_model_path, capfd, bars_off) -> 
     assert abs(vectors - expected).max() < 1e-5
 
 
-def test_a_dev_evaluation_inside_training_is_labelled(tiny_model_path, tmp_path, capfd, monkeypatch) -> None:
+def test_a_dev_evaluation_inside_training_is_labelled_and_logged(tiny_model_path, tmp_path, capfd, caplog,
+                                                                monkeypatch) -> None:
     monkeypatch.setattr(progress, "SHOW_FROM", 1)  # the dev set is tiny: show its bars anyway
     (tmp_path / "dev.jsonl").write_text("".join(
         json.dumps({"sentence1": TINY_TEXTS[i], "sentence2": TINY_TEXTS[i + 1], "score": i}) + "\n" for i in range(5)))
     encoder = load_encoder(tiny_model_path, device="cpu", precision="fp32")
     capfd.readouterr()
     settings = FitSettings(output_dir=tmp_path / "run", batch_size=4, max_steps=1, show_progress=False)
-    fit(encoder, sentence_examples(), build_loss("simcse-unsup"), settings,
-        evaluator=STSEvaluator(tmp_path / "dev.jsonl"))
+    with caplog.at_level("INFO", logger="embedkit"):
+        fit(encoder, sentence_examples(), build_loss("simcse-unsup"), settings,
+            evaluator=STSEvaluator(tmp_path / "dev.jsonl"))
     shown = capfd.readouterr().err
     assert "dev sts: encode: 100%" in shown
     assert not any(bar in shown for bar in LIBRARY_BARS)
+    messages = [record.getMessage() for record in caplog.records if record.name == "embedkit.training.fit"]
+    assert [message.split(" spearman")[0] for message in messages] == ["step 0: dev", "step 1: dev"]
+
+
+def test_a_library_user_sees_no_messages_unless_logging_is_configured() -> None:
+    script = "import logging, embedkit\nlogging.getLogger('embedkit.training.fit').warning('a message')"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          check=False, cwd=Path(embedkit.__file__).parents[1])
+    assert done.returncode == 0 and done.stderr == ""
