@@ -24,27 +24,37 @@ from embedkit.lazy import lazy_exports
 if TYPE_CHECKING:
     from embedkit.index.corpus import Corpus, Document, as_corpus
     from embedkit.index.exact import exact_search
-    from embedkit.index.index import BACKENDS, Index, SearchResult, build_index, parse_spec
+    from embedkit.index.index import Index, SearchResult, build_index
     from embedkit.index.spec import (
+        BACKENDS,
         METRICS,
         IndexConflictError,
         IndexFileError,
         IndexMismatchError,
         IndexSpec,
         IndexWarning,
+        parse_spec,
     )
     from embedkit.index.store import model_fingerprint
 
 # Imported on first use: `embedkit index --help` reads embedkit.index.spec without loading torch or faiss.
-# BACKENDS and parse_spec come through embedkit.index.index, which registers the backends.
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         **dict.fromkeys(("Corpus", "Document", "as_corpus"), "embedkit.index.corpus"),
         "exact_search": "embedkit.index.exact",
-        **dict.fromkeys(("BACKENDS", "Index", "SearchResult", "build_index", "parse_spec"), "embedkit.index.index"),
+        **dict.fromkeys(("Index", "SearchResult", "build_index"), "embedkit.index.index"),
         **dict.fromkeys(
-            ("METRICS", "IndexConflictError", "IndexFileError", "IndexMismatchError", "IndexSpec", "IndexWarning"),
+            (
+                "BACKENDS",
+                "METRICS",
+                "IndexConflictError",
+                "IndexFileError",
+                "IndexMismatchError",
+                "IndexSpec",
+                "IndexWarning",
+                "parse_spec",
+            ),
             "embedkit.index.spec",
         ),
         "model_fingerprint": "embedkit.index.store",

@@ -24,7 +24,6 @@ import numpy as np
 
 from embedkit.data.collate import longest_first, text_id
 from embedkit.errors import ConfigError, DataError
-from embedkit.index import exact, faiss_backend  # noqa: F401  (register the backends that BACKENDS looks up)
 from embedkit.index.arrays import normalized
 from embedkit.index.corpus import Corpus, CorpusSource, Document, as_corpus, batched
 from embedkit.index.folder import DEFAULT_LOCK_TIMEOUT, check_replaceable, check_unchanged, commit, reading, writer_lock

@@ -109,6 +109,10 @@ class BackendFactory(Protocol):
 
 
 BACKENDS: Registry[BackendFactory] = Registry("index backend")
+# Each backend registers itself when its module is imported, which a lookup does: loading a faiss index does not
+# import torch, nor a torch index faiss.
+BACKENDS.register_module("torch", "embedkit.index.exact")
+BACKENDS.register_module("faiss", "embedkit.index.faiss_backend")
 
 
 def parse_spec(spec: str | IndexSpec) -> IndexSpec:

@@ -236,10 +236,15 @@ def test_quiet_hides_bars_and_verbose_adds_debug_messages(capsys, tiny_model_pat
     assert "not allowed with argument" in capsys.readouterr().err
 
 
-def test_index_info_loads_no_model_library(index_folder) -> None:
+def test_index_info_loads_no_model_library(capsys, tiny_model_path, tmp_path) -> None:
+    (tmp_path / "corpus.txt").write_text("".join(text + "\n" for text in TINY_TEXTS))
+    code, _, _ = run(capsys, "index", "build", "--model", str(tiny_model_path), "--spec", "faiss:Flat",
+                     "--corpus", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "idx"), "--json")
+    assert code == 0
     script = ("import json, sys\nfrom embedkit.cli import main\nmain(['index', 'info', sys.argv[1], '--json'])\n"
-              "print(json.dumps([m for m in ('sentence_transformers', 'transformers', 'scipy') if m in sys.modules]))")
-    done = subprocess.run([sys.executable, "-c", script, str(index_folder)], capture_output=True, text=True,
+              "print(json.dumps([m for m in ('sentence_transformers', 'transformers', 'scipy', 'torch') "
+              "if m in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "idx")], capture_output=True, text=True,
                           timeout=600, check=False)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1]) == []
+    assert json.loads(done.stdout.splitlines()[-1]) == []  # a faiss index needs faiss alone

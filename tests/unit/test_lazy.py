@@ -42,12 +42,30 @@ def test_help_and_argument_errors_load_no_model_library() -> None:
     assert json.loads(done.stdout.splitlines()[-1]) == []
 
 
-def test_the_backends_are_registered_when_the_index_package_is_used() -> None:
-    script = 'from embedkit.index import parse_spec\nprint(parse_spec("torch"), parse_spec("faiss:Flat"))'
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+BACKEND_LOOKUP = """
+import json, sys
+from embedkit.errors import UnknownNameError
+from embedkit.index import BACKENDS, parse_spec
+
+names = BACKENDS.names()
+loaded = [name for name in ("torch", "faiss") if name in sys.modules]
+spec = str(parse_spec("faiss:Flat"))
+try:
+    BACKENDS.get("annoy")
+except UnknownNameError as error:
+    message = str(error)
+print(json.dumps([names, loaded, spec, [name for name in ("torch", "faiss") if name in sys.modules], message]))
+"""
+
+
+def test_a_backend_module_is_imported_on_the_first_lookup_of_its_name() -> None:
+    done = subprocess.run([sys.executable, "-c", BACKEND_LOOKUP], capture_output=True, text=True, timeout=600,
                           check=False, cwd=Path(embedkit.__file__).parents[1])
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["torch", "faiss:Flat"]
+    names, loaded_before, spec, loaded_after, message = json.loads(done.stdout)
+    assert names == ["faiss", "torch"] and loaded_before == []
+    assert spec == "faiss:Flat" and loaded_after == ["faiss"]  # looking up faiss imports no torch
+    assert message == "unknown index backend 'annoy'; valid names: faiss, torch"
 
 
 def _type_checked_names(package: str) -> dict[str, str]:
