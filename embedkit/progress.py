@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -25,11 +26,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tqdm import tqdm
 
+TqdmHook = Callable[[Callable[..., object], tuple[object, ...], dict[str, object]], object]
+"""A transformers tqdm hook: ``hook(factory, args, kwargs)`` makes the bar transformers asked for."""
+
 SHOW_FROM = 2048
 """With ``show=None``, a bar shows for this many texts (or pairs, queries, ...) and more."""
 
 _shown = True
 _stages: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("embedkit_progress_stages", default=())
+# quiet_library_bars blocks open in any thread, and the transformers tqdm hook found before the first of them
+_quiet = threading.Lock()
+_quiet_blocks = 0
+_hook_before: TqdmHook | None = None
 
 
 def set_progress(shown: bool) -> bool:
@@ -77,18 +85,29 @@ def _no_bar(factory: Callable[..., object], args: tuple[object, ...], kwargs: di
 @contextlib.contextmanager
 def quiet_library_bars() -> Iterator[None]:
     """Hide transformers' own bars (``Loading weights``, ``Writing model shards``) inside the block, and put
-    back whatever tqdm hook was set before. Download bars of the hub are left alone: they say something."""
+    back whatever tqdm hook was set before. Download bars of the hub are left alone: they say something.
+
+    The hook is global, so blocks that overlap in several threads share one: it is set when the first block
+    opens and put back when the last one closes.
+    """
+    global _quiet_blocks, _hook_before
     from transformers.utils import logging as transformers_logging
 
     set_hook = getattr(transformers_logging, "set_tqdm_hook", None)
     if set_hook is None:  # transformers 4 has no per-weight bars to hide
         yield
         return
-    previous = set_hook(_no_bar)
+    with _quiet:
+        if _quiet_blocks == 0:
+            _hook_before = set_hook(_no_bar)
+        _quiet_blocks += 1
     try:
         yield
     finally:
-        set_hook(previous)
+        with _quiet:
+            _quiet_blocks -= 1
+            if _quiet_blocks == 0:
+                set_hook(_hook_before)
 
 
 def _import_tqdm_auto_quietly() -> None:

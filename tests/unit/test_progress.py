@@ -57,6 +57,15 @@ def test_library_bars_come_back_as_they_were(capfd) -> None:
             for _ in transformers_logging.tqdm(range(3), desc="Loading weights"):
                 pass
         assert "Loading weights" not in capfd.readouterr().err
+        # blocks of two threads that close in the order they opened (not nested) share one hook
+        first, second = progress.quiet_library_bars(), progress.quiet_library_bars()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        for _ in transformers_logging.tqdm(range(3), desc="Loading weights"):
+            pass
+        second.__exit__(None, None, None)
+        assert "Loading weights" not in capfd.readouterr().err
     finally:
         assert transformers_logging.set_tqdm_hook(before) is own_hook  # the user's hook was put back
 
