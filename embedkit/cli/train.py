@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embedkit.cli.options import print_json
-from embedkit.losses import LossSpec
-from embedkit.training.fit import FitResult
+
+if TYPE_CHECKING:  # the CLI imports torch-backed modules only when a command runs
+    from embedkit.losses import LossSpec
+    from embedkit.training.fit import FitResult
 
 
 def cmd_train(args: argparse.Namespace) -> int:

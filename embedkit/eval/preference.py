@@ -28,17 +28,19 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from embedkit.data import Kind, read_examples
 from embedkit.data.render import render_pairs, tokenizer_of
-from embedkit.encoders import Encoder
-from embedkit.encoders.reward import RewardHead, RewardModel
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.eval.scale import SCORE_SCALE
+from embedkit.progress import stage
 from embedkit.types import JsonValue, SupportsEncode, TextEncoder
+
+if TYPE_CHECKING:  # imported where used: the CLI reads MODES without loading torch
+    from embedkit.encoders.reward import RewardHead
 
 MODES = ("similarity", "reward")
 PROMPT_TRUNCATION = ("left", "right")
@@ -217,7 +219,8 @@ class PreferenceEvaluator:
             prompts = render_pairs(tokenizer_of(encoder), prompts, [""] * len(prompts), encoder.max_seq_length)
         texts = sorted({*prompts, *self.chosen, *self.rejected})  # each distinct text is encoded once
         row = {text: i for i, text in enumerate(texts)}
-        vectors = np.asarray(encoder.encode(texts, batch_size=self.batch_size), dtype=np.float64)
+        with stage("preference"):
+            vectors = np.asarray(encoder.encode(texts, batch_size=self.batch_size), dtype=np.float64)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
         def cosine(replies: list[str]) -> np.ndarray:
@@ -226,6 +229,9 @@ class PreferenceEvaluator:
         return cosine(self.chosen), cosine(self.rejected)
 
     def _scorer(self, model: SupportsEncode | RewardScorer) -> RewardScorer:
+        from embedkit.encoders import Encoder
+        from embedkit.encoders.reward import RewardModel
+
         if isinstance(model, RewardScorer):
             return model
         if self.reward_head is not None and isinstance(model, Encoder):

@@ -25,6 +25,7 @@ import pytrec_eval
 from embedkit.data.beir import read_beir
 from embedkit.errors import ConfigError
 from embedkit.eval.scale import SCORE_SCALE
+from embedkit.progress import stage
 from embedkit.types import TextEncoder
 
 GAINS = ("exponential", "linear")
@@ -115,8 +116,9 @@ class RetrievalEvaluator:
         data = self.data
         # a collection is scored as published, with the few empty documents some hold (BEIR's convention)
         documents = as_corpus(data.documents, allow_blank=True)
-        index = build_index(encoder, documents, spec=self.index_spec, metric="cosine", batch_size=self.batch_size)
-        found = index.search(data.queries, k=min(self.k, len(data.doc_ids)), batch_size=self.batch_size)
+        with stage("retrieval"):
+            index = build_index(encoder, documents, spec=self.index_spec, metric="cosine", batch_size=self.batch_size)
+            found = index.search(data.queries, k=min(self.k, len(data.doc_ids)), batch_size=self.batch_size)
         run: dict[str, dict[str, float]] = {}
         for query_id, ids, scores in zip(data.query_ids, found.ids, found.scores, strict=True):
             # an index may pad a short result list with id -1

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from embedkit.data import Kind, read_examples
 from embedkit.errors import DataError
 from embedkit.eval.scale import SCORE_SCALE
+from embedkit.progress import stage
 from embedkit.types import Example, SupportsEncode
 
 STS_SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".tsv", ".parquet", ".json")
@@ -25,6 +25,8 @@ STS_SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".tsv", ".parquet", ".json")
 
 def sts_spearman(embeddings1: np.ndarray, embeddings2: np.ndarray, gold: np.ndarray) -> float:
     """Spearman x100 of row-wise cosine similarity ``[n, D], [n, D]`` against ``[n]`` gold scores."""
+    from scipy.stats import spearmanr  # here: the CLI reads this package's names without loading scipy
+
     a = embeddings1 / np.maximum(np.linalg.norm(embeddings1, axis=1, keepdims=True), 1e-12)
     b = embeddings2 / np.maximum(np.linalg.norm(embeddings2, axis=1, keepdims=True), 1e-12)
     cosine = (a * b).sum(axis=1)
@@ -85,7 +87,8 @@ class STSEvaluator:
         results: dict[str, float] = {}
         for name, examples in self.sets.items():
             texts = sorted({t for e in examples for t in (e.anchor, e.positive)})
-            vectors = encoder.encode(texts, batch_size=self.batch_size)
+            with stage("sts"):
+                vectors = encoder.encode(texts, batch_size=self.batch_size)
             row = {text: i for i, text in enumerate(texts)}
             first = vectors[[row[e.anchor] for e in examples]]
             second = vectors[[row[e.positive] for e in examples]]

@@ -19,22 +19,51 @@ search as a plain function over arrays, returning ``(scores, indices)`` like ``f
 
 from __future__ import annotations
 
-from embedkit.index import bm25, exact, faiss_backend, hybrid  # noqa: F401  (register the backends)
-from embedkit.index.corpus import Corpus, Document, as_corpus
-from embedkit.index.exact import exact_search
-from embedkit.index.fusion import convex_fusion, reciprocal_rank_fusion
-from embedkit.index.index import Index, SearchResult, build_index
-from embedkit.index.spec import (
-    BACKENDS,
-    METRICS,
-    IndexConflictError,
-    IndexFileError,
-    IndexMismatchError,
-    IndexSpec,
-    IndexWarning,
-    parse_spec,
+from typing import TYPE_CHECKING
+
+from embedkit.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from embedkit.index.corpus import Corpus, Document, as_corpus
+    from embedkit.index.exact import exact_search
+    from embedkit.index.fusion import convex_fusion, reciprocal_rank_fusion
+    from embedkit.index.index import Index, SearchResult, build_index
+    from embedkit.index.spec import (
+        BACKENDS,
+        METRICS,
+        IndexConflictError,
+        IndexFileError,
+        IndexMismatchError,
+        IndexSpec,
+        IndexWarning,
+        parse_spec,
+    )
+    from embedkit.index.store import model_fingerprint
+
+# Imported on first use: `embedkit index --help` reads embedkit.index.spec without loading torch or faiss.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(("Corpus", "Document", "as_corpus"), "embedkit.index.corpus"),
+        "exact_search": "embedkit.index.exact",
+        **dict.fromkeys(("convex_fusion", "reciprocal_rank_fusion"), "embedkit.index.fusion"),
+        **dict.fromkeys(("Index", "SearchResult", "build_index"), "embedkit.index.index"),
+        **dict.fromkeys(
+            (
+                "BACKENDS",
+                "METRICS",
+                "IndexConflictError",
+                "IndexFileError",
+                "IndexMismatchError",
+                "IndexSpec",
+                "IndexWarning",
+                "parse_spec",
+            ),
+            "embedkit.index.spec",
+        ),
+        "model_fingerprint": "embedkit.index.store",
+    },
 )
-from embedkit.index.store import model_fingerprint
 
 __all__ = [
     "BACKENDS",

@@ -18,12 +18,11 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from embedkit.data.collate import text_id
+from embedkit.data.collate import longest_first, text_id
 from embedkit.errors import ConfigError, DataError
 from embedkit.index.arrays import normalized
 from embedkit.index.corpus import Corpus, CorpusSource, Document, as_corpus, batched
@@ -65,14 +64,17 @@ from embedkit.index.tuning import (
     tune_search,
     tuned_parameter,
 )
+from embedkit.progress import progress_bar
 from embedkit.types import JsonValue, TextEncoder
 from embedkit.version import __version__
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 CHUNK_SIZE = 16384
 """Documents embedded and added at a time: the corpus's embeddings are never all in memory at once."""
 SEARCH_BATCH = 4096
 """Queries embedded and searched at a time."""
-PROGRESS_FROM = 2048  # show progress bars for this many documents or queries and more
 
 
 @dataclass(frozen=True)
@@ -122,12 +124,6 @@ class IndexInfo(TypedDict):
     search_tuning: SearchTuning | None
     backend: dict[str, JsonValue]
     files: dict[str, FileDigest]
-
-
-def _progress(total: int, description: str, show: bool | None) -> tqdm:
-    return tqdm(
-        total=total, desc=description, unit="text", disable=not (total >= PROGRESS_FROM if show is None else show)
-    )
 
 
 class Index:
@@ -203,10 +199,8 @@ class Index:
     def _embed_batches(self, texts: list[str], batch_size: int, progress: tqdm) -> np.ndarray:
         """:meth:`_embed`, one batch per call so that ``progress`` moves per batch. Texts are batched longest
         first, as the encoder batches one call's texts, so that each batch pads as little as before."""
-        order = np.argsort([-len(text) for text in texts], kind="stable")
         vectors = np.empty((len(texts), self.manifest.dimension), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            positions = order[start : start + batch_size]
+        for positions in longest_first(texts, batch_size):
             vectors[positions] = self._embed([texts[i] for i in positions], batch_size)
             progress.update(len(positions))
         return vectors
@@ -296,7 +290,7 @@ class Index:
             sample_positions, sample_vectors, queries = self._sample(
                 documents, len(ids), embeddings, batch_size, seed, show_progress, tune
             )
-        progress = _progress(len(ids), "embedding and indexing", show_progress)
+        progress = progress_bar("embedding and indexing", len(ids), show=show_progress)
         start = 0
         for chunk in batched(documents, chunk_size):
             if not self.embeds:
@@ -401,7 +395,7 @@ class Index:
             wanted = set(positions.tolist())
             texts = [d.text for position, d in enumerate(documents) if position in wanted]
             what = [name for name, wanted in (("training sample", len(training)), ("tuning queries", tune)) if wanted]
-            progress = _progress(len(texts), f"embedding the {' and '.join(what)}", show)
+            progress = progress_bar(f"embedding the {' and '.join(what)}", len(texts), show=show)
             vectors = self._embed_batches(texts, batch_size, progress)
             progress.close()
         if len(training):
@@ -463,7 +457,7 @@ class Index:
                 raise DataError(f"{len(vectors)} embeddings for {len(texts)} queries")
         total = len(texts) if texts is not None else len(vectors)  # type: ignore[arg-type]
         scores, found = [], []
-        progress = _progress(total, "searching", show_progress)
+        progress = progress_bar("searching", total, show=show_progress)
         for start in range(0, total, SEARCH_BATCH):
             block_texts = None if texts is None else texts[start : start + SEARCH_BATCH]
             if vectors is not None:

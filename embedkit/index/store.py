@@ -40,15 +40,15 @@ from typing import TYPE_CHECKING, TypeVar
 from weakref import WeakKeyDictionary
 
 import numpy as np
-import torch
-from torch import nn
 
 from embedkit.errors import DataError
 from embedkit.fsutil import owned_directory, remove_if_abandoned
 from embedkit.index.spec import IndexFileError
 from embedkit.types import JsonValue
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: the CLI reads the index folder constants without loading torch
+    from torch import nn
+
     from embedkit.index.tuning import SearchTuning
 
 MANIFEST_FILE = "manifest.json"
@@ -92,6 +92,8 @@ def model_fingerprint(model: nn.Module) -> str:
     Cached per model; the cache key holds each tensor's storage address and version counter, which every
     in-place update (an optimizer step) bumps, so a model trained after fingerprinting gets a new fingerprint.
     """
+    import torch
+
     state = model.state_dict()
     key = tuple((name, tensor.data_ptr(), tensor._version) for name, tensor in state.items())
     cached = _FINGERPRINTS.get(model)

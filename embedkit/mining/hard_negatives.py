@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from embedkit.data import Examples
 from embedkit.data.collate import text_id
@@ -57,6 +56,7 @@ from embedkit.losses.steps import (
     apply_steps,
     build_steps,
 )
+from embedkit.progress import progress_bar
 from embedkit.types import Example, Kind, Scores, TextEncoder
 
 SAMPLING = ("top", "random")
@@ -281,12 +281,7 @@ def filter_candidates(
 
     anchor_groups = torch.tensor([text_id(text) for text in anchors], dtype=torch.long)
     kept = np.zeros((len(rows), internal.shape[1]), dtype=bool)
-    progress = tqdm(
-        total=len(rows),
-        desc="mining",
-        unit="pair",
-        disable=not (len(rows) >= 2048 if show_progress is None else show_progress),
-    )
+    progress = progress_bar("mining", len(rows), unit="pair", show=show_progress)
     for start in range(0, len(rows), rows_per_table):
         part = slice(start, start + rows_per_table)
         a, p = pair_anchor[part], pair_positive[part]

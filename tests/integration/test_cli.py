@@ -225,3 +225,32 @@ def test_a_missing_file_named_like_a_dataset_is_reported_missing_offline(tmp_pat
     assert done.returncode == 2 and not (tmp_path / "e.npy").exists()
     assert one_line_error(done.stderr).startswith(
         "embedkit: error: org/missing: no such file (and the Hugging Face hub cannot be reached")
+
+
+def test_quiet_hides_bars_and_verbose_adds_debug_messages(capsys, tiny_model_path, tmp_path) -> None:
+    (tmp_path / "s.txt").write_text("".join(text + "\n" for text in TINY_TEXTS))
+    encode = ["encode", "--model", str(tiny_model_path), "--input", str(tmp_path / "s.txt"),
+              "--output", str(tmp_path / "e.npy")]
+    code, out, err = run(capsys, *encode)
+    assert code == 0 and "encode: 100%" in err and "debug:" not in err and out.startswith("wrote 8 x 32")
+    code, out, err = run(capsys, "-q", *encode)
+    assert code == 0 and err == "" and out.startswith("wrote 8 x 32")  # results still print
+    code, _, err = run(capsys, "--verbose", *encode)
+    assert code == 0 and f"embedkit: debug: loading model {str(tiny_model_path)!r}" in err
+    with pytest.raises(SystemExit):
+        main(["-q", "-v", "losses"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_index_info_loads_no_model_library(capsys, tiny_model_path, tmp_path) -> None:
+    (tmp_path / "corpus.txt").write_text("".join(text + "\n" for text in TINY_TEXTS))
+    code, _, _ = run(capsys, "index", "build", "--model", str(tiny_model_path), "--spec", "faiss:Flat",
+                     "--corpus", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "idx"), "--json")
+    assert code == 0
+    script = ("import json, sys\nfrom embedkit.cli import main\nmain(['index', 'info', sys.argv[1], '--json'])\n"
+              "print(json.dumps([m for m in ('sentence_transformers', 'transformers', 'scipy', 'torch') "
+              "if m in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "idx")], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []  # a faiss index needs faiss alone
