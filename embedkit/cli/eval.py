@@ -71,7 +71,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                            help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     retrieval.add_argument("--split", default="test", help="the qrels split (default: test)")
     retrieval.add_argument("--index", default="torch",
-                           help="index spec: torch, faiss:Flat, faiss:HNSW32, ... (default: torch)")
+                           help="index spec: torch, faiss:Flat, faiss:HNSW32, bm25, hybrid:faiss:Flat, ... "
+                           "(default: torch)")
     retrieval.add_argument("--k", type=int, default=100,
                            help="documents retrieved per query; MAP is over them (default: 100)")
     retrieval.add_argument("--recall-at", type=_cutoffs, default=(1, 10, 100),
@@ -190,6 +191,7 @@ def _print_curve(curve: dict[int, dict[str, float]]) -> None:
 
 def cmd_eval_sts(args: argparse.Namespace) -> int:
     from embedkit.eval import STSEvaluator
+    from embedkit.eval.scale import scale_fields
 
     evaluator = STSEvaluator(args.data, batch_size=args.batch_size)
     curve = _metrics_by_dimension(evaluator, args)
@@ -202,8 +204,12 @@ def cmd_eval_sts(args: argparse.Namespace) -> int:
         return 0
     results = evaluator(load_model(args))
     if args.json:
-        print_json({"model": args.model, "task": "sts", "data": str(args.data), "metrics": results})
+        print_json({"model": args.model, "task": "sts", "data": str(args.data),
+                    "pairs": {name: len(examples) for name, examples in evaluator.sets.items()},
+                    **scale_fields(results), "metrics": results})
     else:
+        sizes = ", ".join(f"{len(examples)} pairs in {name}" for name, examples in evaluator.sets.items())
+        print(f"{sizes}; Spearman x100")
         for name, value in results.items():
             print(f"{name:<40} {value:7.2f}")
     return 0
@@ -211,12 +217,13 @@ def cmd_eval_sts(args: argparse.Namespace) -> int:
 
 def cmd_eval_run(args: argparse.Namespace) -> int:
     from embedkit.eval.runs import read_qrels, read_run, score_run
+    from embedkit.eval.scale import scale_fields
 
     qrels = read_qrels(args.qrels, args.split)
     results = score_run(read_run(args.run), qrels, k=args.k, gain=args.gain)
     if args.json:
         print_json({"task": "run", "run": str(args.run), "qrels": str(args.qrels), "queries": len(qrels),
-                    "gain": args.gain, "scale": "x100", "metrics": results})
+                    "gain": args.gain, **scale_fields(results), "metrics": results})
     else:
         print(f"{len(qrels)} judged queries, nDCG with {args.gain} gains, x100")
         _print_metrics(results)
@@ -225,6 +232,7 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
 
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     from embedkit.eval.retrieval import RetrievalEvaluator
+    from embedkit.eval.scale import scale_fields
 
     evaluator = RetrievalEvaluator(
         args.data, split=args.split, index_spec=args.index, k=args.k, recall_at=args.recall_at, gain=args.gain,
@@ -243,10 +251,12 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     results = evaluator(load_model(args))
     if args.json:
         print_json({"model": args.model, "task": "retrieval", "data": str(args.data), "split": args.split,
-                     "index": args.index, "queries": len(evaluator.data.query_ids), "gain": args.gain,
-                     "scale": "x100", "metrics": results})
+                     "index": args.index, "queries": len(evaluator.data.query_ids),
+                     "documents": len(evaluator.data.doc_ids), "gain": args.gain, **scale_fields(results),
+                     "metrics": results})
     else:
-        print(f"{len(evaluator.data.query_ids)} {args.split} queries, nDCG with {args.gain} gains, x100")
+        print(f"{len(evaluator.data.query_ids)} {args.split} queries over {len(evaluator.data.doc_ids)} documents, "
+              f"nDCG with {args.gain} gains, x100")
         _print_metrics(results)
     return 0
 
@@ -254,13 +264,14 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
 def cmd_eval_mteb(args: argparse.Namespace) -> int:
     require("mteb", "eval", "embedkit eval mteb")
     from embedkit.eval.mteb_adapter import run_mteb
+    from embedkit.eval.scale import scale_fields
 
     outcomes = run_mteb(
         load_model(args), args.tasks, local_tasks=args.local_tasks, task_source=args.source, model_source=args.model,
         output_dir=args.out, batch_size=args.batch_size,
     )
     if args.json:
-        print_json({"model": args.model, "task": "mteb", "results": [vars(o) for o in outcomes]})
+        print_json({"model": args.model, "task": "mteb", **scale_fields(()), "results": [vars(o) for o in outcomes]})
         return 0
     for o in outcomes:
         print(f"{o.task:<30} {o.source:<6} {o.main_score_name:<18} {o.main_score:8.2f}")
@@ -270,6 +281,7 @@ def cmd_eval_mteb(args: argparse.Namespace) -> int:
 
 def cmd_eval_geometry(args: argparse.Namespace) -> int:
     from embedkit.eval.geometry import GeometryEvaluator
+    from embedkit.eval.scale import scale_fields
 
     evaluator = GeometryEvaluator(
         args.data, sentences=args.sentences, positive_threshold=args.threshold, max_sentences=args.max_sentences,
@@ -279,7 +291,7 @@ def cmd_eval_geometry(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"model": args.model, "task": "geometry", "data": str(args.data),
                      "positive_pairs": len(evaluator.positive_pairs), "sentences": len(evaluator.sample),
-                     "metrics": results})
+                     **scale_fields(results), "metrics": results})
     else:
         for name, value in results.items():
             print(f"{name:<40} {value:8.4f}")
@@ -306,6 +318,7 @@ def cmd_eval_all(args: argparse.Namespace) -> int:
 def cmd_eval_preference(args: argparse.Namespace) -> int:
     from embedkit.encoders.reward import load_reward_model
     from embedkit.eval.preference import PreferenceEvaluator, RewardScorer
+    from embedkit.eval.scale import scale_fields
     from embedkit.types import SupportsEncode
 
     evaluator = PreferenceEvaluator(
@@ -323,7 +336,8 @@ def cmd_eval_preference(args: argparse.Namespace) -> int:
         model = load_model(args)
     report = evaluator.report(model)
     if args.json:
-        print_json({"model": args.model, "task": "preference", "data": str(args.data), **report.to_dict()})
+        print_json({"model": args.model, "task": "preference", "data": str(args.data),
+                    **scale_fields(report.metrics()), **report.to_dict()})
         return 0
     print(f"{'accuracy':<14} {report.accuracy:7.2f}  (95% CI {report.accuracy_low:.2f} to {report.accuracy_high:.2f}, "
           f"n = {report.n}, ties = {report.ties})")

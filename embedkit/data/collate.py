@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from embedkit.types import PADDING_GROUP, Example, Kind, TextBatch
+
+if TYPE_CHECKING:  # imported where used: reading data does not load torch
+    import torch
 
 
 def collate(examples: Sequence[Example], kind: Kind) -> TextBatch:
@@ -24,6 +26,8 @@ def collate(examples: Sequence[Example], kind: Kind) -> TextBatch:
     """
     if not examples:
         raise ValueError("cannot collate an empty batch")
+    import torch
+
     width = max(len(example.negatives) for example in examples)
     anchors = [example.anchor for example in examples]
     positives = [example.positive for example in examples]
@@ -50,6 +54,8 @@ def _negative(example: Example, column: int) -> str:
 
 def _negative_ids(examples: Sequence[Example], column: int) -> torch.Tensor:
     """``[B]`` group ids of one column of negatives, :data:`PADDING_GROUP` where a row has none."""
+    import torch
+
     return torch.tensor(
         [text_id(e.negatives[column]) if column < len(e.negatives) else PADDING_GROUP for e in examples],
         dtype=torch.long,
@@ -61,12 +67,23 @@ def text_id(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
+def longest_first(texts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """The positions of ``texts`` in batches of ``batch_size``, longest text first (ties in input order), so
+    that each batch holds texts of similar length and pads little."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def text_ids(texts: Sequence[str]) -> torch.Tensor:
     """``[len(texts)]`` long: :func:`text_id` of each text."""
+    import torch
+
     return torch.tensor([text_id(text) for text in texts], dtype=torch.long)
 
 
 def _scores(examples: Sequence[Example]) -> torch.Tensor | None:
+    import torch
+
     scores = [example.score for example in examples]
     if any(score is None for score in scores):
         return None

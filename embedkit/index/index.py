@@ -19,15 +19,15 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from embedkit.data.collate import text_id
+from embedkit.data.collate import longest_first, text_id
 from embedkit.errors import ConfigError, DataError
 from embedkit.index.arrays import normalized
 from embedkit.index.corpus import Corpus, CorpusSource, Document, as_corpus, batched
+from embedkit.index.faiss_backend import FaissBackend
 from embedkit.index.folder import DEFAULT_LOCK_TIMEOUT, check_replaceable, check_unchanged, commit, reading, writer_lock
 from embedkit.index.spec import (
     BACKENDS,
@@ -35,9 +35,11 @@ from embedkit.index.spec import (
     IndexFileError,
     IndexMismatchError,
     IndexSpec,
+    TextBackend,
     backend_metric,
     check_device,
     check_metric,
+    needs_encoder,
     parse_spec,
 )
 from embedkit.index.store import (
@@ -53,14 +55,27 @@ from embedkit.index.store import (
     read_manifest,
     write_files,
 )
+from embedkit.index.tuning import (
+    DEFAULT_TARGET_RECALL,
+    RECALL_AT,
+    HeldOutQueries,
+    SearchTuning,
+    check_target_recall,
+    query_count,
+    tune_search,
+    tuned_parameter,
+)
+from embedkit.progress import progress_bar
 from embedkit.types import JsonValue, TextEncoder
 from embedkit.version import __version__
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 CHUNK_SIZE = 16384
 """Documents embedded and added at a time: the corpus's embeddings are never all in memory at once."""
 SEARCH_BATCH = 4096
 """Queries embedded and searched at a time."""
-PROGRESS_FROM = 2048  # show progress bars for this many documents or queries and more
 
 
 @dataclass(frozen=True)
@@ -68,8 +83,8 @@ class SearchResult:
     """Search results, best first; unpacks like faiss's ``D, I``: ``scores, ids = index.search(...)``.
 
     Attributes:
-        scores: ``[n, k]`` float32; similarities (cosine, ip) or squared distances (l2). Empty slots (fewer
-            than ``k`` vectors in the index) hold ``-inf`` (``+inf`` for l2).
+        scores: ``[n, k]`` float32; similarities (cosine, ip), squared distances (l2), BM25 scores (``bm25``)
+            or fused scores (``hybrid``). Empty slots (fewer than ``k`` results) hold ``-inf`` (``+inf`` for l2).
         ids: ``[n, k]`` external ids: int64 (empty slots ``-1``) or object holding ``str`` (empty slots ``None``).
         texts: ``[n, k]`` object array of texts when payloads were asked for, else ``None``.
         metadata: ``[n, k]`` object array of metadata dicts (or ``None``) when payloads were asked for.
@@ -108,14 +123,9 @@ class IndexInfo(TypedDict):
     created: str
     embedkit_version: str
     search_params: dict[str, float]
+    search_tuning: SearchTuning | None
     backend: dict[str, JsonValue]
     files: dict[str, FileDigest]
-
-
-def _progress(total: int, description: str, show: bool | None) -> tqdm:
-    return tqdm(
-        total=total, desc=description, unit="text", disable=not (total >= PROGRESS_FROM if show is None else show)
-    )
 
 
 class Index:
@@ -147,6 +157,8 @@ class Index:
     def encoder(self) -> TextEncoder:
         """The encoder that embeds text queries: the one given, else the manifest's model, loaded on first use."""
         if self._encoder is None:
+            if not self.embeds:
+                raise ConfigError(f"index {self.manifest.spec!r} embeds nothing, so it has no encoder")
             from embedkit.encoders import load_encoder
 
             encoder = load_encoder(self.manifest.model_name, truncate_dim=self.manifest.truncate_dim)
@@ -159,12 +171,20 @@ class Index:
         self.check_encoder(encoder)
         self._encoder = encoder
 
+    @property
+    def embeds(self) -> bool:
+        """Whether the index embeds documents and queries (every kind but ``bm25``)."""
+        return needs_encoder(self.manifest.spec)
+
     def check_encoder(self, encoder: TextEncoder) -> None:
-        """Refuse an encoder whose model weights or dimension differ from those that built the index.
+        """Refuse an encoder whose model weights or dimension differ from those that built the index (any encoder
+        fits an index that embeds nothing: it is not used).
 
         Raises:
             IndexMismatchError: names both models, their fingerprints and dimensions.
         """
+        if not self.embeds:
+            return
         fingerprint = model_fingerprint(encoder.model)
         if fingerprint == self.manifest.model_fingerprint and encoder.dim != self.manifest.dimension:
             cut = self.manifest.truncate_dim
@@ -189,10 +209,8 @@ class Index:
     def _embed_batches(self, texts: list[str], batch_size: int, progress: tqdm) -> np.ndarray:
         """:meth:`_embed`, one batch per call so that ``progress`` moves per batch. Texts are batched longest
         first, as the encoder batches one call's texts, so that each batch pads as little as before."""
-        order = np.argsort([-len(text) for text in texts], kind="stable")
         vectors = np.empty((len(texts), self.manifest.dimension), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            positions = order[start : start + batch_size]
+        for positions in longest_first(texts, batch_size):
             vectors[positions] = self._embed([texts[i] for i in positions], batch_size)
             progress.update(len(positions))
         return vectors
@@ -225,11 +243,17 @@ class Index:
         Ids are checked first (type, duplicates, ids already in the index), so a bad id fails before anything is
         embedded. The corpus is embedded ``chunk_size`` documents at a time. An index that needs training (IVF,
         PQ) is trained on its first add, on a seeded sample of the corpus whose embeddings are kept for the add.
+        An index of texts (``bm25``, ``hybrid``) then rebuilds its text index from every stored document.
+
+        The search parameters tuned when the index was built (:func:`build_index`) are kept, not tuned again:
+        that would take the exact vectors of every document in the index, which a quantized index no longer
+        holds, so the whole corpus would be embedded again. The manifest's ``search_tuning`` names the number of
+        documents it was measured on; build the index again to tune it for a corpus that has grown much.
 
         Args:
             corpus: see :func:`~embedkit.index.corpus.as_corpus`.
             embeddings: ``[n, D]`` precomputed embeddings of the corpus's texts by this index's model, in corpus
-                order; nothing is encoded then.
+                order; nothing is encoded then (an index that embeds nothing ignores them).
             batch_size: encoding batch size.
             chunk_size: documents embedded and added at a time.
             seed: seed of the training sample.
@@ -239,6 +263,20 @@ class Index:
             DataError: a bad id or row; ``embeddings`` of the wrong length.
             ConfigError: too few documents to train the index.
         """
+        return self._add(corpus, embeddings, batch_size, chunk_size, seed, show_progress, target_recall=None)
+
+    def _add(
+        self,
+        corpus: CorpusSource,
+        embeddings: np.ndarray | None,
+        batch_size: int,
+        chunk_size: int,
+        seed: int,
+        show_progress: bool | None,
+        target_recall: float | None,
+    ) -> int:
+        """:meth:`add`; with a ``target_recall``, the search parameter is then tuned for it (see
+        :mod:`embedkit.index.tuning`), against exact search over the documents of this add."""
         if chunk_size < 1:
             raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
         documents = as_corpus(corpus)
@@ -247,30 +285,62 @@ class Index:
         taken = self.store.present(ids) if len(self.store) else []
         if taken:
             raise DataError(f"{len(taken)} ids are already in the index, e.g. {taken[:3]}", documents.name)
+        if not self.embeds:
+            embeddings = None
         if embeddings is not None:
             embeddings = np.asarray(embeddings)
             self._check_dimension(embeddings)
             if len(embeddings) != len(ids):
                 raise DataError(f"{len(embeddings)} embeddings for {len(ids)} documents", documents.name)
+        tune = target_recall is not None and query_count(len(ids)) > 0 and tuned_parameter(self.backend) is not None
         sample_positions = np.zeros(0, dtype=np.int64)
         sample_vectors = np.zeros((0, self.manifest.dimension), dtype=np.float32)
-        if self.backend.needs_training:
-            sample_positions, sample_vectors = self._train(
-                documents, len(ids), embeddings, batch_size, seed, show_progress
+        queries: HeldOutQueries | None = None
+        if self.backend.needs_training or tune:
+            sample_positions, sample_vectors, queries = self._sample(
+                documents, len(ids), embeddings, batch_size, seed, show_progress, tune
             )
-        progress = _progress(len(ids), "embedding and indexing", show_progress)
+        progress = progress_bar("embedding and indexing", len(ids), show=show_progress)
         start = 0
         for chunk in batched(documents, chunk_size):
-            vectors = self._chunk_vectors(
-                chunk, start, embeddings, sample_positions, sample_vectors, batch_size, progress
-            )
-            with self.store.transaction():
-                self.backend.add(vectors, self._insert_payloads(chunk))
+            if not self.embeds:
+                with self.store.transaction():
+                    self._insert_payloads(chunk)
+                progress.update(len(chunk))
+            else:
+                vectors = self._chunk_vectors(
+                    chunk, start, embeddings, sample_positions, sample_vectors, batch_size, progress
+                )
+                with self.store.transaction():
+                    internal = self._insert_payloads(chunk)
+                    if queries is not None:
+                        vectors, internal = queries.withhold(start, vectors, internal)
+                    self.backend.add(vectors, internal)
             start += len(chunk)
         progress.close()
+        self.index_texts()
         self.manifest.count = len(self.backend)
         self.manifest.id_type = id_type
+        if queries is not None and target_recall is not None:
+            self._tune(queries, target_recall)
         return len(ids)
+
+    def index_texts(self) -> None:
+        """Rebuild the text index of a ``bm25`` or ``hybrid`` index from every stored document (nothing for other
+        kinds): after an add or a remove, as BM25 cannot be updated in place (see :mod:`embedkit.index.bm25`)."""
+        if isinstance(self.backend, TextBackend):
+            self.backend.index_texts(*self.store.texts())
+
+    def _tune(self, queries: HeldOutQueries, target_recall: float) -> None:
+        """Set the search parameter that reaches ``target_recall`` for ``queries``, held out of an index that
+        holds every other document; then add them, and record the tuning in the manifest."""
+        if not isinstance(self.backend, FaissBackend):
+            raise ConfigError(f"index {self.manifest.spec!r} has no search parameter to tune")
+        tuning = tune_search(self.backend, queries, target_recall, len(self.backend) + len(queries.ids))
+        queries.restore(self.backend)
+        self.set_search_params(**{tuning["parameter"]: tuning["value"]})
+        self.manifest.search_tuning = tuning
+        self.manifest.count = len(self.backend)
 
     def _insert_payloads(self, documents: Sequence[Document]) -> np.ndarray:
         """Store the ids, texts and metadata of ``documents`` (inside a store transaction); ``[n]`` internal ids."""
@@ -308,24 +378,43 @@ class Index:
             vectors[~kept] = self._embed_batches(texts, batch_size, progress)
         return vectors
 
-    def _train(
-        self, documents: Corpus, n: int, embeddings: np.ndarray | None, batch_size: int, seed: int, show: bool | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Train the backend on a seeded sample; returns ``([s] sorted positions, [s, D] their vectors)``."""
-        size = self.backend.training_size(n)
-        if size == 0:
-            raise ConfigError(f"index {self.manifest.spec!r} must be trained, but the corpus is empty")
-        positions = training_positions(n, size, seed)
+    def _sample(
+        self,
+        documents: Corpus,
+        n: int,
+        embeddings: np.ndarray | None,
+        batch_size: int,
+        seed: int,
+        show: bool | None,
+        tune: bool,
+    ) -> tuple[np.ndarray, np.ndarray, HeldOutQueries | None]:
+        """Embed the seeded samples needed before the first chunk: the training sample of an index that needs
+        training (which is trained on it here), and with ``tune`` the corpus vectors that serve as tuning
+        queries. Returns ``([s] sorted positions, [s, D] their vectors, the tuning queries)``."""
+        training = np.zeros(0, dtype=np.int64)
+        if self.backend.needs_training:
+            size = self.backend.training_size(n)
+            if size == 0:
+                raise ConfigError(f"index {self.manifest.spec!r} must be trained, but the corpus is empty")
+            training = training_positions(n, size, seed)
+        queries = training_positions(n, query_count(n), seed) if tune else np.zeros(0, dtype=np.int64)
+        positions = np.union1d(training, queries)
         if embeddings is not None:
             vectors = self._prepared(embeddings[positions])
         else:
             wanted = set(positions.tolist())
             texts = [d.text for position, d in enumerate(documents) if position in wanted]
-            progress = _progress(len(texts), "embedding the training sample", show)
+            what = [name for name, wanted in (("training sample", len(training)), ("tuning queries", tune)) if wanted]
+            progress = progress_bar(f"embedding the {' and '.join(what)}", len(texts), show=show)
             vectors = self._embed_batches(texts, batch_size, progress)
             progress.close()
-        self.backend.train(vectors)
-        return positions, vectors
+        if len(training):
+            self.backend.train(vectors[np.isin(positions, training)])
+        held_out = None
+        if tune:
+            k = min(RECALL_AT, n - len(queries))
+            held_out = HeldOutQueries(queries, vectors[np.isin(positions, queries)], k, self.backend.metric)
+        return positions, vectors, held_out
 
     def remove(self, ids: Sequence[int | str]) -> int:
         """Remove documents by external id; returns how many were removed.
@@ -340,6 +429,7 @@ class Index:
         with self.store.transaction():
             self.store.delete(internal)
             removed = self.backend.remove(internal)
+            self.index_texts()
         self.manifest.count = len(self.backend)
         return removed
 
@@ -350,11 +440,17 @@ class Index:
         k: int = 10,
         batch_size: int = 64,
         show_progress: bool | None = None,
+        *,
+        embeddings: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`search`, but returns ``(scores [n, k], internal ids [n, k] int64)``, for embedkit's own
-        code (the miner) that maps ids itself."""
+        code (the miner) that maps ids itself. ``embeddings``: ``[n, D]`` precomputed embeddings of the query
+        texts, used instead of embedding them (a ``hybrid`` index needs both)."""
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
+        lexical = self.backend if isinstance(self.backend, TextBackend) else None
+        if lexical is not None and isinstance(queries, np.ndarray):
+            raise ConfigError(f"index {self.manifest.spec!r} searches texts: give the query texts, not vectors")
         texts: list[str] | None = None
         vectors: np.ndarray | None = None
         if isinstance(queries, str):
@@ -365,18 +461,28 @@ class Index:
             texts = list(queries)
             if not all(isinstance(text, str) for text in texts):
                 raise DataError("queries must be texts or an [n, D] array of vectors")
+        if embeddings is not None and texts is not None and self.embeds:
+            vectors = self._prepared(embeddings)
+            if len(vectors) != len(texts):
+                raise DataError(f"{len(vectors)} embeddings for {len(texts)} queries")
         total = len(texts) if texts is not None else len(vectors)  # type: ignore[arg-type]
         scores, found = [], []
-        progress = _progress(total, "searching", show_progress)
+        progress = progress_bar("searching", total, show=show_progress)
         for start in range(0, total, SEARCH_BATCH):
-            if texts is not None:
-                block = self._embed(texts[start : start + SEARCH_BATCH], batch_size)
+            block_texts = None if texts is None else texts[start : start + SEARCH_BATCH]
+            if vectors is not None:
+                block = vectors[start : start + SEARCH_BATCH]
+            elif self.embeds:
+                block = self._embed(block_texts, batch_size)  # type: ignore[arg-type]
             else:
-                block = vectors[start : start + SEARCH_BATCH]  # type: ignore[index]
-            block_scores, block_ids = self.backend.search(block, int(k))
+                block = None
+            if lexical is not None:
+                block_scores, block_ids = lexical.search_texts(block_texts, block, int(k))  # type: ignore[arg-type]
+            else:
+                block_scores, block_ids = self.backend.search(block, int(k))  # type: ignore[arg-type]
             scores.append(block_scores)
             found.append(block_ids)
-            progress.update(len(block))
+            progress.update(len(block_ids))
         progress.close()
         if not scores:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
@@ -395,7 +501,7 @@ class Index:
 
         Args:
             queries: a text, a list of texts (embedded with :attr:`encoder`), or ``[n, D]`` vectors (normalised
-                here when the metric is cosine).
+                here when the metric is cosine; not for ``bm25`` and ``hybrid`` indexes, which search texts).
             k: results per query.
             return_payloads: also return the texts and metadata of the results.
             batch_size: encoding batch size.
@@ -509,6 +615,7 @@ class Index:
             "created": self.manifest.created,
             "embedkit_version": self.manifest.embedkit_version or __version__,
             "search_params": dict(self.manifest.search_params),
+            "search_tuning": self.manifest.search_tuning,
             "backend": self.backend.describe(),
             "files": dict(self.manifest.files),
         }
@@ -554,29 +661,36 @@ def training_positions(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def empty_index(encoder: TextEncoder, spec: str | IndexSpec, metric: str, device: str) -> Index:
-    """An index with nothing in it yet, for ``encoder``'s embeddings (see :func:`build_index`)."""
+def empty_index(encoder: TextEncoder | None, spec: str | IndexSpec, metric: str, device: str) -> Index:
+    """An index with nothing in it yet, for ``encoder``'s embeddings (see :func:`build_index`); an index that
+    embeds nothing (``bm25``) records no model (name, fingerprint ``""``, dimension 0) and ignores ``encoder``."""
     parsed = parse_spec(spec)
     metric = check_metric(metric)
-    backend = BACKENDS.get(parsed.backend).create(parsed, encoder.dim, backend_metric(metric), check_device(device))
+    embeds = needs_encoder(parsed)
+    if embeds and encoder is None:
+        raise ConfigError(f"index {str(parsed)!r} embeds its documents: give an encoder")
+    model = encoder if embeds else None
+    dim = 0 if model is None else model.dim
+    backend = BACKENDS.get(parsed.backend).create(parsed, dim, backend_metric(metric), check_device(device))
     manifest = Manifest(
         spec=str(parsed),
         metric=metric,
         normalize=metric == "cosine",
-        dimension=encoder.dim,
-        model_name=encoder.name,
-        model_fingerprint=model_fingerprint(encoder.model),
+        dimension=dim,
+        model_name="" if model is None else model.name,
+        model_fingerprint="" if model is None else model_fingerprint(model.model),
         embedkit_version=__version__,
         created=now(),
         truncate_dim=truncation_of(encoder),
     )
     index = Index(backend, PayloadStore.create(), manifest)
-    index.encoder = encoder
+    if model is not None:
+        index.encoder = model
     return index
 
 
 def build_index(
-    encoder: TextEncoder,
+    encoder: TextEncoder | None,
     corpus: CorpusSource,
     spec: str | IndexSpec = "torch",
     metric: str = "cosine",
@@ -587,31 +701,38 @@ def build_index(
     device: str = "auto",
     seed: int = 0,
     show_progress: bool | None = None,
+    target_recall: float | None = DEFAULT_TARGET_RECALL,
 ) -> Index:
-    """Embed a corpus with ``encoder`` and index it.
+    """Embed a corpus with ``encoder`` and index it; an approximate index (IVF, HNSW) gets the search parameter
+    that reaches ``target_recall`` (see :mod:`embedkit.index.tuning`).
 
     Args:
         encoder: any :class:`~embedkit.types.TextEncoder` (its ``name``, ``dim`` and ``model`` go into the
-            manifest).
+            manifest); ``None`` for an index that embeds nothing (``bm25``), which ignores it anyway.
         corpus: a jsonl/csv/tsv/parquet/txt file, a BEIR folder or its ``corpus.jsonl`` (text = title + " " +
             text), a list of texts (ids 0..n-1), or a list of ``(id, text[, metadata])`` (see
             :func:`~embedkit.index.corpus.as_corpus`).
-        spec: ``"torch"``, ``"torch:cuda"``, ``"faiss:Flat"``, ``"faiss:IVF1024,Flat"``, ``"faiss:HNSW32"``, ...
+        spec: ``"torch"``, ``"torch:cuda"``, ``"faiss:Flat"``, ``"faiss:IVF1024,Flat"``, ``"faiss:HNSW32"``,
+            ``"bm25"``, ``"hybrid:faiss:Flat"``, ... (see :mod:`embedkit.index.bm25`, :mod:`embedkit.index.hybrid`).
         metric: ``"cosine"`` (normalised inner product), ``"ip"`` or ``"l2"``.
         embeddings: ``[n, D]`` precomputed embeddings of the corpus by ``encoder``, in corpus order.
         batch_size: encoding batch size.
         chunk_size: documents embedded and added at a time (bounds memory).
         device: ``"auto"`` (faiss on the GPU when it sees one), ``"gpu"`` or ``"cpu"``.
-        seed: seed of the training sample of IVF/PQ indexes.
+        seed: seed of the training sample of IVF/PQ indexes and of the tuning queries.
         show_progress: progress bars; by default for 2,048 documents or more.
+        target_recall: the recall@10 against exact search to tune ``nprobe`` (IVF) or ``efSearch`` (HNSW) for,
+            with a tenth of the corpus (at most 1,000 documents) as queries, held out of the index while it is
+            tuned; the smallest value that reaches it is saved with the index (``manifest.search_tuning`` says
+            what was measured). ``None``: faiss's defaults.
+
+    Raises:
+        ConfigError: a ``target_recall`` outside ``(0, 1]``; too few documents to train the index.
+
+    Warns:
+        IndexWarning: no value of the parameter reaches ``target_recall`` (the best one is kept).
     """
+    target = check_target_recall(target_recall)
     index = empty_index(encoder, spec, metric, device)
-    index.add(
-        corpus,
-        embeddings=embeddings,
-        batch_size=batch_size,
-        chunk_size=chunk_size,
-        seed=seed,
-        show_progress=show_progress,
-    )
+    index._add(corpus, embeddings, batch_size, chunk_size, seed, show_progress, target_recall=target)
     return index

@@ -186,19 +186,13 @@ def test_simcse_unsup_recipe_has_the_paper_settings() -> None:
 
 
 def test_retrieval_is_a_dev_metric_that_picks_the_best_model(tmp_path, tiny_model_path) -> None:
-    from conftest import TINY_TEXTS
+    from conftest import TINY_TEXTS, write_beir
 
     from embedkit.training.recipe import run_training
 
-    folder = tmp_path / "beir"
-    (folder / "qrels").mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n"
-                                                 for i, t in enumerate(TINY_TEXTS)))
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": " ".join(t.split()[:3])}) + "\n"
-                                                  for i, t in enumerate(TINY_TEXTS)))
-    qrels = "".join(f"q{i}\td{i}\t1\n" for i in range(len(TINY_TEXTS)))
-    for split in ("train", "dev"):
-        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
+    folder = write_beir(tmp_path / "beir", {f"d{i}": ("", t) for i, t in enumerate(TINY_TEXTS)},
+                        {f"q{i}": " ".join(t.split()[:3]) for i, t in enumerate(TINY_TEXTS)},
+                        [(f"q{i}", f"d{i}", 1) for i in range(len(TINY_TEXTS))], splits=("train", "dev"))
     (tmp_path / "sts.jsonl").write_text("".join(
         json.dumps({"sentence1": TINY_TEXTS[i], "sentence2": TINY_TEXTS[i + 1], "score": i}) + "\n" for i in range(5)))
     raw = {
