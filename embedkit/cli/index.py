@@ -327,8 +327,7 @@ def _search_many(index: Index, queries: list[Document], args: argparse.Namespace
 # -- parsers -------------------------------------------------------------------------------------------------
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``index`` (build, info, add, remove) and ``search``."""
-    from embedkit.index.spec import METRICS
-    from embedkit.index.tuning import DEFAULT_TARGET_RECALL
+    from embedkit.index.spec import DEFAULT_TARGET_RECALL, METRICS
 
     index = commands.add_parser("index", help="build, inspect and change an index folder")
     actions = index.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -31,6 +31,7 @@ from embedkit.index.faiss_backend import FaissBackend
 from embedkit.index.folder import DEFAULT_LOCK_TIMEOUT, check_replaceable, check_unchanged, commit, reading, writer_lock
 from embedkit.index.spec import (
     BACKENDS,
+    DEFAULT_TARGET_RECALL,
     Backend,
     IndexFileError,
     IndexMismatchError,
@@ -56,7 +57,6 @@ from embedkit.index.store import (
     write_files,
 )
 from embedkit.index.tuning import (
-    DEFAULT_TARGET_RECALL,
     RECALL_AT,
     HeldOutQueries,
     SearchTuning,

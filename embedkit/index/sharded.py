@@ -24,10 +24,9 @@ from embedkit import distributed
 from embedkit.index.corpus import CorpusSource, as_corpus
 from embedkit.index.faiss_backend import FaissBackend
 from embedkit.index.index import CHUNK_SIZE, Index, build_index, empty_index, training_positions
-from embedkit.index.spec import IndexSpec, needs_encoder
+from embedkit.index.spec import DEFAULT_TARGET_RECALL, IndexSpec, needs_encoder
 from embedkit.index.store import check_ids
 from embedkit.index.tuning import (
-    DEFAULT_TARGET_RECALL,
     RECALL_AT,
     HeldOutQueries,
     check_target_recall,

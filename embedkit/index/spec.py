@@ -25,6 +25,10 @@ distance (smaller is closer; scores are distances, in ascending order)."""
 
 DEVICES = ("auto", "cpu", "gpu")
 
+DEFAULT_TARGET_RECALL = 0.95
+"""The recall@10 against exact search that :func:`~embedkit.index.build_index` tunes an approximate index's search
+parameter for by default (:mod:`embedkit.index.tuning`; here, where the CLI reads it without loading faiss)."""
+
 
 class IndexFileError(EmbedkitError):
     """An index folder that is missing, incomplete, corrupt or truncated."""

@@ -28,8 +28,6 @@ from embedkit.index.exact import exact_search
 from embedkit.index.faiss_backend import FaissBackend
 from embedkit.index.spec import Backend, IndexWarning
 
-DEFAULT_TARGET_RECALL = 0.95
-"""The recall@10 against exact search that :func:`~embedkit.index.build_index` tunes for by default."""
 RECALL_AT = 10
 TUNING_QUERIES = 1000
 """Corpus vectors used as queries: recall over 10,000 neighbours has a standard error under 0.003 near 0.95."""

@@ -63,9 +63,9 @@ def test_a_backend_module_is_imported_on_the_first_lookup_of_its_name() -> None:
                           check=False, cwd=Path(embedkit.__file__).parents[1])
     assert done.returncode == 0, done.stderr
     names, loaded_before, spec, loaded_after, message = json.loads(done.stdout)
-    assert names == ["faiss", "torch"] and loaded_before == []
+    assert names == ["bm25", "faiss", "hybrid", "torch"] and loaded_before == []
     assert spec == "faiss:Flat" and loaded_after == ["faiss"]  # looking up faiss imports no torch
-    assert message == "unknown index backend 'annoy'; valid names: faiss, torch"
+    assert message == "unknown index backend 'annoy'; valid names: bm25, faiss, hybrid, torch"
 
 
 def _type_checked_names(package: str) -> dict[str, str]:
