@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from embedkit.cli.options import add_model_options, add_prompt_options, load_model, print_json
+from embedkit.cli.options import add_model_options, add_prompt_options, add_truncate_dim, load_model, print_json
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -45,6 +45,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add ``encode``."""
     encode = commands.add_parser("encode", help="embed the texts of a file into a .npy array")
     add_model_options(encode)
+    add_truncate_dim(encode)
     encode.add_argument("--input", required=True, help="txt (one text per line), jsonl, csv, tsv or parquet")
     encode.add_argument("--output", required=True, type=Path, help="the .npy file to write")
     encode.add_argument("--column", default="text", help="the text column of a table (default: text)")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from embedkit.types import PADDING_GROUP, Example, Kind, TextBatch
+
+if TYPE_CHECKING:  # imported where used: reading data does not load torch
+    import torch
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ def collate(examples: Sequence[Example], kind: Kind, prompts: ColumnPrompts | No
     """
     if not examples:
         raise ValueError("cannot collate an empty batch")
+    import torch
+
     prompts = prompts or ColumnPrompts()
     width = max(len(example.negatives) for example in examples)
     anchors = [example.anchor for example in examples]
@@ -73,6 +77,8 @@ def _negative(example: Example, column: int, prompt: str | None) -> str:
 
 def _negative_ids(examples: Sequence[Example], column: int) -> torch.Tensor:
     """``[B]`` group ids of one column of negatives, :data:`PADDING_GROUP` where a row has none."""
+    import torch
+
     return torch.tensor(
         [text_id(e.negatives[column]) if column < len(e.negatives) else PADDING_GROUP for e in examples],
         dtype=torch.long,
@@ -84,12 +90,23 @@ def text_id(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
+def longest_first(texts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """The positions of ``texts`` in batches of ``batch_size``, longest text first (ties in input order), so
+    that each batch holds texts of similar length and pads little."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def text_ids(texts: Sequence[str]) -> torch.Tensor:
     """``[len(texts)]`` long: :func:`text_id` of each text."""
+    import torch
+
     return torch.tensor([text_id(text) for text in texts], dtype=torch.long)
 
 
 def _scores(examples: Sequence[Example]) -> torch.Tensor | None:
+    import torch
+
     scores = [example.score for example in examples]
     if any(score is None for score in scores):
         return None

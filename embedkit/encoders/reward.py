@@ -35,6 +35,7 @@ from embedkit.encoders.sentence_transformer import Encoder, load_encoder
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.fsutil import atomic_directory
 from embedkit.precision import PrecisionMixin, autocast
+from embedkit.progress import quiet_library_bars
 from embedkit.types import TextEncoder
 
 if TYPE_CHECKING:
@@ -306,7 +307,8 @@ def _load_sequence_classifier(
     offline = cache_only(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
-        model = AutoModelForSequenceClassification.from_pretrained(name, local_files_only=offline).to(device)
+        with quiet_library_bars():
+            model = AutoModelForSequenceClassification.from_pretrained(name, local_files_only=offline).to(device)
     except (OSError, ValueError, KeyError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise EmbedkitError(f"cannot load {name!r} as a sequence-classification reward model: {reason}") from error

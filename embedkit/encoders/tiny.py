@@ -21,6 +21,8 @@ from tokenizers.pre_tokenizers import BertPreTokenizer
 from tokenizers.processors import TemplateProcessing
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
+from embedkit.progress import quiet_library_bars
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -89,10 +91,10 @@ def build_tiny_model(
         attention_probs_dropout_prob=dropout,
     )
     torch.manual_seed(seed)
-    BertModel(config).save_pretrained(str(transformer_dir))
-
-    transformer = Transformer(str(transformer_dir), max_seq_length=max_seq_length)
-    pooler = Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)
-    model = SentenceTransformer(modules=[transformer, pooler], device="cpu", prompts=dict(prompts or {}))
-    model.save(str(path), create_model_card=False)
+    with quiet_library_bars():
+        BertModel(config).save_pretrained(str(transformer_dir))
+        transformer = Transformer(str(transformer_dir), max_seq_length=max_seq_length)
+        pooler = Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)
+        model = SentenceTransformer(modules=[transformer, pooler], device="cpu", prompts=dict(prompts or {}))
+        model.save(str(path), create_model_card=False)
     return path

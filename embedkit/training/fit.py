@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -43,7 +44,6 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
-from tqdm.auto import tqdm
 
 from embedkit import distributed
 from embedkit.data import ColumnPrompts, Table, as_examples, collate
@@ -52,12 +52,16 @@ from embedkit.encoders.card import ModelCard, write_model_card
 from embedkit.encoders.prompts import DOCUMENT, QUERY, resolve_prompt
 from embedkit.encoders.sentence_transformer import Encoder
 from embedkit.errors import ConfigError, DataError
+from embedkit.eval.scale import ScaledScores, scale_fields
 from embedkit.fsutil import atomic_directory, atomic_write_bytes, fsync_directory, fsync_file, fsync_tree
 from embedkit.losses.objective import Objective
 from embedkit.precision import autocast
+from embedkit.progress import progress_bar, quiet_library_bars, stage
 from embedkit.training.gradcache import grad_cache_backward
 from embedkit.training.negatives import NegativeMiner, load_mined, mining_summary, save_mined
 from embedkit.types import Evaluator, Example, Kind, TextBatch
+
+logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -431,7 +435,8 @@ def _load_saved_model(encoder: Encoder, folder: Path) -> None:
     """Load the weights of a model ``encoder.save`` wrote into ``encoder`` (the inference modules only)."""
     from sentence_transformers import SentenceTransformer
 
-    saved = SentenceTransformer(str(folder), device=str(encoder.device))
+    with quiet_library_bars():
+        saved = SentenceTransformer(str(folder), device=str(encoder.device))
     encoder.model.load_state_dict(saved.state_dict())
 
 
@@ -537,6 +542,7 @@ def fit(
     resumed = settings.resume and run.load_checkpoint()
     if resumed:
         if main_process:
+            logger.info("resuming the run in %s at step %d of %d", run.output_dir, run.step, total_steps)
             _truncate_log(log_path, run.step)
         distributed.barrier()
         result.history = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
@@ -578,9 +584,16 @@ def fit(
     def evaluate(interpolation: float | None = None) -> None:
         # Rank 0 evaluates and saves; the others wait and learn the verdict, so all agree on the best model.
         nonlocal best_state
-        metrics = evaluator(encoder) if main_process else None
+        with stage("dev"):
+            metrics = evaluator(encoder) if main_process else None
         metrics = distributed.broadcast_object(metrics)
-        log({"step": run.step, **({} if interpolation is None else {"interpolation": interpolation}), "eval": metrics})
+        if main_process:
+            model = f"step {run.step}" if interpolation is None else f"interpolation {interpolation}"
+            logger.info("%s: dev %s %.4g", model, primary, metrics[primary])
+        # embedkit's evaluators say how their scores are scaled; another evaluator's scale is its own business
+        scale = scale_fields(metrics) if isinstance(evaluator, ScaledScores) else {}
+        log({"step": run.step, **({} if interpolation is None else {"interpolation": interpolation}), "eval": metrics,
+             **scale})
         if result.first_eval is None:
             result.first_eval = metrics
         if interpolation is None:
@@ -612,12 +625,8 @@ def fit(
     if evaluator is not None and run.step == 0:
         evaluate()
 
-    progress = tqdm(
-        total=total_steps,
-        initial=run.step,
-        desc="train",
-        unit="step",
-        disable=not (settings.show_progress and main_process),
+    progress = progress_bar(
+        "train", total_steps, unit="step", show=settings.show_progress and main_process, initial=run.step
     )
     started = time.perf_counter()
     last_eval_step = run.step if evaluator is not None and run.step == 0 else -1

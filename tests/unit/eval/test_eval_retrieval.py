@@ -8,22 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import write_beir
 
 from embedkit.cli import main
 from embedkit.errors import ConfigError, DataError, EmbedkitError
 from embedkit.eval import EmptyQuerySetError, RetrievalEvaluator, UnknownIdError, read_beir
 from embedkit.eval.retrieval import retrieval_metrics
-
-
-def write_beir(folder, corpus, queries, qrels, split: str = "test") -> None:
-    """A BEIR folder: ``corpus`` {id: (title, text)}, ``queries`` {id: text}, ``qrels`` [(query, doc, score)]."""
-    (folder / "qrels").mkdir(parents=True, exist_ok=True)
-    (folder / "corpus.jsonl").write_text("".join(
-        json.dumps({"_id": i, "title": title, "text": text}) + "\n" for i, (title, text) in corpus.items()))
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in queries.items()))
-    (folder / "qrels" / f"{split}.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
-
 
 CORPUS = {
     "d1": ("cats", "the cat sat on the mat"),
@@ -183,8 +173,22 @@ def test_cli_retrieval_and_its_errors(capsys, tiny_model_path, beir, tmp_path) -
                  "--recall-at", "1,10", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["queries"] == 2 and 0 <= result["metrics"]["ndcg@10"] <= 100
+    assert result["documents"] == len(CORPUS) and (result["scale"], result["unscaled"]) == (100, [])
 
     write_beir(tmp_path / "bad", CORPUS, QUERIES, [("q1", "nope", 1)])
     code = main(["eval", "retrieval", "--model", str(tiny_model_path), "--data", str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "corpus id 'nope' is not in corpus.jsonl" in err
+
+
+def test_evaluator_takes_bm25_and_hybrid_specs(beir) -> None:
+    pytest.importorskip("bm25s")
+    pytest.importorskip("Stemmer")
+    lexical = RetrievalEvaluator(beir, index_spec="bm25", k=10, recall_at=(1, 10))
+    run = lexical.search(lookup_for(lexical.data))
+    # "the cat sat" and "a dog runs" share words with d1 and d2 alone ("the", "a" are stop words; "cats" stems)
+    assert set(run["q1"]) == {"d1"} and set(run["q2"]) == {"d2"}
+    assert lexical(lookup_for(lexical.data))["recall@1"] == pytest.approx(75.0)  # q1: 1 of 2 relevant; q2: 1 of 1
+    hybrid = RetrievalEvaluator(beir, index_spec="hybrid:faiss:Flat", k=10, recall_at=(1, 10))
+    run = hybrid.search(lookup_for(hybrid.data))
+    assert len(run["q1"]) == len(CORPUS) and run["q1"]["d1"] == pytest.approx(2 / 61)  # first in both lists

@@ -3,6 +3,8 @@ keep/drop decisions."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -203,6 +205,21 @@ def test_mining_from_the_positives_alone(world) -> None:
     assert len(triplets) == 6 and all(set(row.negatives) <= set(positives) - {row.positive} for row in triplets)
 
 
+def test_a_collection_with_an_empty_document_is_mined(world, tmp_path) -> None:
+    anchors, positives, negatives, vectors = world
+    (tmp_path / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": str(i), "text": text}) + "\n" for i, text in enumerate([*positives, "", *negatives]))
+    )
+    triplets = mine_hard_negatives(
+        TableEncoder({**vectors, "": -vectors[anchors[0]]}),
+        list(zip(anchors, positives, strict=True)),
+        tmp_path / "corpus.jsonl",
+        num_negatives=2,
+        steps=[{"name": "rank-window", "end": 5}],
+    )
+    assert len(triplets) == 6 and all(len(row.negatives) == 2 for row in triplets)
+
+
 def test_bad_mining_requests(world) -> None:
     anchors, positives, negatives, vectors = world
     encoder = TableEncoder(vectors)
@@ -368,3 +385,51 @@ def test_the_search_depth_covers_the_rank_window() -> None:
     # no end: room for SEARCH_HEADROOM candidates per negative past the start
     assert search_depth(None, num_negatives=5, most_positives=1) == SEARCH_HEADROOM * 5 + 2
     assert search_depth(RankWindow(10), num_negatives=3, most_positives=1) == 10 + SEARCH_HEADROOM * 3 + 2
+
+
+@pytest.fixture(scope="module")
+def wordy_world() -> tuple[list[str], list[str], list[str], dict[str, np.ndarray]]:
+    """Anchors, positives and a corpus of texts that share words, so that BM25 finds some documents and not
+    others; each text has a random vector."""
+    rng = np.random.default_rng(5)
+    topics = ["boundary layer", "shock wave", "heat transfer", "wing flutter"]
+    corpus = [f"{topics[i % 4]} {topics[(3 * i + 1) % 4].split()[0]} report{i:02d}" for i in range(32)]
+    anchors = [f"question about {topic}" for topic in topics[:3]]
+    positives = corpus[:3]
+    vectors = {text: rng.standard_normal(DIM) for text in [*corpus, *anchors]}
+    return anchors, positives, corpus, vectors
+
+
+@pytest.mark.parametrize("spec", ["bm25", "hybrid:torch"])
+def test_a_text_index_picks_the_candidates_and_the_model_scores_them(wordy_world, spec) -> None:
+    pytest.importorskip("bm25s")
+    pytest.importorskip("Stemmer")
+    anchors, positives, corpus, vectors = wordy_world
+    encoder = TableEncoder(vectors)
+    index = build_index(encoder if spec != "bm25" else None, corpus, spec=spec)
+    found = filter_candidates(encoder, list(zip(anchors, positives, strict=True)), index, mining_steps([], guided=False), 12)
+    retrieved = index.search_internal(anchors, 12, embeddings=encoder.encode(anchors, normalize=True))[1]
+    unit = {t: v / np.linalg.norm(v) for t, v in vectors.items()}
+    for row, anchor in enumerate(anchors):
+        valid = found.internal[row] >= 0
+        assert set(found.internal[row][valid]) == set(retrieved[row][retrieved[row] >= 0])  # the index's pool
+        expected = [unit[anchor] @ unit[corpus[i]] for i in found.internal[row][valid]]
+        np.testing.assert_allclose(found.scores[row][valid], expected, rtol=1e-5)  # the model's cosine
+        assert (np.diff(found.scores[row][valid]) <= 0).all() and (found.scores[row][~valid] == -np.inf).all()
+    if spec == "bm25":  # BM25 leaves out what shares no word with the anchor
+        assert (found.internal >= 0).sum(axis=1).max() < len(corpus)
+
+
+def test_mining_through_a_hybrid_spec(wordy_world) -> None:
+    pytest.importorskip("bm25s")
+    pytest.importorskip("Stemmer")
+    anchors, positives, corpus, vectors = wordy_world
+    triplets = mine_hard_negatives(
+        TableEncoder(vectors), list(zip(anchors, positives, strict=True)), corpus, num_negatives=2,
+        steps=[{"name": "rank-window", "end": 8}], spec="hybrid:fusion=convex,alpha=0.5:faiss:Flat",
+    )
+    unit = {t: v / np.linalg.norm(v) for t, v in vectors.items()}
+    assert len(triplets) == 3
+    for row in triplets:
+        scores = [unit[row.anchor] @ unit[n] for n in row.negatives]
+        assert set(row.negatives) <= set(corpus) - {row.positive} and scores == sorted(scores, reverse=True)

@@ -82,3 +82,17 @@ def test_adapt_end_to_end(collection, tiny_model_path, tmp_path, capsys) -> None
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and lines[-1].startswith("test ndcg@10 on held-out queries: ")
     assert lines[-2].startswith("test recall@100 on held-out queries: ")
+
+
+def test_cli_adapt_json_states_the_scale(monkeypatch, capsys, tmp_path) -> None:
+    from embedkit.training import adapt as adapt_module
+    from embedkit.training.adapt import AdaptResult
+    from embedkit.training.fit import FitResult
+
+    scores = {"ndcg@10": 30.0, "recall@100": 90.0}
+    run = FitResult(steps=3, output_dir=tmp_path, best_score=31.0, best_step=3, metric="ndcg@10",
+                    first_eval=scores, last_eval=scores)
+    monkeypatch.setattr(adapt_module, "adapt", lambda *args, **kwargs: AdaptResult(run, tmp_path, scores, scores))
+    assert main(["adapt", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert (document["scale"], document["unscaled"]) == (100, []) and document["test_after"] == scores

@@ -56,6 +56,7 @@ def test_fit_trains_logs_and_saves(tiny_model_path, tmp_path) -> None:
     evals = [r for r in records if "eval" in r]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 6
     assert result.best_score == max(r["eval"]["score"] for r in evals)
+    assert all("scale" not in r for r in evals)  # a user's evaluator: its scale is not embedkit's to state
     assert (tmp_path / "best" / "modules.json").exists() and (tmp_path / "final" / "modules.json").exists()
 
 
