@@ -24,7 +24,6 @@ import numpy as np
 from faiss.contrib.evaluation import knn_intersection_measure
 
 from embedkit.errors import ConfigError
-from embedkit.index.exact import exact_search
 from embedkit.index.faiss_backend import FaissBackend
 from embedkit.index.spec import Backend, IndexWarning
 
@@ -115,6 +114,8 @@ class GroundTruth:
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Take ``[n, D]`` corpus vectors stored under ``[n]`` int64 ids into account."""
+        from embedkit.index.exact import exact_search  # torch: imported here, so that `index info` loads none
+
         if len(vectors) == 0:
             return
         scores, positions = exact_search(self.queries, vectors, min(self.k, len(vectors)), metric=self.metric)
