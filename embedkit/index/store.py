@@ -2,11 +2,14 @@
 
 A version folder (:mod:`embedkit.index.folder` keeps versions behind a pointer)::
 
-    manifest.json         embedkit version, model name and weight fingerprint, dimension, metric,
-                          normalisation, spec, count, id type, creation time, search parameters, the
-                          size and sha256 of every other file (checked before any of them is parsed), the
-                          quantization of the codes and its calibration (see embedkit.index.quantized), and
-                          the sha256 of the manifest's own content (so that an edited spec is refused)
+    manifest.json         embedkit version, model name and weight fingerprint, dimension (and the
+                          ``truncate_dim`` the model's embeddings were cut to, when they were), metric,
+                          normalisation, spec, the prompt put before each document, count, id type,
+                          creation time, search parameters and how they were tuned
+                          (:mod:`embedkit.index.tuning`), the size and sha256 of every other file
+                          (checked before any of them is parsed), the quantization of the codes and its
+                          calibration (see embedkit.index.quantized), and the sha256 of the manifest's
+                          own content (so that an edited spec is refused)
     payloads.sqlite       one row per vector: internal id, external id, text, text id, metadata (JSON)
     index.faiss           (faiss backends) written by faiss.write_index (binary indexes: write_index_binary)
     rescore.safetensors   (faiss specs with rescore=<r>) the vectors that rescore candidates, and their ids
@@ -37,24 +40,27 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from weakref import WeakKeyDictionary
 
 import numpy as np
-import torch
-from torch import nn
 
 from embedkit.errors import DataError
 from embedkit.fsutil import owned_directory, remove_if_abandoned
 from embedkit.index.spec import IndexFileError
 from embedkit.types import JsonValue
 
+if TYPE_CHECKING:  # imported where used: the CLI reads the index folder constants without loading torch
+    from torch import nn
+
+    from embedkit.index.tuning import SearchTuning
+
 MANIFEST_FILE = "manifest.json"
 PAYLOADS_FILE = "payloads.sqlite"
 FORMAT = "embedkit-index"
-FORMAT_VERSION = 2
-"""Version 2 added the manifest's ``checksum``; version 1 manifests (no checksum) are still read."""
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""Version 2 added the manifest's ``checksum``, version 3 its ``search_tuning``; older manifests are still read."""
+READABLE_VERSIONS = (1, 2, 3)
 WORKDIR_PREFIX = "embedkit-index-"
 _Value = TypeVar("_Value")
 _SQL_VARIABLES = 900  # ids per "IN (...)" query, under SQLite's historical limit of 999 parameters
@@ -90,6 +96,8 @@ def model_fingerprint(model: nn.Module) -> str:
     Cached per model; the cache key holds each tensor's storage address and version counter, which every
     in-place update (an optimizer step) bumps, so a model trained after fingerprinting gets a new fingerprint.
     """
+    import torch
+
     state = model.state_dict()
     key = tuple((name, tensor.data_ptr(), tensor._version) for name, tensor in state.items())
     cached = _FINGERPRINTS.get(model)
@@ -116,16 +124,22 @@ class Manifest:
     dimension: int
     model_name: str
     model_fingerprint: str
+    document_prompt: str = ""  # manifests written before prompts were recorded had none
     count: int = 0
     id_type: str | None = None
     embedkit_version: str = ""
     created: str = ""
     search_params: dict[str, float] = field(default_factory=dict)
     quantization: dict[str, JsonValue] = field(default_factory=dict)
+    search_tuning: SearchTuning | None = None
     files: dict[str, FileDigest] = field(default_factory=dict)
+    truncate_dim: int | None = None
+    """The leading dimensions of the model's embeddings kept (Matryoshka); ``None``: all of them."""
 
     def to_json(self) -> str:
         body = asdict(self)
+        if body["truncate_dim"] is None:
+            del body["truncate_dim"]  # so that embedkit versions without truncation read untruncated indexes
         model = {"name": body.pop("model_name"), "fingerprint": body.pop("model_fingerprint")}
         document = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model, **body}
         return json.dumps({**document, "checksum": content_checksum(document)}, indent=2) + "\n"
@@ -437,6 +451,11 @@ class PayloadStore:
             texts[position], metadata[position] = found.get(int(i), (None, None))
         shape = np.shape(internal)
         return texts.reshape(shape), metadata.reshape(shape)
+
+    def texts(self) -> tuple[np.ndarray, list[str]]:
+        """``([n] int64 internal ids, ascending; their texts)``: every stored document (a text index's rebuild)."""
+        rows = self._connection.execute("SELECT internal, text FROM items ORDER BY internal").fetchall()
+        return np.array([row[0] for row in rows], dtype=np.int64), [row[1] for row in rows]
 
     def save(self, folder: Path) -> list[str]:
         """Copy the database into ``folder`` (SQLite's online backup: a consistent snapshot)."""
