@@ -26,7 +26,10 @@ MTEB) and recall@100; and the mean Spearman x100 over STS-B test, SICK-R test, S
 general similarity the adaptation costs (on the first seed). Writes ``benchmarks/results/finetune.json`` (after
 every run) and ``finetune.png``.
 
-    python benchmarks/bench_finetune.py [--seeds 0 1 2] [--ablation-seeds 0] [--epochs 2]
+    python benchmarks/bench_finetune.py [--seeds 0 1 2] [--ablation-seeds 0] [--epochs 2] [--resume]
+
+Every run is deterministic given its seed (a rerun gives the same figures), so ``--resume`` keeps the runs of an
+earlier result file taken with the same settings and runs only the missing ones.
 """
 
 from __future__ import annotations
@@ -134,7 +137,7 @@ def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, di
     summary = {}
     for variant, rows in runs.items():
         summary[variant] = {}
-        for metric in rows[0]:
+        for metric in (key for key in rows[0] if key != "seed"):
             values = [row[metric] for row in rows if metric in row]
             summary[variant][metric] = {
                 "mean": statistics.fmean(values),
@@ -174,6 +177,8 @@ def main() -> None:
     parser.add_argument("--train-max-seq-length", type=int, default=128,
                         help="tokens per input in training, for every run; models keep their inference length")
     parser.add_argument("--output", type=Path, default=_common.result_path("finetune"))
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs of --output taken with the same settings; run only the missing ones")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -184,16 +189,23 @@ def main() -> None:
         pairs = len(beir_pairs(data, "train"))
         steps = args.epochs * (pairs // int(TRAIN["batch_size"]))
         log(f"split {counts}; {pairs} train pairs, {steps} steps per run")
-        runs: dict[str, list[dict[str, float]]] = {"start": [scores(DEFAULT_MODEL, data)]}
-        log(f"start: {runs['start'][0]}")
+        runs = earlier_runs(args) if args.resume else {}
+        done = {(variant, row["seed"]) for variant, rows in runs.items() for row in rows}
+        if args.resume:
+            log(f"kept {len(done)} runs of {args.output.name}")
+        if ("start", 0) not in done:
+            runs["start"] = [{"seed": 0, **scores(DEFAULT_MODEL, data)}]
+            log(f"start: {runs['start'][0]}")
 
         def record(variant: str, seed: int, result: dict[str, float], note: str = "") -> None:
-            runs.setdefault(variant, []).append(result)
+            runs.setdefault(variant, []).append({"seed": seed, **result})
             log(f"{variant} seed {seed}: {result} {note}")
             # written after every run, so that an interrupted benchmark still leaves what it measured
             write_results(args, runs, counts, pairs, steps, time.perf_counter() - started)
 
         def run_embedkit(variant: str, seed: int) -> None:
+            if (variant, seed) in done:
+                return
             overrides, scored = EMBEDKIT_VARIANTS[variant]
             outcome = adapt(data, work / f"{variant}-{seed}", seed=seed, show_progress=False,
                             overrides=[f"train.epochs={args.epochs}",
@@ -204,6 +216,8 @@ def main() -> None:
 
         def run_main(seed: int) -> None:
             for variant, mined in (("st_mnrl_pairs", False), ("st_mnrl_mined", True)):
+                if (variant, seed) in done:
+                    continue
                 model = st_train(data, work / f"{variant}-{seed}", seed, steps, mined, args.train_max_seq_length)
                 record(variant, seed, scores(model, data, with_sts=seed == min(args.seeds)))
             run_embedkit("embedkit_adapt", seed)
@@ -221,6 +235,23 @@ def main() -> None:
     log(f"wrote {args.output.relative_to(REPO)} and its plot")
 
 
+def settings(args: argparse.Namespace) -> dict[str, object]:
+    """What makes two runs comparable: the training settings every variant shares."""
+    return {"batch_size": TRAIN["batch_size"], "lr": TRAIN["lr"], "warmup_ratio": TRAIN["warmup_ratio"],
+            "epochs": args.epochs, "train_max_seq_length": args.train_max_seq_length}
+
+
+def earlier_runs(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
+    """The runs of ``args.output`` when its settings and split are this run's; refuses a file that differs."""
+    if not args.output.is_file():
+        return {}
+    document = json.loads(args.output.read_text())
+    recorded = {key: document["settings"].get(key) for key in settings(args)}
+    if recorded != settings(args) or document.get("split_seed") != SPLIT_SEED:
+        raise SystemExit(f"{args.output}: taken with other settings ({recorded}); run without --resume")
+    return document["runs"]
+
+
 def write_results(args: argparse.Namespace, runs: dict[str, list[dict[str, float]]], counts: dict[str, int],
                   pairs: int, steps: int, seconds: float) -> None:
     document = {
@@ -228,17 +259,17 @@ def write_results(args: argparse.Namespace, runs: dict[str, list[dict[str, float
         "data": "cranfield (../shared/data/cranfield), judged queries split by seed "
                 f"{SPLIT_SEED} into {counts}",
         "model": DEFAULT_MODEL,
+        "split_seed": SPLIT_SEED,
         "train_pairs": pairs,
         "steps": steps,
-        "settings": {"batch_size": TRAIN["batch_size"], "lr": TRAIN["lr"], "warmup_ratio": TRAIN["warmup_ratio"],
-                     "epochs": args.epochs, "train_max_seq_length": args.train_max_seq_length,
-                     "seeds": args.seeds, "ablation_seeds": args.ablation_seeds,
+        "settings": {**settings(args), "seeds": args.seeds, "ablation_seeds": args.ablation_seeds,
                      "sts": f"measured on seed {min(args.seeds)} only"},
         "metrics": "test ndcg@10 (linear gain) and recall@100, x100; sts/* Spearman x100 of cosine",
         "summary": summarize(runs),
         "runs": runs,
         "machine": _common.machine_info(("embedkit", "torch", "sentence-transformers", "transformers")),
-        "seconds": round(seconds, 1),
+        "seconds": round(seconds, 1),  # of the last invocation; with --resume, earlier runs took more
+        "resumed": args.resume,
     }
     _common.write_results(document, args.output)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 
 def hub_reachable(timeout: float = 5.0) -> bool:
@@ -26,12 +27,19 @@ def hub_reachable(timeout: float = 5.0) -> bool:
     return True
 
 
-def hub_model_cached(name: str) -> bool:
-    """Whether the hub model ``name`` (``org/name``) is in the local Hugging Face cache."""
+def cached_hub_file(name: str, filename: str) -> Path | None:
+    """The local Hugging Face cache's copy of ``filename`` of the hub repository ``name`` (``org/name``), or
+    ``None`` when the cache holds none (or ``name`` is no valid repository id)."""
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
 
     try:
-        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+        cached = try_to_load_from_cache(name, filename)
     except HFValidationError:  # not a valid repository id: nothing of that name can be cached
-        return False
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def hub_model_cached(name: str) -> bool:
+    """Whether the hub model ``name`` (``org/name``) is in the local Hugging Face cache."""
+    return cached_hub_file(name, "config.json") is not None

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from embedkit.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used: the CLI reads PRECISIONS without loading torch
+    import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
@@ -36,6 +38,8 @@ def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
 
 def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype:
     """The compute dtype for ``precision`` on ``device``: ``torch.float32`` means no autocast."""
+    import torch
+
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     device = torch.device(device)
@@ -55,6 +59,8 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
 @contextlib.contextmanager
 def autocast(dtype: torch.dtype, device: torch.device | str) -> Iterator[None]:
     """``torch.autocast`` for ``dtype`` on ``device``, or nothing for float32."""
+    import torch
+
     device = torch.device(device)
     if dtype == torch.float32:
         yield

@@ -16,11 +16,12 @@ import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import numpy as np
-import torch
-from torch import Tensor, nn
+if TYPE_CHECKING:  # imported where used: the CLI reads these types without loading torch
+    import numpy as np
+    import torch
+    from torch import Tensor, nn
 
 PADDING_GROUP = -(2**63)
 """The group id of a padding candidate: a row with fewer negatives than its batch's widest row is padded with
@@ -157,6 +158,8 @@ class Scores:
         candidate_groups: Tensor | None = None,
     ) -> Scores:
         """A table where every candidate is valid but padding (:data:`PADDING_GROUP`), and every weight is 1."""
+        import torch
+
         valid = torch.ones_like(values, dtype=torch.bool)
         if candidate_groups is not None:
             valid &= (candidate_groups != PADDING_GROUP)[None, :]
@@ -174,6 +177,8 @@ class Scores:
 
     def target_mask(self) -> Tensor:
         """``[B, C]`` bool, true at each row's target column."""
+        import torch
+
         mask = torch.zeros_like(self.valid)
         mask[torch.arange(self.values.shape[0], device=self.values.device), self.targets] = True
         return mask
@@ -225,14 +230,23 @@ class TextEncoder(Protocol):
     @property
     def device(self) -> torch.device: ...
 
+    @property
+    def prompts(self) -> Mapping[str, str]:
+        """Named prompts put before texts (sentence-transformers' ``prompts``, e.g. ``{"query": "query: "}``;
+        see :mod:`embedkit.encoders.prompts`), empty for a model without any."""
+        ...
+
     def encode(
         self,
         texts: Sequence[str],
         batch_size: int = 32,
         normalize: bool = False,
         show_progress: bool | None = None,
+        *,
+        prompt: str | None = None,
     ) -> np.ndarray:
-        """``n`` texts -> a float32 ``[n, D]`` array, in input order, without gradients."""
+        """``n`` texts -> a float32 ``[n, D]`` array, in input order, without gradients; ``prompt`` goes before
+        every text (``None``: the model's default prompt, if it has one)."""
         ...
 
 

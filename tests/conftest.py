@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,17 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", TINY_TEXTS, seed=0)
 
 
+PROMPTS = {"query": "query: ", "document": "passage: "}
+
+
+@pytest.fixture(scope="session")
+def prompted_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model of :func:`tiny_model_path` with named prompts: :data:`PROMPTS` (E5's)."""
+    from embedkit.encoders import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("prompted") / "model", TINY_TEXTS, seed=0, prompts=PROMPTS)
+
+
 FIT_SENTENCES = [
     "the cat sat on the mat", "a dog runs in the park", "the sun rises in the east",
     "rain falls on the green hills", "she plays the piano every evening", "he reads a book about old ships",
@@ -59,14 +72,12 @@ def sentence_examples():
 
 
 @contextlib.contextmanager
-def writer_lock_held_elsewhere(index_path):
-    """The index's writer lock held by another thread for the duration of the block."""
-    from embedkit.index.folder import writer_lock
-
+def held_elsewhere(lock: contextlib.AbstractContextManager[object]) -> Iterator[threading.Event]:
+    """``lock`` held by another thread until the block ends or the yielded event is set."""
     taken, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with writer_lock(index_path):
+        with lock:
             taken.set()
             release.wait(30)
 
@@ -74,7 +85,20 @@ def writer_lock_held_elsewhere(index_path):
     holder.start()
     try:
         assert taken.wait(10), "the other thread never took the lock"
-        yield
+        yield release
     finally:
         release.set()
         holder.join()
+
+
+def write_beir(folder: Path, corpus, queries, qrels, splits: Sequence[str] = ("test",)) -> Path:
+    """A BEIR folder: ``corpus`` {id: (title, text)}, ``queries`` {id: text}, ``qrels`` [(query, doc, score)]
+    written as the qrels of each of ``splits``; returns ``folder``."""
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.jsonl").write_text("".join(
+        json.dumps({"_id": i, "title": title, "text": text}) + "\n" for i, (title, text) in corpus.items()))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in queries.items()))
+    for split in splits:
+        (folder / "qrels" / f"{split}.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
+    return folder

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from embedkit.cli.options import add_model_options, load_model, print_json
+from embedkit.cli.options import add_model_options, add_truncate_dim, load_model, print_json
 from embedkit.errors import require
+
+if TYPE_CHECKING:
+    from embedkit.types import Evaluator
 
 
 def _cutoffs(text: str) -> tuple[int, ...]:
@@ -14,6 +18,22 @@ def _cutoffs(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _dims(text: str) -> tuple[int, ...]:
+    dims = _cutoffs(text)
+    if any(dim < 1 for dim in dims):
+        raise argparse.ArgumentTypeError(f"dimensions must be positive integers, got {text!r}")
+    return dims
+
+
+def _add_dimension_options(parser: argparse.ArgumentParser) -> None:
+    """``--truncate-dim N`` or ``--dims 384,256,...`` (Matryoshka models)."""
+    group = parser.add_mutually_exclusive_group()
+    add_truncate_dim(group)  # type: ignore[arg-type]  # a group takes arguments as a parser does
+    group.add_argument("--dims", type=_dims, default=None, metavar="D1,D2,...",
+                       help="score the embeddings cut to each of these dimensions, e.g. 384,256,128,64,32 "
+                       "(each text embedded once)")
 
 
 def _names(text: str) -> list[str]:
@@ -34,6 +54,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     tasks = evaluate.add_subparsers(dest="task", required=True, metavar="TASK")
     sts = tasks.add_parser("sts", help="Spearman x100 of cosine similarity on an STS file or folder")
     add_model_options(sts)
+    _add_dimension_options(sts)
     sts.add_argument("--data", required=True, type=Path, help="a scored file or a folder of them")
     sts.add_argument("--json", action="store_true", help="print machine-readable results")
     sts.set_defaults(func=cmd_eval_sts)
@@ -45,11 +66,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "through the index spec given; metrics come from trec_eval (pytrec_eval), x100.",
     )
     add_model_options(retrieval)
+    _add_dimension_options(retrieval)
     retrieval.add_argument("--data", required=True, type=Path,
                            help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     retrieval.add_argument("--split", default="test", help="the qrels split (default: test)")
     retrieval.add_argument("--index", default="torch",
-                           help="index spec: torch, faiss:Flat, faiss:HNSW32, ... (default: torch)")
+                           help="index spec: torch, faiss:Flat, faiss:HNSW32, bm25, hybrid:faiss:Flat, ... "
+                           "(default: torch)")
     retrieval.add_argument("--k", type=int, default=100,
                            help="documents retrieved per query; MAP is over them (default: 100)")
     retrieval.add_argument("--recall-at", type=_cutoffs, default=(1, 10, 100),
@@ -100,6 +123,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--suite", required=True, type=Path, help="the suite TOML")
     report.add_argument("--compare", nargs="+", default=[], metavar="MODEL", help="more models, side by side")
     report.add_argument("--log", type=Path, default=None, help="the training log.jsonl of --model")
+    report.add_argument("--dims", type=_dims, default=(), metavar="D1,D2,...",
+                        help="also score the STS and retrieval entries at each of these dimensions and plot the "
+                        "curves (Matryoshka models)")
     report.add_argument("--out", required=True, type=Path, help="the report folder")
     report.add_argument("--json", action="store_true", help="print report.json")
     report.set_defaults(func=cmd_eval_all)
@@ -146,14 +172,44 @@ def _add_preference(tasks: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cmd_eval_preference)
 
 
+def _metrics_by_dimension(evaluator: Evaluator, args: argparse.Namespace) -> dict[int, dict[str, float]] | None:
+    """With ``--dims``, ``{dim: metrics}`` of the model's embeddings cut to each; else ``None``."""
+    if args.dims is None:
+        return None
+    from embedkit.eval.report import dimension_curve
+
+    return dimension_curve(evaluator, load_model(args), args.dims)
+
+
+def _print_curve(curve: dict[int, dict[str, float]]) -> None:
+    """One row per dimension, one column per metric."""
+    names = list(next(iter(curve.values())))
+    print(f"{'dims':>6} " + " ".join(f"{name:>12}" for name in names))
+    for dim, metrics in curve.items():
+        print(f"{dim:>6} " + " ".join(f"{metrics[name]:12.2f}" for name in names))
+
+
 def cmd_eval_sts(args: argparse.Namespace) -> int:
     from embedkit.eval import STSEvaluator
+    from embedkit.eval.scale import scale_fields
 
     evaluator = STSEvaluator(args.data, batch_size=args.batch_size)
+    curve = _metrics_by_dimension(evaluator, args)
+    if curve is not None:
+        if args.json:
+            print_json({"model": args.model, "task": "sts", "data": str(args.data),
+                        "dims": {str(dim): metrics for dim, metrics in curve.items()}})
+        else:
+            _print_curve(curve)
+        return 0
     results = evaluator(load_model(args))
     if args.json:
-        print_json({"model": args.model, "task": "sts", "data": str(args.data), "metrics": results})
+        print_json({"model": args.model, "task": "sts", "data": str(args.data),
+                    "pairs": {name: len(examples) for name, examples in evaluator.sets.items()},
+                    **scale_fields(results), "metrics": results})
     else:
+        sizes = ", ".join(f"{len(examples)} pairs in {name}" for name, examples in evaluator.sets.items())
+        print(f"{sizes}; Spearman x100")
         for name, value in results.items():
             print(f"{name:<40} {value:7.2f}")
     return 0
@@ -161,12 +217,13 @@ def cmd_eval_sts(args: argparse.Namespace) -> int:
 
 def cmd_eval_run(args: argparse.Namespace) -> int:
     from embedkit.eval.runs import read_qrels, read_run, score_run
+    from embedkit.eval.scale import scale_fields
 
     qrels = read_qrels(args.qrels, args.split)
     results = score_run(read_run(args.run), qrels, k=args.k, gain=args.gain)
     if args.json:
         print_json({"task": "run", "run": str(args.run), "qrels": str(args.qrels), "queries": len(qrels),
-                    "gain": args.gain, "scale": "x100", "metrics": results})
+                    "gain": args.gain, **scale_fields(results), "metrics": results})
     else:
         print(f"{len(qrels)} judged queries, nDCG with {args.gain} gains, x100")
         _print_metrics(results)
@@ -175,18 +232,31 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
 
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     from embedkit.eval.retrieval import RetrievalEvaluator
+    from embedkit.eval.scale import scale_fields
 
     evaluator = RetrievalEvaluator(
         args.data, split=args.split, index_spec=args.index, k=args.k, recall_at=args.recall_at, gain=args.gain,
         batch_size=args.batch_size,
     )
+    curve = _metrics_by_dimension(evaluator, args)
+    if curve is not None:
+        if args.json:
+            print_json({"model": args.model, "task": "retrieval", "data": str(args.data), "split": args.split,
+                        "index": args.index, "queries": len(evaluator.data.query_ids), "gain": args.gain,
+                        "scale": "x100", "dims": {str(dim): metrics for dim, metrics in curve.items()}})
+        else:
+            print(f"{len(evaluator.data.query_ids)} {args.split} queries, nDCG with {args.gain} gains, x100")
+            _print_curve(curve)
+        return 0
     results = evaluator(load_model(args))
     if args.json:
         print_json({"model": args.model, "task": "retrieval", "data": str(args.data), "split": args.split,
-                     "index": args.index, "queries": len(evaluator.data.query_ids), "gain": args.gain,
-                     "scale": "x100", "metrics": results})
+                     "index": args.index, "queries": len(evaluator.data.query_ids),
+                     "documents": len(evaluator.data.doc_ids), "gain": args.gain, **scale_fields(results),
+                     "metrics": results})
     else:
-        print(f"{len(evaluator.data.query_ids)} {args.split} queries, nDCG with {args.gain} gains, x100")
+        print(f"{len(evaluator.data.query_ids)} {args.split} queries over {len(evaluator.data.doc_ids)} documents, "
+              f"nDCG with {args.gain} gains, x100")
         _print_metrics(results)
     return 0
 
@@ -194,13 +264,14 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
 def cmd_eval_mteb(args: argparse.Namespace) -> int:
     require("mteb", "eval", "embedkit eval mteb")
     from embedkit.eval.mteb_adapter import run_mteb
+    from embedkit.eval.scale import scale_fields
 
     outcomes = run_mteb(
         load_model(args), args.tasks, local_tasks=args.local_tasks, task_source=args.source, model_source=args.model,
         output_dir=args.out, batch_size=args.batch_size,
     )
     if args.json:
-        print_json({"model": args.model, "task": "mteb", "results": [vars(o) for o in outcomes]})
+        print_json({"model": args.model, "task": "mteb", **scale_fields(()), "results": [vars(o) for o in outcomes]})
         return 0
     for o in outcomes:
         print(f"{o.task:<30} {o.source:<6} {o.main_score_name:<18} {o.main_score:8.2f}")
@@ -210,6 +281,7 @@ def cmd_eval_mteb(args: argparse.Namespace) -> int:
 
 def cmd_eval_geometry(args: argparse.Namespace) -> int:
     from embedkit.eval.geometry import GeometryEvaluator
+    from embedkit.eval.scale import scale_fields
 
     evaluator = GeometryEvaluator(
         args.data, sentences=args.sentences, positive_threshold=args.threshold, max_sentences=args.max_sentences,
@@ -219,7 +291,7 @@ def cmd_eval_geometry(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"model": args.model, "task": "geometry", "data": str(args.data),
                      "positive_pairs": len(evaluator.positive_pairs), "sentences": len(evaluator.sample),
-                     "metrics": results})
+                     **scale_fields(results), "metrics": results})
     else:
         for name, value in results.items():
             print(f"{name:<40} {value:8.4f}")
@@ -234,6 +306,7 @@ def cmd_eval_all(args: argparse.Namespace) -> int:
     document = run_report(
         [args.model, *args.compare], args.suite, args.out, log=args.log, batch_size=args.batch_size,
         load=lambda model: load_encoder(model, device=args.device, precision=args.precision, backend=args.backend),
+        dims=args.dims,
     )
     if args.json:
         print_json(document)
@@ -247,6 +320,7 @@ def cmd_eval_preference(args: argparse.Namespace) -> int:
     from embedkit.encoders.reward import load_reward_model
     from embedkit.errors import ConfigError
     from embedkit.eval.preference import PreferenceEvaluator, RewardScorer
+    from embedkit.eval.scale import scale_fields
     from embedkit.types import SupportsEncode
 
     evaluator = PreferenceEvaluator(
@@ -266,7 +340,8 @@ def cmd_eval_preference(args: argparse.Namespace) -> int:
         model = load_model(args)
     report = evaluator.report(model)
     if args.json:
-        print_json({"model": args.model, "task": "preference", "data": str(args.data), **report.to_dict()})
+        print_json({"model": args.model, "task": "preference", "data": str(args.data),
+                    **scale_fields(report.metrics()), **report.to_dict()})
         return 0
     print(f"{'accuracy':<14} {report.accuracy:7.2f}  (95% CI {report.accuracy_low:.2f} to {report.accuracy_high:.2f}, "
           f"n = {report.n}, ties = {report.ties})")

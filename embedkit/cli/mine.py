@@ -146,7 +146,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     mine.add_argument("--sampling", choices=("top", "random"), default="top", help="the hardest or a random sample")
     mine.add_argument("--seed", type=int, default=0, help="seed of random sampling")
-    mine.add_argument("--spec", default="torch", help="index spec for --corpus (default: torch)")
+    mine.add_argument("--spec", default="torch",
+                      help="index spec for --corpus (default: torch); with bm25 or hybrid:..., the model rescores "
+                      "the candidates they retrieve")
     mine.add_argument("--json", action="store_true", help="print the summary as JSON")
     mine.set_defaults(func=cmd_mine)
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from embedkit.encoders import BACKENDS, DEFAULT_MODEL, Encoder, load_encoder
+from embedkit.encoders import BACKENDS, DEFAULT_MODEL
 from embedkit.errors import ConfigError
 from embedkit.precision import PRECISIONS
 from embedkit.types import JsonValue
+
+if TYPE_CHECKING:  # the CLI imports torch-backed modules only when a command runs
+    from embedkit.encoders import Encoder
 
 
 def print_json(value: JsonValue | Mapping[str, object]) -> None:
@@ -38,9 +42,29 @@ def add_backend_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_prompt_options(parser: argparse.ArgumentParser, texts: str, default: str) -> None:
+    """``--prompt-name`` and ``--prompt`` (one or the other): the prompt put before ``texts``, instead of
+    ``default``."""
+    prompts = parser.add_mutually_exclusive_group()
+    prompts.add_argument("--prompt-name", default=None, metavar="NAME",
+                         help=f"put the model's prompt NAME before {texts} (default: {default})")
+    prompts.add_argument("--prompt", default=None, metavar="TEXT",
+                         help=f'put TEXT before {texts}, e.g. "query: " (default: {default})')
+
+
+def add_truncate_dim(parser: argparse.ArgumentParser) -> None:
+    """``--truncate-dim N``: the first N dimensions of each embedding (a Matryoshka model's smaller embeddings)."""
+    parser.add_argument("--truncate-dim", type=int, default=None, metavar="N",
+                        help="keep the first N dimensions of each embedding, normalised again when the model "
+                        "normalises (default: all)")
+
+
 def load_model(args: argparse.Namespace) -> Encoder:
-    """The encoder that :func:`add_model_options` describes."""
-    return load_encoder(args.model, device=args.device, precision=args.precision, backend=args.backend)
+    """The encoder that :func:`add_model_options` (and :func:`add_truncate_dim`, where given) describe."""
+    from embedkit.encoders import load_encoder
+
+    return load_encoder(args.model, device=args.device, precision=args.precision, backend=args.backend,
+                        truncate_dim=getattr(args, "truncate_dim", None))
 
 
 def parse_assignments(items: list[str], example: str) -> dict[str, float]:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embedkit.cli.options import print_json
-from embedkit.losses import LossSpec
-from embedkit.training.fit import FitResult
+
+if TYPE_CHECKING:  # the CLI imports torch-backed modules only when a command runs
+    from embedkit.losses import LossSpec
+    from embedkit.training.fit import FitResult
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from embedkit import distributed
+    from embedkit.eval.scale import scale_fields
     from embedkit.training.recipe import load_config, run_training
 
     config = load_config(args.recipe, args.set)
@@ -28,6 +32,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "best_step": result.best_step,
             "best_interpolation": result.best_interpolation,
             "metric": result.metric,
+            **scale_fields(result.last_eval or {}),  # a recipe's evaluators are embedkit's
             "first_eval": result.first_eval,
             "last_eval": result.last_eval,
             "models": [str(folder) for folder in _models(result)],
@@ -65,6 +70,7 @@ def summary_lines(result: FitResult) -> list[str]:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
+    from embedkit.eval.scale import scale_fields
     from embedkit.training.adapt import adapt
 
     outcome = adapt(args.data, args.out, args.model, seed=args.seed, overrides=args.set, overwrite=args.overwrite,
@@ -72,9 +78,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     run = outcome.run
     if args.json:
         print_json({"output_dir": str(run.output_dir), "data": str(outcome.data), "metric": run.metric,
-                    "dev_before": run.first_eval, "dev_best": run.best_score, "best_step": run.best_step,
-                    "best_interpolation": run.best_interpolation, "test_before": outcome.test_before,
-                    "test_after": outcome.test_after})
+                    **scale_fields(run.last_eval or {}), "dev_before": run.first_eval, "dev_best": run.best_score,
+                    "best_step": run.best_step, "best_interpolation": run.best_interpolation,
+                    "test_before": outcome.test_before, "test_after": outcome.test_after})
         return 0
     for line in summary_lines(run):
         print(line)

@@ -39,7 +39,10 @@ def read_rows(
 
     Args:
         path: a file path; ``"hf:org/name"``, or ``"org/name"`` when no such file exists, names a Hugging Face
-            dataset (read with the optional ``datasets`` package).
+            dataset (read with the optional ``datasets`` package). ``"hf:org/name:config"`` names one of its
+            configs (subsets), as ``datasets.load_dataset("org/name", "config")`` does: a hub repository id holds
+            no ``:``, so the config cannot be taken for part of the name, and the ``hf:`` prefix, which a config
+            needs, keeps it from being taken for a path.
         format: one of :data:`FORMATS`; inferred from the suffix (after an optional ``.gz``) when ``None``.
         split: the split of a Hugging Face dataset; ignored for files.
         keep_blank_lines: a txt file's blank lines are skipped, unless this is set: then each one before the last
@@ -275,12 +278,28 @@ def _read_parquet(file: Path, name: str) -> Rows:
         raise DataError(f"cannot read parquet: {error}", name) from error
 
 
+def _hf_dataset(name: str) -> tuple[str, str | None]:
+    """``(dataset, config)`` of a Hugging Face name: ``"hf:org/name:config"`` -> ``("org/name", "config")``;
+    ``"hf:org/name"`` and a guessed ``"org/name"`` have no config (``None``).
+
+    Raises:
+        DataError: an empty dataset or config name (``"hf:"``, ``"hf:org/name:"``).
+    """
+    if not name.startswith(HF_PREFIX):
+        return name, None
+    dataset, colon, config = name.removeprefix(HF_PREFIX).partition(":")
+    if not dataset or (colon and not config):
+        raise DataError(f"a Hugging Face dataset is named {HF_PREFIX}org/name or {HF_PREFIX}org/name:config", name)
+    return dataset, config or None
+
+
 def _read_hf(name: str, split: str) -> Rows:
     """Rows of a Hugging Face dataset, loaded eagerly so that a missing dataset fails at once.
 
     A name without the ``hf:`` prefix is only a guess at a dataset: it may as well be a mistyped file, so when no
     dataset loads, the error says first that there is no such file.
     """
+    dataset_name, config = _hf_dataset(name)
     guessed = not name.startswith(HF_PREFIX)
     try:
         import datasets
@@ -292,13 +311,14 @@ def _read_hf(name: str, split: str) -> Rows:
         raise DataError(f"no such file (and the Hugging Face hub cannot be reached; {HF_PREFIX}NAME reads a cached "
                         "dataset)", name)
     try:
-        dataset = datasets.load_dataset(name.removeprefix(HF_PREFIX), split=split)
+        dataset = datasets.load_dataset(dataset_name, name=config, split=split)
     except Exception as error:  # datasets fails in many ways (offline, not found, no such split); all are one line
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        which = f"split {split!r}" if config is None else f"config {config!r}, split {split!r}"
         if guessed:
-            message = f"no such file, and no Hugging Face dataset of that name loads (split {split!r}): {reason}"
+            message = f"no such file, and no Hugging Face dataset of that name loads ({which}): {reason}"
         else:
-            message = f"cannot load Hugging Face dataset (split {split!r}): {reason}"
+            message = f"cannot load Hugging Face dataset ({which}): {reason}"
         raise DataError(message, name) from error
     return ((index + 1, dict(row)) for index, row in enumerate(dataset))
 

@@ -4,10 +4,11 @@ cached export of a model for another inference backend."""
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # imported where used: `embedkit index info` reads an index without loading torch
+    from torch import nn
 
 _FINGERPRINTS: WeakKeyDictionary[nn.Module, tuple[tuple[tuple[str, int, int], ...], str]] = WeakKeyDictionary()
 
@@ -18,6 +19,8 @@ def model_fingerprint(model: nn.Module) -> str:
     Cached per model; the cache key holds each tensor's storage address and version counter, which every
     in-place update (an optimizer step) bumps, so a model trained after fingerprinting gets a new fingerprint.
     """
+    import torch
+
     state = model.state_dict()
     key = tuple((name, tensor.data_ptr(), tensor._version) for name, tensor in state.items())
     cached = _FINGERPRINTS.get(model)

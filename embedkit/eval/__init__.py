@@ -14,6 +14,7 @@ from embedkit.errors import ConfigError
 from embedkit.eval.geometry import GeometryEvaluator, alignment, anisotropy, uniformity
 from embedkit.eval.preference import PreferenceEvaluator
 from embedkit.eval.retrieval import RetrievalEvaluator
+from embedkit.eval.scale import SCORE_SCALE, ScaledScores
 from embedkit.eval.sts import STSEvaluator, sts_spearman
 from embedkit.registry import Registry
 from embedkit.types import Evaluator, TextEncoder
@@ -37,6 +38,8 @@ class CombinedEvaluator:
         prefix, first = self.evaluators[0]
         self.primary_metric = prefix + first.primary_metric
         self.higher_is_better = first.higher_is_better
+        if all(isinstance(e, ScaledScores) for _, e in self.evaluators):
+            self.score_scale = SCORE_SCALE  # its metrics follow embedkit's scale only when every part's do
 
     def __call__(self, encoder: TextEncoder) -> dict[str, float]:
         merged: dict[str, float] = {}

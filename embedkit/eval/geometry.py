@@ -18,13 +18,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
-from scipy.spatial.distance import pdist
-from scipy.special import logsumexp
 
 from embedkit.data import Kind, read_examples
 from embedkit.errors import ConfigError, DataError
+from embedkit.eval.scale import SCORE_SCALE
+from embedkit.progress import stage
 from embedkit.types import SupportsEncode
 
 ALIGNMENT_ALPHA = 2.0
@@ -47,12 +48,17 @@ def uniformity(embeddings: np.ndarray, t: float = UNIFORMITY_T) -> float:
 
     Computed with a log-sum-exp so that well-spread embeddings (tiny potentials) do not underflow.
     """
+    from scipy.spatial.distance import pdist  # here: the CLI reads this package's names without loading scipy
+    from scipy.special import logsumexp
+
     squared = pdist(_unit(embeddings), metric="sqeuclidean")
     return float(logsumexp(-t * squared) - math.log(squared.size))
 
 
 def anisotropy(embeddings: np.ndarray) -> float:
     """Mean cosine similarity over all pairs of distinct rows ``[n, D]``."""
+    from scipy.spatial.distance import pdist
+
     return float(np.mean(1.0 - pdist(_unit(embeddings), metric="cosine")))
 
 
@@ -84,6 +90,7 @@ class GeometryEvaluator:
     seed: int = 0
     primary_metric: str = "uniformity"
     higher_is_better: bool = field(default=False, init=False)
+    score_scale: ClassVar[int] = SCORE_SCALE
 
     def __post_init__(self) -> None:
         if self.max_sentences < 2:
@@ -115,7 +122,8 @@ class GeometryEvaluator:
         firsts = [a for a, _ in self.positive_pairs]
         seconds = [b for _, b in self.positive_pairs]
         texts = sorted({*firsts, *seconds, *self.sample})
-        vectors = encoder.encode(texts, batch_size=self.batch_size)
+        with stage("geometry"):
+            vectors = encoder.encode(texts, batch_size=self.batch_size)
         row = {text: i for i, text in enumerate(texts)}
         sample = vectors[[row[t] for t in self.sample]]
         return {

@@ -8,7 +8,8 @@ Two modes, one report:
 - ``"reward"``: a reward model scores ``(prompt, reply)``, and ``P(chosen preferred) = sigmoid(r_c - r_r)``, its
   Bradley-Terry probability.
 
-Metrics (accuracy and ECE in percent, as STS reports Spearman x100):
+Metrics (accuracy, ECE and the reliability bins in percent, as STS reports Spearman x100; see
+:mod:`embedkit.eval.scale`):
 
 - ``accuracy``: share of rows with ``score(chosen) > score(rejected)``; a tie counts one half (a model that
   cannot tell the replies apart scores 50, not 0), with a 95% Wilson score interval
@@ -27,16 +28,19 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from embedkit.data import Kind, read_examples
 from embedkit.data.render import render_pairs, tokenizer_of
-from embedkit.encoders import Encoder
-from embedkit.encoders.reward import RewardHead, RewardModel
 from embedkit.errors import ConfigError, EmbedkitError
+from embedkit.eval.scale import SCORE_SCALE
+from embedkit.progress import stage
 from embedkit.types import JsonValue, SupportsEncode, TextEncoder
+
+if TYPE_CHECKING:  # imported where used: the CLI reads MODES without loading torch
+    from embedkit.encoders.reward import RewardHead
 
 MODES = ("similarity", "reward")
 PROMPT_TRUNCATION = ("left", "right")
@@ -53,13 +57,14 @@ class RewardScorer(Protocol):
 
 @dataclass(frozen=True)
 class ReliabilityBin:
-    """One confidence bin of the reliability diagram (``accuracy`` and ``confidence`` in ``[0, 1]``)."""
+    """One confidence bin of the reliability diagram, in percent: its bounds, and the mean ``confidence`` and the
+    ``accuracy`` of its rows (``None`` for a bin without rows)."""
 
     lower: float
     upper: float
     count: int
-    confidence: float
-    accuracy: float
+    confidence: float | None
+    accuracy: float | None
 
 
 @dataclass(frozen=True)
@@ -78,9 +83,10 @@ class PreferenceReport:
     bins: tuple[ReliabilityBin, ...]
 
     def metrics(self) -> dict[str, float]:
-        values = asdict(self)
-        return {name: float(values[name]) for name in
-                ("accuracy", "accuracy_low", "accuracy_high", "mean_margin", "ece", "log_loss", "ties", "n")}
+        """The scores and the counts ``ties`` and ``n``, which stay integers."""
+        scores = {name: float(getattr(self, name)) for name in
+                  ("accuracy", "accuracy_low", "accuracy_high", "mean_margin", "ece", "log_loss")}
+        return {**scores, "ties": self.ties, "n": self.n}
 
     def to_dict(self) -> dict[str, JsonValue]:
         return asdict(self)
@@ -116,12 +122,12 @@ def preference_report(
         members = index == b
         count = int(members.sum())
         lower, upper = 0.5 + b / (2 * n_bins), 0.5 + (b + 1) / (2 * n_bins)
+        bin_confidence = bin_accuracy = None  # JSON has no NaN: an empty bin has neither
         if count:
             bin_confidence, bin_accuracy = float(confidence[members].mean()), float(correct[members].mean())
             ece += count / n * abs(bin_accuracy - bin_confidence)
-        else:
-            bin_confidence = bin_accuracy = float("nan")
-        bins.append(ReliabilityBin(lower, upper, count, bin_confidence, bin_accuracy))
+            bin_confidence, bin_accuracy = 100 * bin_confidence, 100 * bin_accuracy
+        bins.append(ReliabilityBin(100 * lower, 100 * upper, count, bin_confidence, bin_accuracy))
     low, high = wilson_interval(float(correct.sum()), n)
     return PreferenceReport(
         mode=mode,
@@ -168,6 +174,7 @@ class PreferenceEvaluator:
     limit: int | None = None
     primary_metric: str = "accuracy"
     higher_is_better: bool = field(default=True, init=False)
+    score_scale: ClassVar[int] = SCORE_SCALE
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -212,7 +219,8 @@ class PreferenceEvaluator:
             prompts = render_pairs(tokenizer_of(encoder), prompts, [""] * len(prompts), encoder.max_seq_length)
         texts = sorted({*prompts, *self.chosen, *self.rejected})  # each distinct text is encoded once
         row = {text: i for i, text in enumerate(texts)}
-        vectors = np.asarray(encoder.encode(texts, batch_size=self.batch_size), dtype=np.float64)
+        with stage("preference"):
+            vectors = np.asarray(encoder.encode(texts, batch_size=self.batch_size), dtype=np.float64)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
         def cosine(replies: list[str]) -> np.ndarray:
@@ -221,6 +229,9 @@ class PreferenceEvaluator:
         return cosine(self.chosen), cosine(self.rejected)
 
     def _scorer(self, model: SupportsEncode | RewardScorer) -> RewardScorer:
+        from embedkit.encoders import Encoder
+        from embedkit.encoders.reward import RewardModel
+
         if isinstance(model, RewardScorer):
             return model
         if self.reward_head is not None and isinstance(model, Encoder):

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pytrec_eval
 
 from embedkit.data.beir import read_beir
 from embedkit.errors import ConfigError
+from embedkit.eval.scale import SCORE_SCALE
+from embedkit.progress import stage
 from embedkit.types import TextEncoder
 
 GAINS = ("exponential", "linear")
@@ -76,7 +79,8 @@ class RetrievalEvaluator:
     Args:
         folder: a BEIR folder.
         split: the qrels split (``qrels/<split>.tsv``).
-        index_spec: ``"torch"``, ``"faiss:Flat"``, ``"faiss:HNSW32"``, ... (see :mod:`embedkit.index`).
+        index_spec: ``"torch"``, ``"faiss:Flat"``, ``"faiss:HNSW32"``, ``"bm25"`` (the encoder is not used),
+            ``"hybrid:faiss:Flat"``, ... (see :mod:`embedkit.index`).
         k: documents retrieved per query; ``map@k`` is computed over them.
         recall_at: the cutoffs of ``recall@k``, each at most ``k``.
         gain: ``"exponential"`` or ``"linear"`` nDCG gains for graded judgements (see the module docs).
@@ -92,6 +96,7 @@ class RetrievalEvaluator:
     batch_size: int = 64
     primary_metric: str = field(default=f"ndcg@{NDCG_AT}", init=False)
     higher_is_better: bool = field(default=True, init=False)
+    score_scale: ClassVar[int] = SCORE_SCALE
 
     def __post_init__(self) -> None:
         self.recall_at = tuple(sorted(set(self.recall_at)))
@@ -106,11 +111,14 @@ class RetrievalEvaluator:
 
     def search(self, encoder: TextEncoder) -> dict[str, dict[str, float]]:
         """The run ``{query_id: {doc_id: score}}`` of the top ``k`` documents of every judged query."""
-        from embedkit.index import build_index  # the index pulls in faiss; import it only when searching
+        from embedkit.index import as_corpus, build_index  # the index pulls in faiss; import it only when searching
 
         data = self.data
-        index = build_index(encoder, data.documents, spec=self.index_spec, metric="cosine", batch_size=self.batch_size)
-        found = index.search(data.queries, k=min(self.k, len(data.doc_ids)), batch_size=self.batch_size)
+        # a collection is scored as published, with the few empty documents some hold (BEIR's convention)
+        documents = as_corpus(data.documents, allow_blank=True)
+        with stage("retrieval"):
+            index = build_index(encoder, documents, spec=self.index_spec, metric="cosine", batch_size=self.batch_size)
+            found = index.search(data.queries, k=min(self.k, len(data.doc_ids)), batch_size=self.batch_size)
         run: dict[str, dict[str, float]] = {}
         for query_id, ids, scores in zip(data.query_ids, found.ids, found.scores, strict=True):
             # an index may pad a short result list with id -1

@@ -10,12 +10,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from embedkit.data import Kind, read_examples
 from embedkit.errors import DataError
+from embedkit.eval.scale import SCORE_SCALE
+from embedkit.progress import stage
 from embedkit.types import Example, SupportsEncode
 
 STS_SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".tsv", ".parquet", ".json")
@@ -23,6 +25,8 @@ STS_SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".tsv", ".parquet", ".json")
 
 def sts_spearman(embeddings1: np.ndarray, embeddings2: np.ndarray, gold: np.ndarray) -> float:
     """Spearman x100 of row-wise cosine similarity ``[n, D], [n, D]`` against ``[n]`` gold scores."""
+    from scipy.stats import spearmanr  # here: the CLI reads this package's names without loading scipy
+
     a = embeddings1 / np.maximum(np.linalg.norm(embeddings1, axis=1, keepdims=True), 1e-12)
     b = embeddings2 / np.maximum(np.linalg.norm(embeddings2, axis=1, keepdims=True), 1e-12)
     cosine = (a * b).sum(axis=1)
@@ -56,7 +60,8 @@ def sts_files(path: str | os.PathLike[str]) -> list[Path]:
 
 @dataclass
 class STSEvaluator:
-    """``evaluator(encoder) -> {"<name>/spearman": ..., "spearman": ...}``; the primary metric is ``spearman``.
+    """``evaluator(encoder) -> {"spearman": ...}`` on one file; on a folder of several, ``{"<file>/spearman": ...,
+    "spearman": their mean}``, each file named by its name up to the first dot. The primary metric is ``spearman``.
 
     Args:
         path: a scored file (``sentence1``, ``sentence2``, ``score``) or a folder of them.
@@ -69,6 +74,7 @@ class STSEvaluator:
     batch_size: int = 64
     primary_metric: str = "spearman"
     higher_is_better: bool = field(default=True, init=False)
+    score_scale: ClassVar[int] = SCORE_SCALE
 
     def __post_init__(self) -> None:
         self.sets: dict[str, list[Example]] = {}
@@ -81,11 +87,13 @@ class STSEvaluator:
         results: dict[str, float] = {}
         for name, examples in self.sets.items():
             texts = sorted({t for e in examples for t in (e.anchor, e.positive)})
-            vectors = encoder.encode(texts, batch_size=self.batch_size)
+            with stage("sts"):
+                vectors = encoder.encode(texts, batch_size=self.batch_size)
             row = {text: i for i, text in enumerate(texts)}
             first = vectors[[row[e.anchor] for e in examples]]
             second = vectors[[row[e.positive] for e in examples]]
             gold = np.array([e.score for e in examples], dtype=np.float64)
             results[f"{name}/spearman"] = sts_spearman(first, second, gold)
-        results["spearman"] = float(np.mean(list(results.values())))
-        return results
+        mean = float(np.mean(list(results.values())))
+        # one file's score is the mean itself: one name for it, not two
+        return {"spearman": mean} if len(results) == 1 else {**results, "spearman": mean}

@@ -22,7 +22,7 @@ ID_COLUMNS = ("_id", "id")
 TEXT_COLUMN = "text"
 TITLE_COLUMN = "title"
 BEIR_CORPUS = "corpus.jsonl"
-BLANK_TEXT = "a blank text: every document (and query) needs words to embed"
+BLANK_TEXT = "a blank text: a query or document needs words (blank documents can be kept with --allow-blank)"
 
 
 class Document(NamedTuple):
@@ -57,7 +57,7 @@ class Corpus:
         return self._size
 
 
-def as_corpus(corpus: CorpusSource) -> Corpus:
+def as_corpus(corpus: CorpusSource, *, allow_blank: bool = False) -> Corpus:
     """A :class:`Corpus` from any of:
 
     - a file (jsonl, json, csv, tsv, parquet, txt; optionally gzipped) or a BEIR folder (its ``corpus.jsonl``):
@@ -68,8 +68,11 @@ def as_corpus(corpus: CorpusSource) -> Corpus:
     - a list of ``(id, text)`` or ``(id, text, metadata)`` tuples or :class:`Document` rows;
     - a list of dicts, read like the rows of a file.
 
-    A blank text (empty or whitespace only, after the title) is refused: it would be found by no query, and in a
-    text file, whose ids are positions, skipping it would shift the id of every document after it.
+    A blank text (empty or whitespace only, after the title) is refused unless ``allow_blank``: it is most often a
+    wrong column or a stray line, it would be found by no query, and in a text file, whose ids are positions,
+    skipping it would shift the id of every document after it. Benchmark collections do hold a few empty
+    documents (Cranfield has two), which evaluations keep as they are, with ``allow_blank=True``; a text
+    file's blank lines are then documents too, so that ids stay line positions.
 
     Raises:
         DataError: a missing file, or (when the rows are read) a row without a text or with a blank one; names
@@ -84,50 +87,50 @@ def as_corpus(corpus: CorpusSource) -> Corpus:
             if not path.is_file():
                 raise DataError(f"a corpus folder must hold {BEIR_CORPUS} (BEIR layout)", str(corpus))
         read_rows(path)  # fails now, not on first use, when the file is missing or its format unknown
-        return Corpus(lambda: _file_rows(path), str(path))
+        return Corpus(lambda: _file_rows(path, allow_blank), str(path))
     if isinstance(corpus, Iterable) and not isinstance(corpus, Sequence):
         corpus = list(corpus)  # a generator can be read once only
     if not isinstance(corpus, Sequence):
         raise DataError(
             f"a corpus must be a path or a list of texts, (id, text) pairs or dicts, got {type(corpus).__name__}"
         )
-    return Corpus(lambda: _list_rows(corpus), "corpus", size=len(corpus))
+    return Corpus(lambda: _list_rows(corpus, allow_blank), "corpus", size=len(corpus))
 
 
-def _file_rows(path: Path) -> Iterator[Document]:
-    # a text file's blank lines are rows too, so that they are refused rather than shift the ids after them
+def _file_rows(path: Path, allow_blank: bool) -> Iterator[Document]:
+    # a text file's blank lines are rows too, so that a document's id is its line's position either way
     for position, (line, row) in enumerate(read_rows(path, keep_blank_lines=True)):
-        yield _row_document(row, position, str(path), line)
+        yield _row_document(row, position, str(path), line, allow_blank)
 
 
-def _list_rows(items: Sequence[CorpusItem]) -> Iterator[Document]:
+def _list_rows(items: Sequence[CorpusItem], allow_blank: bool) -> Iterator[Document]:
     for position, item in enumerate(items):
-        if isinstance(item, str):
-            if not item.strip():
-                raise DataError(f"corpus item {position}: {BLANK_TEXT}")
-            yield Document(position, item)
-        elif isinstance(item, Mapping):
-            yield _row_document(item, position, "corpus", position + 1)
-        elif isinstance(item, tuple) and len(item) in (2, 3):
-            document = Document(*item)
-            if not isinstance(document.text, str):
-                raise DataError(
-                    f"corpus item {position}: the text must be a string, got {type(document.text).__name__}"
-                )
-            if document.metadata is not None and not isinstance(document.metadata, Mapping):
-                raise DataError(
-                    f"corpus item {position}: metadata must be a dict, got {type(document.metadata).__name__}"
-                )
-            if not document.text.strip():
-                raise DataError(f"corpus item {position}: {BLANK_TEXT}")
-            yield document
-        else:
-            raise DataError(
-                f"corpus item {position}: expected a text, an (id, text[, metadata]) tuple or a dict, got {item!r:.80}"
-            )
+        if isinstance(item, Mapping):
+            yield _row_document(item, position, "corpus", position + 1, allow_blank)
+            continue
+        document = _item_document(item, position)
+        if not (allow_blank or document.text.strip()):
+            raise DataError(f"corpus item {position}: {BLANK_TEXT}")
+        yield document
 
 
-def _row_document(row: Mapping[str, Cell], position: int, name: str, line: int) -> Document:
+def _item_document(item: CorpusItem, position: int) -> Document:
+    """The document of a text or an ``(id, text[, metadata])`` tuple at ``position`` of an in-memory corpus."""
+    if isinstance(item, str):
+        return Document(position, item)
+    if not (isinstance(item, tuple) and len(item) in (2, 3)):
+        raise DataError(
+            f"corpus item {position}: expected a text, an (id, text[, metadata]) tuple or a dict, got {item!r:.80}"
+        )
+    document = Document(*item)
+    if not isinstance(document.text, str):
+        raise DataError(f"corpus item {position}: the text must be a string, got {type(document.text).__name__}")
+    if document.metadata is not None and not isinstance(document.metadata, Mapping):
+        raise DataError(f"corpus item {position}: metadata must be a dict, got {type(document.metadata).__name__}")
+    return document
+
+
+def _row_document(row: Mapping[str, Cell], position: int, name: str, line: int, allow_blank: bool) -> Document:
     text = row.get(TEXT_COLUMN)
     if not isinstance(text, str):
         raise DataError(f"column {TEXT_COLUMN!r} is missing or not a string", name, line)
@@ -136,7 +139,7 @@ def _row_document(row: Mapping[str, Cell], position: int, name: str, line: int) 
     title = row.get(TITLE_COLUMN)
     if isinstance(title, str) and title:
         text = f"{title} {text}"
-    if not text.strip():
+    if not (allow_blank or text.strip()):
         raise DataError(BLANK_TEXT, name, line)
     metadata = {key: value for key, value in row.items() if key != TEXT_COLUMN and key != id_column}
     return Document(external, text, metadata or None)

@@ -1,4 +1,5 @@
 """The ``faiss:<factory string>`` backend: any faiss index, on the GPU when the installed faiss sees one.
+(:mod:`embedkit.index.quantized` registers it, and reads binary factory strings and rescoring options too.)
 
 The factory string is faiss's own (``Flat``, ``IVF1024,Flat``, ``HNSW32``, ``IVF4096,PQ64``, ``PQ32``,
 ``OPQ16,IVF256,PQ16``, ...). Vectors carry int64 ids: IVF indexes store ids natively; every other index is
@@ -15,6 +16,7 @@ results per query (and probe at most 2048 lists), so larger searches run on the 
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +27,7 @@ import numpy as np
 
 from embedkit.errors import ConfigError
 from embedkit.index.arrays import aligned
-from embedkit.index.spec import BACKENDS, IndexFileError, IndexSpec, IndexWarning, pad_score
+from embedkit.index.spec import IndexFileError, IndexSpec, IndexWarning, pad_score
 from embedkit.types import JsonValue
 
 INDEX_FILE = "index.faiss"
@@ -105,7 +107,8 @@ def training_size(index: faiss.Index, n: int, factory: str) -> int:
     """How many of ``n`` corpus vectors to train ``index`` on; 0 when it needs no training.
 
     Raises:
-        ConfigError: fewer vectors than some k-means has centroids (faiss cannot train); says what to change.
+        ConfigError: fewer vectors than some k-means has centroids (faiss cannot train); says how many documents
+            the spec needs and what to use instead.
 
     Warns:
         IndexWarning: fewer than 39 vectors per centroid, faiss's threshold for a usable clustering.
@@ -115,27 +118,41 @@ def training_size(index: faiss.Index, n: int, factory: str) -> int:
     clusterings = list(_clusterings(index))
     if not clusterings:
         return min(n, TRAINING_CAP)
+    return clustering_sample_size(clusterings, n, factory)
+
+
+def clustering_sample_size(clusterings: list[tuple[str, int, faiss.ClusteringParameters]], n: int, factory: str) -> int:
+    """How many of ``n`` corpus vectors to train the k-means ``(what, centroids, parameters)`` of ``faiss:factory``
+    on (float or binary indexes alike); raises and warns as :func:`training_size`."""
     what, centroids, _ = max(clusterings, key=lambda item: item[1])
-    advice = (
-        f"use fewer IVF lists (at most n / {MIN_POINTS_PER_CENTROID} = {max(1, n // MIN_POINTS_PER_CENTROID)} for "
-        f"this corpus) or fewer PQ bits (e.g. PQ16x4 trains 16 centroids per sub-quantizer), or 'faiss:Flat'"
+    needs = (
+        f"faiss:{factory} trains {centroids} {what}, so it needs at least {centroids:,} documents "
+        f"({MIN_POINTS_PER_CENTROID * centroids:,} for good clusters, {MIN_POINTS_PER_CENTROID} per centroid)"
     )
     if n < centroids:
-        raise ConfigError(
-            f"faiss:{factory} trains {centroids} {what}, but the corpus has only {n} vectors (faiss needs at least "
-            f"one per centroid); {advice}"
-        )
+        raise ConfigError(f"{needs}, but the corpus has {n:,}; {_smaller_spec(what, factory, n)}")
     if n < MIN_POINTS_PER_CENTROID * centroids:
         warnings.warn(
-            f"faiss:{factory} trains {centroids} {what} on {n} vectors, fewer than the "
-            f"{MIN_POINTS_PER_CENTROID * centroids} ({MIN_POINTS_PER_CENTROID} per centroid) faiss recommends; "
-            f"the clusters will be poor and recall low; {advice}",
+            f"{needs}, and the corpus has {n:,}: the clusters will be poor and recall low; "
+            f"{_smaller_spec(what, factory, n)}",
             IndexWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         for _, _, parameters in clusterings:
             parameters.min_points_per_centroid = 0  # faiss would print the same warning once per k-means
     return min(n, MAX_POINTS_PER_CENTROID * centroids)
+
+
+def _smaller_spec(what: str, factory: str, n: int) -> str:
+    """What to use instead of a ``factory`` whose k-means (``what``) has too many centroids for ``n`` vectors."""
+    lists = n // MIN_POINTS_PER_CENTROID
+    no_training = "or 'faiss:HNSW32' or 'faiss:Flat', which need no training"
+    if what == "IVF lists" and lists >= 1:
+        smaller = re.sub(r"IVF\d+", f"IVF{lists}", factory, count=1)
+        return f"use at most n / {MIN_POINTS_PER_CENTROID} = {lists:,} lists ('faiss:{smaller}'), {no_training}"
+    if what == "IVF lists":
+        return "the corpus is too small for IVF lists; use 'faiss:HNSW32' or 'faiss:Flat', which need no training"
+    return f"use fewer bits per code (e.g. PQ16x4 trains 16 centroids per sub-quantizer), {no_training}"
 
 
 # -- the backend ---------------------------------------------------------------------------------------------
@@ -412,6 +429,3 @@ class FaissBackend:
         if ivf is not None:
             info["nlist"] = int(ivf.nlist)
         return info
-
-
-BACKENDS.register("faiss", FaissBackend)

@@ -4,7 +4,13 @@ An index ties three things together: a backend holding vectors under int64 inter
 any ``faiss`` index), a :class:`~embedkit.index.store.PayloadStore` mapping internal ids to the corpus's own
 ids, texts and metadata, and a :class:`~embedkit.index.store.Manifest` naming the model whose embeddings these
 are. Searching with an encoder of another model or dimension is refused, since its vectors would live in
-another space and every score would be meaningless.
+another space and every score would be meaningless. An index of a model's embeddings cut to their first
+``truncate_dim`` dimensions (Matryoshka) records the cut, and the model it loads for text queries makes the same.
+
+Documents are embedded after the model's document prompt and queries after its query prompt (see
+:mod:`embedkit.encoders.prompts`); the manifest records the document prompt, every later addition uses it, and an
+encoder whose model declares another document prompt gets a :class:`PromptMismatchWarning`. BM25 reads the texts
+without prompts.
 
 On disk an index is a folder of numbered versions behind a pointer (:mod:`embedkit.index.folder`): saves never
 leave the path without a complete index, readers never see half of a save, and :meth:`Index.update` holds the
@@ -15,29 +21,36 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from embedkit.data.collate import text_id
+from embedkit.data.collate import longest_first, text_id
 from embedkit.encoders.fingerprint import model_fingerprint
+from embedkit.encoders.prompts import DOCUMENT, QUERY, resolve_prompt
 from embedkit.errors import ConfigError, DataError
 from embedkit.index.arrays import normalized
 from embedkit.index.corpus import Corpus, CorpusSource, Document, as_corpus, batched
+from embedkit.index.faiss_backend import FaissBackend
 from embedkit.index.folder import DEFAULT_LOCK_TIMEOUT, check_replaceable, check_unchanged, commit, reading, writer_lock
+from embedkit.index.quantized import quantization_record
 from embedkit.index.spec import (
     BACKENDS,
+    DEFAULT_TARGET_RECALL,
     Backend,
     IndexFileError,
     IndexMismatchError,
     IndexSpec,
+    IndexWarning,
+    TextBackend,
     backend_metric,
     check_device,
     check_metric,
+    needs_encoder,
     parse_spec,
 )
 from embedkit.index.store import (
@@ -52,14 +65,31 @@ from embedkit.index.store import (
     read_manifest,
     write_files,
 )
+from embedkit.index.tuning import (
+    RECALL_AT,
+    HeldOutQueries,
+    SearchTuning,
+    check_target_recall,
+    query_count,
+    tune_search,
+    tuned_parameter,
+)
+from embedkit.progress import progress_bar
 from embedkit.types import JsonValue, TextEncoder
 from embedkit.version import __version__
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 CHUNK_SIZE = 16384
 """Documents embedded and added at a time: the corpus's embeddings are never all in memory at once."""
 SEARCH_BATCH = 4096
 """Queries embedded and searched at a time."""
-PROGRESS_FROM = 2048  # show progress bars for this many documents or queries and more
+
+
+class PromptMismatchWarning(IndexWarning):
+    """The index's documents were embedded after another prompt than the one the encoder's model declares for
+    documents, so queries embedded for that model may not match them well."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +97,8 @@ class SearchResult:
     """Search results, best first; unpacks like faiss's ``D, I``: ``scores, ids = index.search(...)``.
 
     Attributes:
-        scores: ``[n, k]`` float32; similarities (cosine, ip) or squared distances (l2). Empty slots (fewer
-            than ``k`` vectors in the index) hold ``-inf`` (``+inf`` for l2).
+        scores: ``[n, k]`` float32; similarities (cosine, ip), squared distances (l2), BM25 scores (``bm25``)
+            or fused scores (``hybrid``). Empty slots (fewer than ``k`` results) hold ``-inf`` (``+inf`` for l2).
         ids: ``[n, k]`` external ids: int64 (empty slots ``-1``) or object holding ``str`` (empty slots ``None``).
         texts: ``[n, k]`` object array of texts when payloads were asked for, else ``None``.
         metadata: ``[n, k]`` object array of metadata dicts (or ``None``) when payloads were asked for.
@@ -100,20 +130,18 @@ class IndexInfo(TypedDict):
     metric: str
     normalize: bool
     dimension: int
+    truncate_dim: int | None
+    document_prompt: str
     count: int
     id_type: str | None
     model: ModelInfo
     created: str
     embedkit_version: str
     search_params: dict[str, float]
+    quantization: dict[str, JsonValue]
+    search_tuning: SearchTuning | None
     backend: dict[str, JsonValue]
     files: dict[str, FileDigest]
-
-
-def _progress(total: int, description: str, show: bool | None) -> tqdm:
-    return tqdm(
-        total=total, desc=description, unit="text", disable=not (total >= PROGRESS_FROM if show is None else show)
-    )
 
 
 class Index:
@@ -145,25 +173,45 @@ class Index:
     def encoder(self) -> TextEncoder:
         """The encoder that embeds text queries: the one given, else the manifest's model, loaded on first use."""
         if self._encoder is None:
+            if not self.embeds:
+                raise ConfigError(f"index {self.manifest.spec!r} embeds nothing, so it has no encoder")
             from embedkit.encoders import load_encoder
 
-            encoder = load_encoder(self.manifest.model_name)
+            encoder = load_encoder(self.manifest.model_name, truncate_dim=self.manifest.truncate_dim)
             self.check_encoder(encoder)
+            self._warn_prompt_mismatch(encoder)
             self._encoder = encoder
         return self._encoder
 
     @encoder.setter
     def encoder(self, encoder: TextEncoder) -> None:
         self.check_encoder(encoder)
+        self._warn_prompt_mismatch(encoder)
         self._encoder = encoder
 
+    @property
+    def embeds(self) -> bool:
+        """Whether the index embeds documents and queries (every kind but ``bm25``)."""
+        return needs_encoder(self.manifest.spec)
+
     def check_encoder(self, encoder: TextEncoder) -> None:
-        """Refuse an encoder whose model weights or dimension differ from those that built the index.
+        """Refuse an encoder whose model weights or dimension differ from those that built the index (any encoder
+        fits an index that embeds nothing: it is not used).
 
         Raises:
             IndexMismatchError: names both models, their fingerprints and dimensions.
         """
+        if not self.embeds:
+            return
         fingerprint = model_fingerprint(encoder.model)
+        if fingerprint == self.manifest.model_fingerprint and encoder.dim != self.manifest.dimension:
+            cut = self.manifest.truncate_dim
+            wanted = "without truncate_dim" if cut is None else f"with truncate_dim={cut} (--truncate-dim {cut})"
+            raise IndexMismatchError(
+                f"this index holds {_size(self.manifest.dimension, cut)} embeddings of model "
+                f"{self.manifest.model_name!r}, but the encoder gives {_size(encoder.dim, truncation_of(encoder))} "
+                f"ones; load the model {wanted}, or build a new index with this one"
+            )
         if encoder.dim != self.manifest.dimension or fingerprint != self.manifest.model_fingerprint:
             raise IndexMismatchError(
                 f"this index holds embeddings of model {self.manifest.model_name!r} "
@@ -172,18 +220,34 @@ class Index:
                 "the index, or build a new index with this one"
             )
 
+    def _warn_prompt_mismatch(self, encoder: TextEncoder) -> None:
+        """A :class:`PromptMismatchWarning` when ``encoder``'s model declares another document prompt than the one
+        the index's documents were embedded after (never for an index that embeds nothing)."""
+        declared = resolve_prompt(encoder.prompts, DOCUMENT)
+        recorded = self.manifest.document_prompt
+        if self.embeds and declared != recorded:
+            built = f"after the document prompt {recorded!r}" if recorded else "without a document prompt"
+            wanted = f"declares the document prompt {declared!r}" if declared else "declares no document prompt"
+            warnings.warn(
+                f"this index was built {built}, but model {encoder.name!r} {wanted}: rebuild the index with the "
+                "model's document prompt, or search with a query prompt that suits the index",
+                PromptMismatchWarning,
+                stacklevel=3,
+            )
+
     # -- adding and removing -----------------------------------------------------------------------------------
-    def _embed(self, texts: list[str], batch_size: int) -> np.ndarray:
-        return self.encoder.encode(texts, batch_size=batch_size, normalize=self.manifest.normalize, show_progress=False)
+    def _embed(self, texts: list[str], batch_size: int, prompt: str) -> np.ndarray:
+        return self.encoder.encode(
+            texts, batch_size=batch_size, normalize=self.manifest.normalize, show_progress=False, prompt=prompt
+        )
 
     def _embed_batches(self, texts: list[str], batch_size: int, progress: tqdm) -> np.ndarray:
-        """:meth:`_embed`, one batch per call so that ``progress`` moves per batch. Texts are batched longest
-        first, as the encoder batches one call's texts, so that each batch pads as little as before."""
-        order = np.argsort([-len(text) for text in texts], kind="stable")
+        """Documents through :meth:`_embed` after the recorded document prompt, one batch per call so that
+        ``progress`` moves per batch. Texts are batched longest first, as the encoder batches one call's texts, so
+        that each batch pads as little as before."""
         vectors = np.empty((len(texts), self.manifest.dimension), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            positions = order[start : start + batch_size]
-            vectors[positions] = self._embed([texts[i] for i in positions], batch_size)
+        for positions in longest_first(texts, batch_size):
+            vectors[positions] = self._embed([texts[i] for i in positions], batch_size, self.manifest.document_prompt)
             progress.update(len(positions))
         return vectors
 
@@ -215,11 +279,17 @@ class Index:
         Ids are checked first (type, duplicates, ids already in the index), so a bad id fails before anything is
         embedded. The corpus is embedded ``chunk_size`` documents at a time. An index that needs training (IVF,
         PQ) is trained on its first add, on a seeded sample of the corpus whose embeddings are kept for the add.
+        An index of texts (``bm25``, ``hybrid``) then rebuilds its text index from every stored document.
+
+        The search parameters tuned when the index was built (:func:`build_index`) are kept, not tuned again:
+        that would take the exact vectors of every document in the index, which a quantized index no longer
+        holds, so the whole corpus would be embedded again. The manifest's ``search_tuning`` names the number of
+        documents it was measured on; build the index again to tune it for a corpus that has grown much.
 
         Args:
             corpus: see :func:`~embedkit.index.corpus.as_corpus`.
             embeddings: ``[n, D]`` precomputed embeddings of the corpus's texts by this index's model, in corpus
-                order; nothing is encoded then.
+                order; nothing is encoded then (an index that embeds nothing ignores them).
             batch_size: encoding batch size.
             chunk_size: documents embedded and added at a time.
             seed: seed of the training sample.
@@ -229,6 +299,20 @@ class Index:
             DataError: a bad id or row; ``embeddings`` of the wrong length.
             ConfigError: too few documents to train the index.
         """
+        return self._add(corpus, embeddings, batch_size, chunk_size, seed, show_progress, target_recall=None)
+
+    def _add(
+        self,
+        corpus: CorpusSource,
+        embeddings: np.ndarray | None,
+        batch_size: int,
+        chunk_size: int,
+        seed: int,
+        show_progress: bool | None,
+        target_recall: float | None,
+    ) -> int:
+        """:meth:`add`; with a ``target_recall``, the search parameter is then tuned for it (see
+        :mod:`embedkit.index.tuning`), against exact search over the documents of this add."""
         if chunk_size < 1:
             raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
         documents = as_corpus(corpus)
@@ -237,30 +321,62 @@ class Index:
         taken = self.store.present(ids) if len(self.store) else []
         if taken:
             raise DataError(f"{len(taken)} ids are already in the index, e.g. {taken[:3]}", documents.name)
+        if not self.embeds:
+            embeddings = None
         if embeddings is not None:
             embeddings = np.asarray(embeddings)
             self._check_dimension(embeddings)
             if len(embeddings) != len(ids):
                 raise DataError(f"{len(embeddings)} embeddings for {len(ids)} documents", documents.name)
+        tune = target_recall is not None and query_count(len(ids)) > 0 and tuned_parameter(self.backend) is not None
         sample_positions = np.zeros(0, dtype=np.int64)
         sample_vectors = np.zeros((0, self.manifest.dimension), dtype=np.float32)
-        if self.backend.needs_training:
-            sample_positions, sample_vectors = self._train(
-                documents, len(ids), embeddings, batch_size, seed, show_progress
+        queries: HeldOutQueries | None = None
+        if self.backend.needs_training or tune:
+            sample_positions, sample_vectors, queries = self._sample(
+                documents, len(ids), embeddings, batch_size, seed, show_progress, tune
             )
-        progress = _progress(len(ids), "embedding and indexing", show_progress)
+        progress = progress_bar("embedding and indexing", len(ids), show=show_progress)
         start = 0
         for chunk in batched(documents, chunk_size):
-            vectors = self._chunk_vectors(
-                chunk, start, embeddings, sample_positions, sample_vectors, batch_size, progress
-            )
-            with self.store.transaction():
-                self.backend.add(vectors, self._insert_payloads(chunk))
+            if not self.embeds:
+                with self.store.transaction():
+                    self._insert_payloads(chunk)
+                progress.update(len(chunk))
+            else:
+                vectors = self._chunk_vectors(
+                    chunk, start, embeddings, sample_positions, sample_vectors, batch_size, progress
+                )
+                with self.store.transaction():
+                    internal = self._insert_payloads(chunk)
+                    if queries is not None:
+                        vectors, internal = queries.withhold(start, vectors, internal)
+                    self.backend.add(vectors, internal)
             start += len(chunk)
         progress.close()
+        self.index_texts()
         self.manifest.count = len(self.backend)
         self.manifest.id_type = id_type
+        if queries is not None and target_recall is not None:
+            self._tune(queries, target_recall)
         return len(ids)
+
+    def index_texts(self) -> None:
+        """Rebuild the text index of a ``bm25`` or ``hybrid`` index from every stored document (nothing for other
+        kinds): after an add or a remove, as BM25 cannot be updated in place (see :mod:`embedkit.index.bm25`)."""
+        if isinstance(self.backend, TextBackend):
+            self.backend.index_texts(*self.store.texts())
+
+    def _tune(self, queries: HeldOutQueries, target_recall: float) -> None:
+        """Set the search parameter that reaches ``target_recall`` for ``queries``, held out of an index that
+        holds every other document; then add them, and record the tuning in the manifest."""
+        if not isinstance(self.backend, FaissBackend):
+            raise ConfigError(f"index {self.manifest.spec!r} has no search parameter to tune")
+        tuning = tune_search(self.backend, queries, target_recall, len(self.backend) + len(queries.ids))
+        queries.restore(self.backend)
+        self.set_search_params(**{tuning["parameter"]: tuning["value"]})
+        self.manifest.search_tuning = tuning
+        self.manifest.count = len(self.backend)
 
     def _insert_payloads(self, documents: Sequence[Document]) -> np.ndarray:
         """Store the ids, texts and metadata of ``documents`` (inside a store transaction); ``[n]`` internal ids."""
@@ -298,24 +414,43 @@ class Index:
             vectors[~kept] = self._embed_batches(texts, batch_size, progress)
         return vectors
 
-    def _train(
-        self, documents: Corpus, n: int, embeddings: np.ndarray | None, batch_size: int, seed: int, show: bool | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Train the backend on a seeded sample; returns ``([s] sorted positions, [s, D] their vectors)``."""
-        size = self.backend.training_size(n)
-        if size == 0:
-            raise ConfigError(f"index {self.manifest.spec!r} must be trained, but the corpus is empty")
-        positions = training_positions(n, size, seed)
+    def _sample(
+        self,
+        documents: Corpus,
+        n: int,
+        embeddings: np.ndarray | None,
+        batch_size: int,
+        seed: int,
+        show: bool | None,
+        tune: bool,
+    ) -> tuple[np.ndarray, np.ndarray, HeldOutQueries | None]:
+        """Embed the seeded samples needed before the first chunk: the training sample of an index that needs
+        training (which is trained on it here), and with ``tune`` the corpus vectors that serve as tuning
+        queries. Returns ``([s] sorted positions, [s, D] their vectors, the tuning queries)``."""
+        training = np.zeros(0, dtype=np.int64)
+        if self.backend.needs_training:
+            size = self.backend.training_size(n)
+            if size == 0:
+                raise ConfigError(f"index {self.manifest.spec!r} must be trained, but the corpus is empty")
+            training = training_positions(n, size, seed)
+        queries = training_positions(n, query_count(n), seed) if tune else np.zeros(0, dtype=np.int64)
+        positions = np.union1d(training, queries)
         if embeddings is not None:
             vectors = self._prepared(embeddings[positions])
         else:
             wanted = set(positions.tolist())
             texts = [d.text for position, d in enumerate(documents) if position in wanted]
-            progress = _progress(len(texts), "embedding the training sample", show)
+            what = [name for name, wanted in (("training sample", len(training)), ("tuning queries", tune)) if wanted]
+            progress = progress_bar(f"embedding the {' and '.join(what)}", len(texts), show=show)
             vectors = self._embed_batches(texts, batch_size, progress)
             progress.close()
-        self.backend.train(vectors)
-        return positions, vectors
+        if len(training):
+            self.backend.train(vectors[np.isin(positions, training)])
+        held_out = None
+        if tune:
+            k = min(RECALL_AT, n - len(queries))
+            held_out = HeldOutQueries(queries, vectors[np.isin(positions, queries)], k, self.backend.metric)
+        return positions, vectors, held_out
 
     def remove(self, ids: Sequence[int | str]) -> int:
         """Remove documents by external id; returns how many were removed.
@@ -330,6 +465,7 @@ class Index:
         with self.store.transaction():
             self.store.delete(internal)
             removed = self.backend.remove(internal)
+            self.index_texts()
         self.manifest.count = len(self.backend)
         return removed
 
@@ -340,11 +476,19 @@ class Index:
         k: int = 10,
         batch_size: int = 64,
         show_progress: bool | None = None,
+        *,
+        embeddings: np.ndarray | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`search`, but returns ``(scores [n, k], internal ids [n, k] int64)``, for embedkit's own
-        code (the miner) that maps ids itself."""
+        code (the miner) that maps ids itself. ``embeddings``: ``[n, D]`` precomputed embeddings of the query
+        texts, used instead of embedding them (a ``hybrid`` index needs both)."""
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
+        lexical = self.backend if isinstance(self.backend, TextBackend) else None
+        if lexical is not None and isinstance(queries, np.ndarray):
+            raise ConfigError(f"index {self.manifest.spec!r} searches texts: give the query texts, not vectors")
         texts: list[str] | None = None
         vectors: np.ndarray | None = None
         if isinstance(queries, str):
@@ -355,18 +499,31 @@ class Index:
             texts = list(queries)
             if not all(isinstance(text, str) for text in texts):
                 raise DataError("queries must be texts or an [n, D] array of vectors")
+        if embeddings is not None and texts is not None and self.embeds:
+            vectors = self._prepared(embeddings)
+            if len(vectors) != len(texts):
+                raise DataError(f"{len(vectors)} embeddings for {len(texts)} queries")
+        query_prompt = ""
+        if texts is not None and vectors is None and self.embeds:
+            query_prompt = resolve_prompt(self.encoder.prompts, QUERY, prompt_name=prompt_name, prompt=prompt)
         total = len(texts) if texts is not None else len(vectors)  # type: ignore[arg-type]
         scores, found = [], []
-        progress = _progress(total, "searching", show_progress)
+        progress = progress_bar("searching", total, show=show_progress)
         for start in range(0, total, SEARCH_BATCH):
-            if texts is not None:
-                block = self._embed(texts[start : start + SEARCH_BATCH], batch_size)
+            block_texts = None if texts is None else texts[start : start + SEARCH_BATCH]
+            if vectors is not None:
+                block = vectors[start : start + SEARCH_BATCH]
+            elif self.embeds:
+                block = self._embed(block_texts, batch_size, query_prompt)  # type: ignore[arg-type]
             else:
-                block = vectors[start : start + SEARCH_BATCH]  # type: ignore[index]
-            block_scores, block_ids = self.backend.search(block, int(k))
+                block = None
+            if lexical is not None:
+                block_scores, block_ids = lexical.search_texts(block_texts, block, int(k))  # type: ignore[arg-type]
+            else:
+                block_scores, block_ids = self.backend.search(block, int(k))  # type: ignore[arg-type]
             scores.append(block_scores)
             found.append(block_ids)
-            progress.update(len(block))
+            progress.update(len(block_ids))
         progress.close()
         if not scores:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
@@ -380,22 +537,28 @@ class Index:
         return_payloads: bool = False,
         batch_size: int = 64,
         show_progress: bool | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> SearchResult:
         """The ``k`` nearest documents of each query.
 
         Args:
             queries: a text, a list of texts (embedded with :attr:`encoder`), or ``[n, D]`` vectors (normalised
-                here when the metric is cosine).
+                here when the metric is cosine; not for ``bm25`` and ``hybrid`` indexes, which search texts).
             k: results per query.
             return_payloads: also return the texts and metadata of the results.
             batch_size: encoding batch size.
             show_progress: a progress bar; by default for 2,048 queries or more.
+            prompt_name: text queries get the encoder's prompt of this name instead of its query prompt.
+            prompt: text queries get this prompt instead of the encoder's query prompt (BM25 reads them without).
 
         Raises:
             IndexMismatchError: vectors of another dimension.
-            ConfigError: ``k`` is not a positive integer.
+            ConfigError: ``k`` is not a positive integer; both ``prompt`` and ``prompt_name``, or an unknown name.
         """
-        scores, internal = self.search_internal(queries, k, batch_size, show_progress)
+        scores, internal = self.search_internal(
+            queries, k, batch_size, show_progress, prompt_name=prompt_name, prompt=prompt
+        )
         externals, _ = self.store.id_arrays()
         texts, metadata = self.store.payloads(internal) if return_payloads else (None, None)
         return SearchResult(scores=scores, ids=externals[internal], texts=texts, metadata=metadata)
@@ -434,6 +597,7 @@ class Index:
         return root
 
     def _write_files(self, folder: Path) -> None:
+        self.manifest.quantization = quantization_record(self.backend)
         write_files(folder, self.manifest, [self.backend.save, self.store.save])
 
     @classmethod
@@ -466,8 +630,9 @@ class Index:
 
         Args:
             path: the folder :meth:`save` wrote.
-            encoder: the encoder for text queries; checked against the manifest now. ``None``: the manifest's
-                model is loaded (and checked) on the first text query.
+            encoder: the encoder for text queries; checked against the manifest now (a
+                :class:`PromptMismatchWarning` when its model declares another document prompt than the index was
+                built with). ``None``: the manifest's model is loaded (and checked) on the first text query.
             device: ``"auto"``, ``"gpu"`` or ``"cpu"``: where faiss indexes search.
 
         Raises:
@@ -492,12 +657,16 @@ class Index:
             "metric": self.manifest.metric,
             "normalize": self.manifest.normalize,
             "dimension": self.manifest.dimension,
+            "truncate_dim": self.manifest.truncate_dim,
+            "document_prompt": self.manifest.document_prompt,
             "count": len(self.backend),
             "id_type": self.manifest.id_type,
             "model": {"name": self.manifest.model_name, "fingerprint": self.manifest.model_fingerprint},
             "created": self.manifest.created,
             "embedkit_version": self.manifest.embedkit_version or __version__,
             "search_params": dict(self.manifest.search_params),
+            "quantization": quantization_record(self.backend),
+            "search_tuning": self.manifest.search_tuning,
             "backend": self.backend.describe(),
             "files": dict(self.manifest.files),
         }
@@ -527,33 +696,73 @@ def _load_files(folder: Path, device: str) -> tuple[Backend, PayloadStore, Manif
     return backend, store, manifest
 
 
+def truncation_of(encoder: TextEncoder) -> int | None:
+    """The ``truncate_dim`` an encoder cuts its embeddings to (an :class:`~embedkit.encoders.Encoder` or a
+    :class:`~embedkit.encoders.truncation.TruncatedEncoder`); ``None`` for one that does not cut them."""
+    return getattr(encoder, "truncate_dim", None)
+
+
+def _size(dimension: int, truncate_dim: int | None) -> str:
+    """``"384-dimensional"``, or ``"128-dimensional (truncate_dim 128)"`` for cut embeddings."""
+    return f"{dimension}-dimensional" + ("" if truncate_dim is None else f" (truncate_dim {truncate_dim})")
+
+
 def training_positions(n: int, size: int, seed: int) -> np.ndarray:
     """``[size]`` sorted positions of the seeded sample of ``n`` documents that an IVF/PQ index is trained on."""
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def empty_index(encoder: TextEncoder, spec: str | IndexSpec, metric: str, device: str) -> Index:
-    """An index with nothing in it yet, for ``encoder``'s embeddings (see :func:`build_index`)."""
+def empty_index(
+    encoder: TextEncoder | None, spec: str | IndexSpec, metric: str, device: str, document_prompt: str = ""
+) -> Index:
+    """An index with nothing in it yet, for ``encoder``'s embeddings of documents after ``document_prompt`` (see
+    :func:`build_index`); an index that embeds nothing (``bm25``) records no model (name, fingerprint ``""``,
+    dimension 0, no prompt) and ignores ``encoder``."""
     parsed = parse_spec(spec)
     metric = check_metric(metric)
-    backend = BACKENDS.get(parsed.backend).create(parsed, encoder.dim, backend_metric(metric), check_device(device))
+    embeds = needs_encoder(parsed)
+    if embeds and encoder is None:
+        raise ConfigError(f"index {str(parsed)!r} embeds its documents: give an encoder")
+    model = encoder if embeds else None
+    dim = 0 if model is None else model.dim
+    backend = BACKENDS.get(parsed.backend).create(parsed, dim, backend_metric(metric), check_device(device))
     manifest = Manifest(
         spec=str(parsed),
         metric=metric,
         normalize=metric == "cosine",
-        dimension=encoder.dim,
-        model_name=encoder.name,
-        model_fingerprint=model_fingerprint(encoder.model),
+        dimension=dim,
+        model_name="" if model is None else model.name,
+        model_fingerprint="" if model is None else model_fingerprint(model.model),
         embedkit_version=__version__,
         created=now(),
+        truncate_dim=truncation_of(encoder),
+        document_prompt="" if model is None else document_prompt,
     )
     index = Index(backend, PayloadStore.create(), manifest)
-    index.encoder = encoder
+    if model is not None:
+        # the encoder that builds the index: its weights are the manifest's, and a prompt chosen for this build is
+        # no mismatch to warn about
+        index.check_encoder(model)
+        index._encoder = model
     return index
 
 
+def document_prompt(
+    encoder: TextEncoder | None, spec: str | IndexSpec, prompt_name: str | None, prompt: str | None
+) -> str:
+    """The prompt an index of ``spec`` embeds its documents after: ``prompt``, the model's prompt ``prompt_name``,
+    else its document prompt; ``""`` for an index that embeds nothing.
+
+    Raises:
+        ConfigError: both ``prompt`` and ``prompt_name``, or a name the model has no prompt for.
+    """
+    if encoder is None or not needs_encoder(spec):
+        return ""
+    return resolve_prompt(encoder.prompts, DOCUMENT, prompt_name=prompt_name, prompt=prompt)
+
+
 def build_index(
-    encoder: TextEncoder,
+    encoder: TextEncoder | None,
     corpus: CorpusSource,
     spec: str | IndexSpec = "torch",
     metric: str = "cosine",
@@ -564,31 +773,47 @@ def build_index(
     device: str = "auto",
     seed: int = 0,
     show_progress: bool | None = None,
+    target_recall: float | None = DEFAULT_TARGET_RECALL,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
 ) -> Index:
-    """Embed a corpus with ``encoder`` and index it.
+    """Embed a corpus with ``encoder`` and index it; an approximate index (IVF, HNSW) gets the search parameter
+    that reaches ``target_recall`` (see :mod:`embedkit.index.tuning`).
+
+    Documents are embedded after the model's document prompt (see :mod:`embedkit.encoders.prompts`), or the
+    prompt given; the manifest records it.
 
     Args:
         encoder: any :class:`~embedkit.types.TextEncoder` (its ``name``, ``dim`` and ``model`` go into the
-            manifest).
+            manifest); ``None`` for an index that embeds nothing (``bm25``), which ignores it anyway.
         corpus: a jsonl/csv/tsv/parquet/txt file, a BEIR folder or its ``corpus.jsonl`` (text = title + " " +
             text), a list of texts (ids 0..n-1), or a list of ``(id, text[, metadata])`` (see
             :func:`~embedkit.index.corpus.as_corpus`).
-        spec: ``"torch"``, ``"torch:cuda"``, ``"faiss:Flat"``, ``"faiss:IVF1024,Flat"``, ``"faiss:HNSW32"``, ...
+        spec: ``"torch"``, ``"torch:cuda"``, ``"faiss:Flat"``, ``"faiss:IVF1024,Flat"``, ``"faiss:HNSW32"``,
+            ``"bm25"``, ``"hybrid:faiss:Flat"``, ... (see :mod:`embedkit.index.bm25`, :mod:`embedkit.index.hybrid`).
         metric: ``"cosine"`` (normalised inner product), ``"ip"`` or ``"l2"``.
         embeddings: ``[n, D]`` precomputed embeddings of the corpus by ``encoder``, in corpus order.
         batch_size: encoding batch size.
         chunk_size: documents embedded and added at a time (bounds memory).
         device: ``"auto"`` (faiss on the GPU when it sees one), ``"gpu"`` or ``"cpu"``.
-        seed: seed of the training sample of IVF/PQ indexes.
+        seed: seed of the training sample of IVF/PQ indexes and of the tuning queries.
         show_progress: progress bars; by default for 2,048 documents or more.
+        target_recall: the recall@10 against exact search to tune ``nprobe`` (IVF) or ``efSearch`` (HNSW) for,
+            with a tenth of the corpus (at most 1,000 documents) as queries, held out of the index while it is
+            tuned; the smallest value that reaches it is saved with the index (``manifest.search_tuning`` says
+            what was measured). ``None``: faiss's defaults.
+        prompt_name: embed documents after the model's prompt of this name instead of its document prompt.
+        prompt: embed documents after this prompt instead of the model's document prompt; ``embeddings`` given
+            must have been embedded after it too.
+
+    Raises:
+        ConfigError: a ``target_recall`` outside ``(0, 1]``; too few documents to train the index; both ``prompt``
+            and ``prompt_name``, or a name the model has no prompt for.
+
+    Warns:
+        IndexWarning: no value of the parameter reaches ``target_recall`` (the best one is kept).
     """
-    index = empty_index(encoder, spec, metric, device)
-    index.add(
-        corpus,
-        embeddings=embeddings,
-        batch_size=batch_size,
-        chunk_size=chunk_size,
-        seed=seed,
-        show_progress=show_progress,
-    )
+    target = check_target_recall(target_recall)
+    index = empty_index(encoder, spec, metric, device, document_prompt(encoder, spec, prompt_name, prompt))
+    index._add(corpus, embeddings, batch_size, chunk_size, seed, show_progress, target_recall=target)
     return index

@@ -8,9 +8,10 @@ backend named before it is looked up in :data:`BACKENDS`, and the rest is that b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -23,6 +24,10 @@ METRICS = ("cosine", "ip", "l2")
 distance (smaller is closer; scores are distances, in ascending order)."""
 
 DEVICES = ("auto", "cpu", "gpu")
+
+DEFAULT_TARGET_RECALL = 0.95
+"""The recall@10 against exact search that :func:`~embedkit.index.build_index` tunes an approximate index's search
+parameter for by default (:mod:`embedkit.index.tuning`; here, where the CLI reads it without loading faiss)."""
 
 
 class IndexFileError(EmbedkitError):
@@ -99,6 +104,30 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class TextBackend(Backend, Protocol):
+    """A backend that also indexes the documents' texts (``bm25``, ``hybrid``).
+
+    The :class:`~embedkit.index.Index` hands it every stored document after each add or remove
+    (:meth:`index_texts`), and searches it with the query texts (:meth:`search_texts`) instead of :meth:`search`.
+    Its scores are its own (BM25, fused), not similarities of the model's embeddings.
+    """
+
+    embeds: bool
+    """Whether documents and queries are also embedded (``hybrid``) or not at all (``bm25``): a backend that
+    embeds nothing gets no :meth:`add` calls and no query vectors."""
+
+    def index_texts(self, ids: np.ndarray, texts: Sequence[str]) -> None:
+        """(Re)build the text index over exactly these documents: ``[n]`` int64 ids and their texts."""
+        ...
+
+    def search_texts(
+        self, texts: Sequence[str], vectors: np.ndarray | None, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``[n]`` query texts (and their ``[n, D]`` vectors when it embeds) -> ``(scores [n, k], ids [n, k])``."""
+        ...
+
+
 class BackendFactory(Protocol):
     FILES: tuple[str, ...]
     """The files that :meth:`Backend.save` writes and :meth:`load` reads (the manifest must check each)."""
@@ -109,6 +138,12 @@ class BackendFactory(Protocol):
 
 
 BACKENDS: Registry[BackendFactory] = Registry("index backend")
+# Each backend registers itself when its module is imported, which a lookup does: loading a faiss index does not
+# import torch, nor a torch index faiss.
+BACKENDS.register_module("torch", "embedkit.index.exact")
+BACKENDS.register_module("faiss", "embedkit.index.quantized")
+BACKENDS.register_module("bm25", "embedkit.index.bm25")
+BACKENDS.register_module("hybrid", "embedkit.index.hybrid")
 
 
 def parse_spec(spec: str | IndexSpec) -> IndexSpec:
@@ -147,3 +182,51 @@ def backend_metric(metric: str) -> str:
 def pad_score(metric: str) -> float:
     """The score of an empty result slot: worse than any real score."""
     return float("inf") if metric == "l2" else float("-inf")
+
+
+def needs_encoder(spec: str | IndexSpec) -> bool:
+    """Whether indexes of ``spec`` embed documents and queries with an encoder: all but purely lexical ones (``bm25``).
+
+    Raises:
+        UnknownNameError: the backend is not registered.
+    """
+    return getattr(BACKENDS.get(parse_spec(spec).backend), "embeds", True)  # vector backends do not declare it
+
+
+def parse_options(spec: str | IndexSpec, text: str, valid: Sequence[str]) -> dict[str, str]:
+    """``"k1=0.9,b=0.4"`` -> ``{"k1": "0.9", "b": "0.4"}``: the ``name=value`` options of a spec.
+
+    Raises:
+        ConfigError: an item that is not ``name=value``, a name not in ``valid`` (the message lists them), or a
+            name given twice; each message names the spec.
+    """
+    options: dict[str, str] = {}
+    for item in text.split(",") if text.strip() else []:
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not name or not value:
+            raise ConfigError(f"index spec {str(spec)!r}: options look like name=value, got {item.strip()!r}")
+        if name not in valid:
+            raise ConfigError(f"index spec {str(spec)!r}: unknown option {name!r}; valid: {', '.join(valid)}")
+        if name in options:
+            raise ConfigError(f"index spec {str(spec)!r}: option {name!r} is given twice")
+        options[name] = value
+    return options
+
+
+def number_option(
+    spec: str | IndexSpec, name: str, value: str, *, low: float, high: float = float("inf"), integer: bool = False
+) -> float:
+    """The option ``name=value`` of a spec as a number in ``[low, high]`` (an integer when ``integer``).
+
+    Raises:
+        ConfigError: not a number, not an integer when one is needed, or out of range; names the spec.
+    """
+    try:
+        number = int(value) if integer else float(value)
+    except ValueError:
+        number = float("nan")
+    if not low <= number <= high:  # NaN fails too
+        kind = "an integer" if integer else "a number"
+        bounds = f">= {low:g}" if high == float("inf") else f"in [{low:g}, {high:g}]"
+        raise ConfigError(f"index spec {str(spec)!r}: option {name} must be {kind} {bounds}, got {value!r}")
+    return number

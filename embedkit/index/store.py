@@ -2,12 +2,17 @@
 
 A version folder (:mod:`embedkit.index.folder` keeps versions behind a pointer)::
 
-    manifest.json         embedkit version, model name and weight fingerprint, dimension, metric,
-                          normalisation, spec, count, id type, creation time, search parameters, the
-                          size and sha256 of every other file (checked before any of them is parsed), and
-                          the sha256 of the manifest's own content (so that an edited spec is refused)
+    manifest.json         embedkit version, model name and weight fingerprint, dimension (and the
+                          ``truncate_dim`` the model's embeddings were cut to, when they were), metric,
+                          normalisation, spec, the prompt put before each document, count, id type,
+                          creation time, search parameters and how they were tuned
+                          (:mod:`embedkit.index.tuning`), the size and sha256 of every other file
+                          (checked before any of them is parsed), the quantization of the codes and its
+                          calibration (see embedkit.index.quantized), and the sha256 of the manifest's
+                          own content (so that an edited spec is refused)
     payloads.sqlite       one row per vector: internal id, external id, text, text id, metadata (JSON)
-    index.faiss           (faiss backends) written by faiss.write_index
+    index.faiss           (faiss backends) written by faiss.write_index (binary indexes: write_index_binary)
+    rescore.safetensors   (faiss specs with rescore=<r>) the vectors that rescore candidates, and their ids
     vectors.safetensors   (torch backend) vectors and internal ids
 
 External ids are the corpus's own, ``int`` or ``str`` (one type per index), kept with their type: the
@@ -35,7 +40,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -44,12 +49,15 @@ from embedkit.fsutil import owned_directory, remove_if_abandoned
 from embedkit.index.spec import IndexFileError
 from embedkit.types import JsonValue
 
+if TYPE_CHECKING:
+    from embedkit.index.tuning import SearchTuning
+
 MANIFEST_FILE = "manifest.json"
 PAYLOADS_FILE = "payloads.sqlite"
 FORMAT = "embedkit-index"
-FORMAT_VERSION = 2
-"""Version 2 added the manifest's ``checksum``; version 1 manifests (no checksum) are still read."""
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""Version 2 added the manifest's ``checksum``, version 3 its ``search_tuning``; older manifests are still read."""
+READABLE_VERSIONS = (1, 2, 3)
 WORKDIR_PREFIX = "embedkit-index-"
 _Value = TypeVar("_Value")
 _SQL_VARIABLES = 900  # ids per "IN (...)" query, under SQLite's historical limit of 999 parameters
@@ -87,15 +95,22 @@ class Manifest:
     dimension: int
     model_name: str
     model_fingerprint: str
+    document_prompt: str = ""  # manifests written before prompts were recorded had none
     count: int = 0
     id_type: str | None = None
     embedkit_version: str = ""
     created: str = ""
     search_params: dict[str, float] = field(default_factory=dict)
+    quantization: dict[str, JsonValue] = field(default_factory=dict)
+    search_tuning: SearchTuning | None = None
     files: dict[str, FileDigest] = field(default_factory=dict)
+    truncate_dim: int | None = None
+    """The leading dimensions of the model's embeddings kept (Matryoshka); ``None``: all of them."""
 
     def to_json(self) -> str:
         body = asdict(self)
+        if body["truncate_dim"] is None:
+            del body["truncate_dim"]  # so that embedkit versions without truncation read untruncated indexes
         model = {"name": body.pop("model_name"), "fingerprint": body.pop("model_fingerprint")}
         document = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model, **body}
         return json.dumps({**document, "checksum": content_checksum(document)}, indent=2) + "\n"
@@ -256,7 +271,7 @@ class PayloadStore:
     @classmethod
     def create(cls) -> PayloadStore:
         """An empty store in a private working file (cheaper than memory for large corpora)."""
-        workdir, lock = _working_folder()
+        workdir, lock = working_folder()
         connection = _working_connection(workdir / PAYLOADS_FILE)
         connection.executescript(_SCHEMA)
         connection.execute("INSERT INTO meta VALUES ('next_internal', 0), ('id_type', NULL)")
@@ -283,7 +298,7 @@ class PayloadStore:
     def _writable(self) -> sqlite3.Connection:
         """The connection, after copying a read-only saved store to a private working file."""
         if self.read_only:
-            workdir, lock = _working_folder()
+            workdir, lock = working_folder()
             connection = _working_connection(workdir / PAYLOADS_FILE)
             self._connection.backup(connection)
             self._connection.close()
@@ -408,6 +423,11 @@ class PayloadStore:
         shape = np.shape(internal)
         return texts.reshape(shape), metadata.reshape(shape)
 
+    def texts(self) -> tuple[np.ndarray, list[str]]:
+        """``([n] int64 internal ids, ascending; their texts)``: every stored document (a text index's rebuild)."""
+        rows = self._connection.execute("SELECT internal, text FROM items ORDER BY internal").fetchall()
+        return np.array([row[0] for row in rows], dtype=np.int64), [row[1] for row in rows]
+
     def save(self, folder: Path) -> list[str]:
         """Copy the database into ``folder`` (SQLite's online backup: a consistent snapshot)."""
         # created here so that its mode follows the umask alone (SQLite would cap it at 0644); empty is a valid db
@@ -429,7 +449,7 @@ def _working_connection(path: Path) -> sqlite3.Connection:
     return connection
 
 
-def _working_folder() -> tuple[Path, int]:
+def working_folder() -> tuple[Path, int]:
     """A new locked ``embedkit-index-*`` folder in the temporary folder, after removing those whose process died
     (a killed process cannot clean up after itself, and each of its folders may hold a whole corpus)."""
     temp = Path(tempfile.gettempdir())

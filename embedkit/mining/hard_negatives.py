@@ -19,6 +19,14 @@ none judges the guide's similarities of the same pairs instead of the mined mode
 ranks still follow the mined model. Steps run in the order given, so a margin listed before the rank window
 acts as in sentence-transformers' ``mine_hard_negatives``: the window counts the candidates the margin left.
 
+A ``bm25`` or ``hybrid`` index (BM25 negatives, as in DPR) picks the candidates by its own scores, and the mined
+model then scores them: the steps compare the model's similarities, so margins and rank windows mean what they
+mean for a dense index, over a lexically chosen pool.
+
+Anchors are embedded as queries and positives and the corpus as documents, each after the model's prompt for
+its role (:mod:`embedkit.encoders.prompts`; an index given records its document prompt, and BM25 reads the texts
+without prompts); a guide embeds them after its own prompts.
+
 Each row of the score table has its own candidates, while a :class:`Scores` table shares its ``C`` columns
 among rows; so ``R`` rows are laid out block-diagonally, ``C = R * (1 + K)``: row ``r``'s positive sits at
 column ``r (1 + K)`` followed by its ``K`` candidates, and every column outside the row's block is invalid.
@@ -37,12 +45,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from embedkit.data import Examples
 from embedkit.data.collate import text_id
+from embedkit.encoders.prompts import DOCUMENT, QUERY, resolve_prompt
 from embedkit.errors import ConfigError, DataError
 from embedkit.index import Corpus, Index, as_corpus, build_index
+from embedkit.index.spec import TextBackend
 from embedkit.losses.steps import (
     FilterSpec,
     MaskDuplicates,
@@ -52,6 +61,7 @@ from embedkit.losses.steps import (
     apply_steps,
     build_steps,
 )
+from embedkit.progress import progress_bar
 from embedkit.types import Example, Kind, Scores, TextEncoder
 
 SAMPLING = ("top", "random")
@@ -214,8 +224,12 @@ def _pairs(pairs: Sequence[Any]) -> list[Example]:
     return rows
 
 
-def _encode(encoder: TextEncoder, texts: list[str], normalize: bool, batch_size: int) -> np.ndarray:
-    return encoder.encode(texts, batch_size=batch_size, normalize=normalize, show_progress=None)
+Embed = Callable[[list[str], str], np.ndarray]
+"""``(texts, prompt) -> [n, D]`` embeddings of ``texts``, each after ``prompt``."""
+
+
+def _encode(encoder: TextEncoder, texts: list[str], prompt: str, normalize: bool, batch_size: int) -> np.ndarray:
+    return encoder.encode(texts, batch_size=batch_size, normalize=normalize, show_progress=None, prompt=prompt)
 
 
 def filter_candidates(
@@ -226,16 +240,17 @@ def filter_candidates(
     k: int,
     *,
     guide: TextEncoder | None = None,
-    embed: Callable[[list[str]], np.ndarray] | None = None,
+    embed: Embed | None = None,
     batch_size: int = 64,
     rows_per_table: int = ROWS_PER_TABLE,
     show_progress: bool | None = None,
 ) -> Candidates:
     """Retrieve ``k`` candidates per anchor from ``index`` and run each pair's score table through ``steps``.
 
-    Each distinct anchor and positive is embedded once (by ``embed``, which returns ``[n, D]`` embeddings as the
-    index stores them; by default ``encoder.encode``), and each distinct anchor searched once. See
-    :func:`mine_hard_negatives` for the other arguments.
+    Each distinct anchor is embedded once after the encoder's query prompt and each distinct positive once after
+    the index's document prompt (the encoder's, for an index that embeds nothing), by ``embed``, which returns
+    ``[n, D]`` embeddings as the index stores them (by default ``encoder.encode``); each distinct anchor is searched
+    once. See :func:`mine_hard_negatives` for the other arguments.
     """
     rows = _pairs(pairs)
     if index.manifest.metric == "l2":
@@ -250,9 +265,15 @@ def filter_candidates(
     pair_anchor = np.array([anchor_of[row.anchor] for row in rows])
     pair_positive = np.array([positive_of[row.positive] for row in rows])
 
-    anchor_vectors = embed(anchors)
-    positive_vectors = embed(positives)
-    scores, internal = index.search_internal(anchor_vectors, min(k, max(len(index), 1)), show_progress=show_progress)
+    document_prompt = index.manifest.document_prompt if index.embeds else resolve_prompt(encoder.prompts, DOCUMENT)
+    anchor_vectors = embed(anchors, resolve_prompt(encoder.prompts, QUERY))
+    positive_vectors = embed(positives, document_prompt)
+    scores, internal = index.search_internal(
+        anchors, min(k, max(len(index), 1)), show_progress=show_progress, embeddings=anchor_vectors
+    )
+    if isinstance(index.backend, TextBackend):
+        # BM25 and fused scores are not the model's similarities, which the steps compare with the positive's
+        scores, internal = _model_scores(anchor_vectors, internal, index, partial(embed, prompt=document_prompt))
     _, text_ids = index.store.id_arrays()
     groups = text_ids[internal]  # [A, K]
     # a candidate that is a known positive of the anchor takes the group of the row's positive, so that
@@ -271,12 +292,7 @@ def filter_candidates(
 
     anchor_groups = torch.tensor([text_id(text) for text in anchors], dtype=torch.long)
     kept = np.zeros((len(rows), internal.shape[1]), dtype=bool)
-    progress = tqdm(
-        total=len(rows),
-        desc="mining",
-        unit="pair",
-        disable=not (len(rows) >= 2048 if show_progress is None else show_progress),
-    )
+    progress = progress_bar("mining", len(rows), unit="pair", show=show_progress)
     for start in range(0, len(rows), rows_per_table):
         part = slice(start, start + rows_per_table)
         a, p = pair_anchor[part], pair_positive[part]
@@ -298,6 +314,24 @@ def filter_candidates(
     return Candidates(internal=internal[pair_anchor], scores=scores[pair_anchor], kept=kept)
 
 
+def _model_scores(
+    anchor_vectors: np.ndarray, internal: np.ndarray, index: Index, embed: Callable[[list[str]], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mined model's similarities of the candidates that a text index (``bm25``, ``hybrid``) retrieved:
+    ``[A, K]`` internal ids -> ``(scores [A, K], ids [A, K])``, each row re-sorted best first as the steps and
+    :func:`_choose` expect (empty slots, ``-1``, last with ``-inf``). Only the distinct candidates are embedded."""
+    distinct, inverse = np.unique(internal, return_inverse=True)
+    present = distinct >= 0
+    texts, _ = index.store.payloads(distinct[present])
+    vectors = np.zeros((len(distinct), anchor_vectors.shape[1]), dtype=np.float32)
+    if present.any():
+        vectors[present] = embed([str(text) for text in texts])
+    scores = np.einsum("ad,akd->ak", anchor_vectors, vectors[inverse.reshape(internal.shape)]).astype(np.float32)
+    scores[internal < 0] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(internal, order, axis=1)
+
+
 def _guide_scores(
     guide: TextEncoder,
     anchors: list[str],
@@ -316,9 +350,10 @@ def _guide_scores(
     texts, _ = index.store.payloads(distinct)
     present = distinct >= 0
     candidate_vectors = np.zeros((len(distinct), guide.dim), dtype=np.float32)
-    candidate_vectors[present] = _encode(guide, [str(t) for t in texts[present]], True, batch_size)
-    anchor_vectors = _encode(guide, anchors, True, batch_size)
-    positive_vectors = _encode(guide, positives, True, batch_size)
+    query_prompt, document_prompt = resolve_prompt(guide.prompts, QUERY), resolve_prompt(guide.prompts, DOCUMENT)
+    candidate_vectors[present] = _encode(guide, [str(t) for t in texts[present]], document_prompt, True, batch_size)
+    anchor_vectors = _encode(guide, anchors, query_prompt, True, batch_size)
+    positive_vectors = _encode(guide, positives, document_prompt, True, batch_size)
     positive = np.einsum("pd,pd->p", anchor_vectors[pair_anchor], positive_vectors[pair_positive])
     per_anchor = np.einsum("ad,akd->ak", anchor_vectors, candidate_vectors[inverse.reshape(internal.shape)])
     return positive.astype(np.float32), per_anchor[pair_anchor].astype(np.float32)
@@ -345,8 +380,9 @@ def mine_hard_negatives(
         encoder: the encoder whose embeddings rank the candidates.
         pairs: :class:`~embedkit.data.Examples` of kind pairs (or triplets: their negatives are replaced), a
             list of :class:`~embedkit.types.Example`, or ``(anchor, positive)`` tuples.
-        corpus: an :class:`~embedkit.index.Index` built by ``encoder``; or a corpus to index with ``spec``
-            (anything :func:`~embedkit.index.build_index` takes); ``None`` indexes the distinct positives.
+        corpus: an :class:`~embedkit.index.Index` built by ``encoder`` (or a ``bm25`` index); or a corpus to index
+            with ``spec`` (anything :func:`~embedkit.index.build_index` takes); ``None`` indexes the distinct
+            positives. A ``bm25`` or ``hybrid`` index picks the candidates; ``encoder`` scores them for the steps.
         num_negatives: negatives per pair; pairs that keep fewer are left out (with a :class:`MiningWarning`).
         steps: filter steps as a recipe's ``filters`` names them, run after duplicate masking and in order,
             e.g. ``[{"name": "margin", "margin": 0.1, "mode": "absolute"}, {"name": "rank-window", "start": 0,
@@ -357,7 +393,7 @@ def mine_hard_negatives(
             (GISTEmbed), or ``None``; a step's own ``source`` wins.
         sampling: ``"top"`` (the hardest) or ``"random"`` (seeded, uniform over what the filters left).
         seed: seed of the random sampling.
-        spec: index spec when ``corpus`` is not an index.
+        spec: index spec when ``corpus`` is not an index: ``torch``, ``faiss:...``, ``bm25``, ``hybrid:...``.
         batch_size: encoding batch size.
         show_progress: progress bars; by default for large inputs.
         keep_incomplete: keep the pairs that fewer than ``num_negatives`` candidates survive, with the negatives
@@ -426,29 +462,45 @@ def _index_with_embeddings(
     spec: str,
     batch_size: int,
     show_progress: bool | None,
-) -> tuple[Index, Callable[[list[str]], np.ndarray]]:
-    """Index ``corpus`` (``None``: the distinct positives), embedding every distinct text of the corpus, the
-    anchors and the positives once: positives are usually corpus documents, and embedding is most of the cost.
+) -> tuple[Index, Embed]:
+    """Index ``corpus`` (``None``: the distinct positives), embedding every distinct text of the corpus and the
+    positives once after the document prompt, and the anchors once after the query prompt (when the two prompts
+    are the same, a text that is both is embedded once): positives are usually corpus documents, and embedding is
+    most of the cost.
 
     Returns the index and a lookup of the anchors' and positives' embeddings. The corpus's embeddings are held in
     memory together, as in sentence-transformers' miner; to mine a corpus too large for that, build the index
     with :func:`~embedkit.index.build_index` (chunked) and pass it instead.
     """
     positives = list(dict.fromkeys(row.positive for row in rows))
-    documents = list(as_corpus(positives if corpus is None else corpus))
-    texts = list(dict.fromkeys([*(d.text for d in documents), *(row.anchor for row in rows), *positives]))
-    vectors = _encode(encoder, texts, normalize=True, batch_size=batch_size)
-    row_of = {text: i for i, text in enumerate(texts)}
+    # the empty documents some collections hold (Cranfield has two) are candidates like any other
+    collection = as_corpus(positives if corpus is None else corpus, allow_blank=True)
+    documents = as_corpus(list(collection), allow_blank=True)  # read once; iterated here and by build_index
+    query_prompt, document_prompt = resolve_prompt(encoder.prompts, QUERY), resolve_prompt(encoder.prompts, DOCUMENT)
+    wanted = [
+        *((document_prompt, d.text) for d in documents),
+        *((query_prompt, row.anchor) for row in rows),
+        *((document_prompt, text) for text in positives),
+    ]
+    keys = list(dict.fromkeys(wanted))  # (prompt, text), each distinct pair embedded once
+    row_of = {key: i for i, key in enumerate(keys)}
+    vectors = np.zeros((len(keys), encoder.dim), dtype=np.float32)
+    for prompt in dict.fromkeys(prompt for prompt, _ in keys):
+        rows_of_prompt = [i for i, key in enumerate(keys) if key[0] == prompt]
+        vectors[rows_of_prompt] = _encode(
+            encoder, [keys[i][1] for i in rows_of_prompt], prompt, normalize=True, batch_size=batch_size
+        )
     index = build_index(
         encoder,
         documents,
         spec=spec,
         metric="cosine",
-        embeddings=vectors[[row_of[d.text] for d in documents]],
+        embeddings=vectors[[row_of[document_prompt, d.text] for d in documents]],
         batch_size=batch_size,
         show_progress=show_progress,
+        prompt=document_prompt,
     )
-    return index, lambda wanted: vectors[[row_of[text] for text in wanted]]
+    return index, lambda texts, prompt: vectors[[row_of[prompt, text] for text in texts]]
 
 
 def _choose(found: Candidates, count: int, sampling: str, seed: int) -> np.ndarray:

@@ -10,6 +10,10 @@ tried too (``interpolation``: WiSE-FT, Wortsman et al., 2022, "Robust fine-tunin
 mixing weight chosen on the dev set. Inputs may be truncated shorter in training than at inference
 (``max_seq_length``); saved models keep the encoder's own inference length.
 
+Texts are trained after prompts (:func:`column_prompts`): the anchor's and the positive's prompts become the model's
+query and document prompts before the first step, so that evaluation, mining and the saved model embed queries and
+documents the way training did.
+
 Layout of ``output_dir``::
 
     log.jsonl          one JSON object per logged step or evaluation
@@ -26,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -39,20 +44,24 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
-from tqdm.auto import tqdm
 
 from embedkit import distributed
-from embedkit.data import Table, as_examples, collate
+from embedkit.data import ColumnPrompts, Table, as_examples, collate
 from embedkit.encoders.batching import embed_batch
 from embedkit.encoders.card import ModelCard, write_model_card
+from embedkit.encoders.prompts import DOCUMENT, QUERY, resolve_prompt
 from embedkit.encoders.sentence_transformer import Encoder
 from embedkit.errors import ConfigError, DataError
+from embedkit.eval.scale import ScaledScores, scale_fields
 from embedkit.fsutil import atomic_directory, atomic_write_bytes, fsync_directory, fsync_file, fsync_tree
 from embedkit.losses.objective import Objective
 from embedkit.precision import autocast
+from embedkit.progress import progress_bar, quiet_library_bars, stage
 from embedkit.training.gradcache import grad_cache_backward
 from embedkit.training.negatives import NegativeMiner, load_mined, mining_summary, save_mined
 from embedkit.types import Evaluator, Example, Kind, TextBatch
+
+logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -426,7 +435,8 @@ def _load_saved_model(encoder: Encoder, folder: Path) -> None:
     """Load the weights of a model ``encoder.save`` wrote into ``encoder`` (the inference modules only)."""
     from sentence_transformers import SentenceTransformer
 
-    saved = SentenceTransformer(str(folder), device=str(encoder.device))
+    with quiet_library_bars():
+        saved = SentenceTransformer(str(folder), device=str(encoder.device))
     encoder.model.load_state_dict(saved.state_dict())
 
 
@@ -440,6 +450,31 @@ def _save_model(encoder: Encoder, loss: nn.Module, path: Path, card: ModelCard) 
         write_model_card(tmp, card, name=str(path))
 
 
+def column_prompts(encoder: Encoder, prompts: ColumnPrompts | None = None) -> ColumnPrompts:
+    """The prompts of each training column, made the model's: ``prompts`` where they give one, else the anchor gets
+    the model's query prompt, the positive its document prompt and the negatives the positive's. The anchor's and
+    the positive's become the model's ``query`` and ``document`` prompts (saved with it).
+
+    Raises:
+        ConfigError: a prompt, and a pooling that leaves prompt tokens out (``include_prompt=False``): training
+            puts prompts into the texts, where pooling cannot tell them apart, so the model would train on other
+            embeddings than it gives at inference.
+    """
+    prompts = prompts or ColumnPrompts()
+    anchor = prompts.anchor if prompts.anchor is not None else resolve_prompt(encoder.prompts, QUERY)
+    positive = prompts.positive if prompts.positive is not None else resolve_prompt(encoder.prompts, DOCUMENT)
+    resolved = ColumnPrompts(anchor, positive, prompts.negative if prompts.negative is not None else positive)
+    if any((resolved.anchor, resolved.positive, resolved.negative)) and any(
+        getattr(module, "include_prompt", True) is False for module in encoder.model
+    ):
+        raise ConfigError(
+            f"model {encoder.name!r} pools without its prompt tokens (include_prompt=false), which training with "
+            "prompts cannot reproduce; give every column an empty prompt, or use a pooling that includes them"
+        )
+    encoder.prompts.update(query=resolved.anchor, document=resolved.positive)
+    return resolved
+
+
 def fit(
     encoder: Encoder,
     examples: Sequence[Example] | Table,
@@ -451,6 +486,7 @@ def fit(
     callbacks: Sequence[StepCallback] = (),
     source: str | None = None,
     negatives: NegativeMiner | None = None,
+    prompts: ColumnPrompts | None = None,
 ) -> FitResult:
     """Train ``encoder`` on ``examples`` with ``loss``.
 
@@ -471,6 +507,8 @@ def fit(
         negatives: mine hard negatives for the (anchor, positive) ``examples`` with the model being trained,
             before the first step and every ``negatives.every`` steps (see :mod:`embedkit.training.negatives`);
             training then runs on the mined triplets.
+        prompts: the prompts of each column (see :func:`column_prompts`); by default the model's query prompt for
+            anchors and its document prompt for positives and negatives, none for a model without prompts.
 
     Returns:
         A :class:`FitResult`; the models are in ``settings.output_dir`` (``best/`` and ``final/``).
@@ -489,6 +527,7 @@ def fit(
             f"{len(examples)} examples do not fill one batch of {settings.batch_size} x {world} processes"
         )
     total_steps = settings.max_steps if settings.max_steps is not None else settings.epochs * steps_per_epoch
+    prompts = column_prompts(encoder, prompts)
     if isinstance(loss, Objective):
         loss.setup(encoder)
     run = _Run(encoder, loss, settings, total_steps)
@@ -503,6 +542,7 @@ def fit(
     resumed = settings.resume and run.load_checkpoint()
     if resumed:
         if main_process:
+            logger.info("resuming the run in %s at step %d of %d", run.output_dir, run.step, total_steps)
             _truncate_log(log_path, run.step)
         distributed.barrier()
         result.history = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
@@ -544,9 +584,16 @@ def fit(
     def evaluate(interpolation: float | None = None) -> None:
         # Rank 0 evaluates and saves; the others wait and learn the verdict, so all agree on the best model.
         nonlocal best_state
-        metrics = evaluator(encoder) if main_process else None
+        with stage("dev"):
+            metrics = evaluator(encoder) if main_process else None
         metrics = distributed.broadcast_object(metrics)
-        log({"step": run.step, **({} if interpolation is None else {"interpolation": interpolation}), "eval": metrics})
+        if main_process:
+            model = f"step {run.step}" if interpolation is None else f"interpolation {interpolation}"
+            logger.info("%s: dev %s %.4g", model, primary, metrics[primary])
+        # embedkit's evaluators say how their scores are scaled; another evaluator's scale is its own business
+        scale = scale_fields(metrics) if isinstance(evaluator, ScaledScores) else {}
+        log({"step": run.step, **({} if interpolation is None else {"interpolation": interpolation}), "eval": metrics,
+             **scale})
         if result.first_eval is None:
             result.first_eval = metrics
         if interpolation is None:
@@ -578,12 +625,8 @@ def fit(
     if evaluator is not None and run.step == 0:
         evaluate()
 
-    progress = tqdm(
-        total=total_steps,
-        initial=run.step,
-        desc="train",
-        unit="step",
-        disable=not (settings.show_progress and main_process),
+    progress = progress_bar(
+        "train", total_steps, unit="step", show=settings.show_progress and main_process, initial=run.step
     )
     started = time.perf_counter()
     last_eval_step = run.step if evaluator is not None and run.step == 0 else -1
@@ -599,7 +642,7 @@ def fit(
         start = position * global_batch + rank * settings.batch_size
         rows = order[start : start + settings.batch_size]
         with _truncated(encoder, settings.max_seq_length):
-            value = distributed.mean(run.train_step(collate([examples[i] for i in rows], kind)))
+            value = distributed.mean(run.train_step(collate([examples[i] for i in rows], kind, prompts)))
         metrics = {"loss": value, "lr": run.scheduler.get_last_lr()[0]}
         progress.update(1)
         progress.set_postfix(loss=f"{value:.4f}", lr=f"{metrics['lr']:.2e}")

@@ -54,6 +54,8 @@ def test_eval_sts_json(capsys, tiny_model_path, tmp_path) -> None:
                        "--json")
     result = json.loads(out)
     assert code == 0 and result["task"] == "sts" and -100 <= result["metrics"]["spearman"] <= 100
+    assert result["metrics"].keys() == {"spearman"} and result["pairs"] == {"sts": 3}
+    assert (result["scale"], result["unscaled"]) == (100, [])
 
 
 def test_train_from_recipe_with_overrides(capsys, tiny_model_path, tmp_path) -> None:
@@ -69,6 +71,7 @@ def test_train_from_recipe_with_overrides(capsys, tiny_model_path, tmp_path) -> 
                        "--set", "model.precision=fp32")
     summary = json.loads(out)
     assert code == 0 and summary["steps"] == 3 and summary["first_eval"] is not None
+    assert (summary["scale"], summary["unscaled"]) == (100, [])
     assert json.loads((tmp_path / "run" / "recipe.json").read_text())["loss"]["name"] == "simcse-unsup"
     assert (tmp_path / "run" / "best" / "modules.json").exists()
 
@@ -169,11 +172,14 @@ def test_blank_corpus_texts_are_refused_and_nothing_written(capsys, tiny_model_p
                          str(tmp_path / "gap.txt"), "--out", str(tmp_path / "new"))
     assert code == 2 and out == "" and f"{tmp_path / 'gap.txt'}:2: a blank text" in one_line_error(err)
     assert not (tmp_path / "new").exists()
-    (tmp_path / "more.jsonl").write_text('{"_id": "x", "text": "a fish swims"}\n{"_id": "y", "text": "  "}\n')
+    (tmp_path / "more.jsonl").write_text('{"_id": 100, "text": "a fish swims"}\n{"_id": 101, "text": "  "}\n')
     code, out, err = run(capsys, "index", "add", str(index_folder), "--corpus", str(tmp_path / "more.jsonl"))
     assert code == 2 and out == "" and f"{tmp_path / 'more.jsonl'}:2: a blank text" in one_line_error(err)
     code, out, _ = run(capsys, "index", "info", str(index_folder), "--json")
     assert code == 0 and json.loads(out)["count"] == len(TINY_TEXTS)
+    code, out, _ = run(capsys, "index", "add", str(index_folder), "--corpus", str(tmp_path / "more.jsonl"),
+                       "--allow-blank", "--json")
+    assert code == 0 and json.loads(out)["count"] == len(TINY_TEXTS) + 2
 
 
 def test_encode_refuses_blank_texts_and_empty_files(capsys, tiny_model_path, tmp_path) -> None:
@@ -219,3 +225,48 @@ def test_a_missing_file_named_like_a_dataset_is_reported_missing_offline(tmp_pat
     assert done.returncode == 2 and not (tmp_path / "e.npy").exists()
     assert one_line_error(done.stderr).startswith(
         "embedkit: error: org/missing: no such file (and the Hugging Face hub cannot be reached")
+
+
+def test_encode_with_a_prompt(capsys, prompted_model_path, tmp_path) -> None:
+    from embedkit.encoders import load_encoder
+
+    (tmp_path / "s.txt").write_text("the cat sat\na dog runs\n")
+    encoder = load_encoder(prompted_model_path, device="cpu", precision="fp32")
+    for options, prompt in (((), None), (("--prompt-name", "query"), "query: "), (("--prompt", "passage: "), "passage: ")):
+        code, _, _ = run(capsys, "encode", "--model", str(prompted_model_path), "--input", str(tmp_path / "s.txt"),
+                         "--output", str(tmp_path / "e.npy"), "--precision", "fp32", *options)
+        expected = encoder.encode(["the cat sat", "a dog runs"], prompt=prompt)
+        assert code == 0
+        np.testing.assert_allclose(np.load(tmp_path / "e.npy"), expected, atol=1e-6)
+    code, _, err = run(capsys, "encode", "--model", str(prompted_model_path), "--input", str(tmp_path / "s.txt"),
+                       "--output", str(tmp_path / "e.npy"), "--prompt-name", "passage")
+    assert code == 2 and "unknown prompt name 'passage'" in err
+
+
+def test_quiet_hides_bars_and_verbose_adds_debug_messages(capsys, tiny_model_path, tmp_path) -> None:
+    (tmp_path / "s.txt").write_text("".join(text + "\n" for text in TINY_TEXTS))
+    encode = ["encode", "--model", str(tiny_model_path), "--input", str(tmp_path / "s.txt"),
+              "--output", str(tmp_path / "e.npy")]
+    code, out, err = run(capsys, *encode)
+    assert code == 0 and "encode: 100%" in err and "debug:" not in err and out.startswith("wrote 8 x 32")
+    code, out, err = run(capsys, "-q", *encode)
+    assert code == 0 and err == "" and out.startswith("wrote 8 x 32")  # results still print
+    code, _, err = run(capsys, "--verbose", *encode)
+    assert code == 0 and f"embedkit: debug: loading model {str(tiny_model_path)!r}" in err
+    with pytest.raises(SystemExit):
+        main(["-q", "-v", "losses"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_index_info_loads_no_model_library(capsys, tiny_model_path, tmp_path) -> None:
+    (tmp_path / "corpus.txt").write_text("".join(text + "\n" for text in TINY_TEXTS))
+    code, _, _ = run(capsys, "index", "build", "--model", str(tiny_model_path), "--spec", "faiss:Flat",
+                     "--corpus", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "idx"), "--json")
+    assert code == 0
+    script = ("import json, sys\nfrom embedkit.cli import main\nmain(['index', 'info', sys.argv[1], '--json'])\n"
+              "print(json.dumps([m for m in ('sentence_transformers', 'transformers', 'scipy', 'torch') "
+              "if m in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "idx")], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []  # a faiss index needs faiss alone

@@ -6,11 +6,12 @@ import json
 import os
 import threading
 
+import numpy as np
 import pytest
-from conftest import writer_lock_held_elsewhere
+from conftest import TINY_TEXTS, held_elsewhere
 
 from embedkit.cli import main
-from embedkit.index.folder import current_folder
+from embedkit.index.folder import current_folder, writer_lock
 
 DOCS = [
     {"_id": "a", "title": "Cats", "text": "the cat sat on the mat"},
@@ -41,7 +42,7 @@ def corpus(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("spec", ["torch", "faiss:HNSW8"])
+@pytest.mark.parametrize("spec", ["torch", "faiss:HNSW8", "faiss:BFlat,rescore=4"])
 def test_build_search_add_remove_info(capsys, tiny_model_path, corpus, spec) -> None:
     index = corpus / "idx"
     code, out, _ = run(
@@ -101,6 +102,18 @@ def test_build_search_add_remove_info(capsys, tiny_model_path, corpus, spec) -> 
     assert all(len(row["ids"]) == 6 and "a" not in row["ids"] for row in run_rows)  # 6 documents left, padding dropped
 
 
+def test_info_shows_the_quantization(capsys, tiny_model_path, corpus) -> None:
+    index = corpus / "idx"
+    spec = "faiss:BFlat,rescore=2,rescore_dtype=int8"
+    argv = ["index", "build", "--model", tiny_model_path, "--corpus", corpus / "corpus.jsonl", "--out", index]
+    assert run(capsys, *argv, "--spec", spec, "--precision", "fp32")[0] == 0
+    code, out, _ = run(capsys, "index", "info", index)
+    assert code == 0 and "quantization      codes=binary, bits_per_dimension=1, code_bytes=4" in out
+    assert "rescore           factor=2, dtype=int8, file=rescore.safetensors" in out and "ranges" not in out
+    code, out, _ = run(capsys, "index", "info", index, "--json")
+    assert code == 0 and len(json.loads(out)["quantization"]["rescore"]["calibration"]["ranges"]) == 2
+
+
 def test_errors_are_one_line(capsys, tiny_model_path, corpus) -> None:
     index = corpus / "idx"
     code, _, err = run(
@@ -116,7 +129,7 @@ def test_errors_are_one_line(capsys, tiny_model_path, corpus) -> None:
         "--spec",
         "annoy",
     )
-    assert code == 2 and "unknown index backend 'annoy'; valid names: faiss, torch" in err
+    assert code == 2 and "unknown index backend 'annoy'; valid names: bm25, faiss, hybrid, torch" in err
     code, _, err = run(
         capsys,
         "index",
@@ -140,6 +153,45 @@ def test_errors_are_one_line(capsys, tiny_model_path, corpus) -> None:
     assert code == 2 and "corrupt or truncated" in err
     code, _, err = run(capsys, "search", index)
     assert code == 2 and "give either a query text or --queries" in err
+
+
+def test_bm25_and_hybrid_indexes(capsys, tiny_model_path, corpus) -> None:
+    pytest.importorskip("bm25s")
+    pytest.importorskip("Stemmer")
+    lexical = corpus / "bm25"
+    # no --model: BM25 embeds nothing, so no model is loaded (the default one is not asked for)
+    code, out, _ = run(capsys, "index", "build", "--corpus", corpus / "corpus.jsonl", "--out", lexical, "--spec", "bm25",
+                       "--json")
+    assert code == 0 and json.loads(out)["model"] == {"name": "", "fingerprint": ""}
+    code, out, _ = run(capsys, "search", lexical, "cats on a mat", "-k", "3", "--json")
+    assert code == 0 and [hit["id"] for hit in json.loads(out)] == ["a"]  # BM25 returns what shares a word
+    code, out, _ = run(capsys, "index", "add", lexical, "--corpus", corpus / "more.jsonl", "--json")
+    assert code == 0 and json.loads(out)["count"] == 8
+    code, out, _ = run(capsys, "search", lexical, "castles of sand", "-k", "3", "--json")
+    assert code == 0 and [hit["id"] for hit in json.loads(out)] == ["h"]  # found in the rebuilt index
+    code, out, _ = run(capsys, "index", "info", lexical)
+    assert code == 0 and ["model", "none"] in [line.split() for line in out.splitlines()] and "backend=bm25" in out
+
+    hybrid = corpus / "hybrid"
+    spec = "hybrid:fusion=convex,alpha=0.5:faiss:Flat"
+    code, out, _ = run(capsys, "index", "build", "--model", tiny_model_path, "--corpus", corpus / "corpus.jsonl",
+                       "--out", hybrid, "--spec", spec, "--precision", "fp32", "--json")
+    assert code == 0 and json.loads(out)["spec"] == spec and json.loads(out)["backend"]["fusion"] == "convex"
+    code, out, _ = run(capsys, "search", hybrid, "the cat sat on the mat", "-k", "3", "--precision", "fp32", "--json")
+    hits = json.loads(out)
+    assert code == 0 and len(hits) == 3 and hits[0]["id"] == "a" and hits[0]["score"] == pytest.approx(1.0)
+    write_jsonl(corpus / "queries.jsonl", [{"_id": "q1", "text": "the cat sat"}, {"_id": "q2", "text": "a dog runs in the park"}])
+    code, _, _ = run(capsys, "search", hybrid, "--queries", corpus / "queries.jsonl", "-k", "2", "--output",
+                     corpus / "run.jsonl")
+    run_rows = [json.loads(line) for line in (corpus / "run.jsonl").read_text().splitlines()]
+    assert code == 0 and [row["ids"][0] for row in run_rows] == ["a", "b"]
+
+    code, _, err = run(capsys, "index", "build", "--model", tiny_model_path, "--corpus", corpus / "corpus.jsonl",
+                       "--out", corpus / "bad", "--spec", "hybrid:fusion=max:torch")
+    assert code == 2 and err.count("\n") == 1 and "unknown fusion 'max'; valid: rrf, convex" in err
+    code, _, err = run(capsys, "index", "build", "--corpus", corpus / "corpus.jsonl", "--out", corpus / "bad",
+                       "--spec", "bm25:k1=-2")
+    assert code == 2 and err.count("\n") == 1 and "option k1 must be a number >= 0" in err
 
 
 def build(capsys, tiny_model_path, corpus) -> object:
@@ -176,7 +228,7 @@ def test_concurrent_adds_lose_nothing(capsys, tiny_model_path, corpus) -> None:
 
 def test_a_locked_index_is_a_one_line_error(capsys, tiny_model_path, corpus) -> None:
     index = build(capsys, tiny_model_path, corpus)
-    with writer_lock_held_elsewhere(index):
+    with held_elsewhere(writer_lock(index)):
         (corpus / "ids.txt").write_text("a\n")
         code, _, err = run(capsys, "index", "remove", index, "--ids", corpus / "ids.txt", "--lock-timeout", "0.2")
         assert code == 2 and err.count("\n") == 1
@@ -185,6 +237,59 @@ def test_a_locked_index_is_a_one_line_error(capsys, tiny_model_path, corpus) -> 
         assert code == 0 and json.loads(out)[0]["id"] == "a"
     code, out, _ = run(capsys, "index", "remove", index, "--ids", corpus / "ids.txt", "--json")
     assert code == 0 and json.loads(out)["count"] == 5
+
+
+def test_build_over_an_index_needs_overwrite(capsys, tiny_model_path, corpus) -> None:
+    index = build(capsys, tiny_model_path, corpus)
+    again = ["index", "build", "--model", tiny_model_path, "--corpus", corpus / "more.jsonl", "--out", index]
+    code, out, err = run(capsys, *again)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"{index} already holds an index; pass --overwrite to replace it" in err
+    code, out, _ = run(capsys, "index", "info", index, "--json")
+    assert json.loads(out)["count"] == 6 and json.loads(out)["version"] == "v-000001"  # untouched
+
+    code, out, _ = run(capsys, *again, "--overwrite", "--json")
+    assert code == 0 and json.loads(out)["count"] == 2
+    code, out, _ = run(capsys, "index", "info", index, "--json")
+    assert json.loads(out)["count"] == 2 and json.loads(out)["version"] == "v-000002"  # a new version, saved whole
+    with held_elsewhere(writer_lock(index)):  # the replacement waits for other writers like any save
+        code, _, err = run(capsys, *again, "--overwrite", "--lock-timeout", "0.2")
+        assert code == 2 and "is locked by another writer" in err and err.count("\n") == 1
+
+    (corpus / "mine").mkdir()
+    (corpus / "mine" / "notes.txt").write_text("not an index")
+    code, _, err = run(capsys, *again[:-1], corpus / "mine", "--overwrite")
+    assert code == 2 and "refusing to replace" in err and (corpus / "mine" / "notes.txt").exists()
+
+
+def test_build_tunes_search_and_shows_it(capsys, tiny_model_path, tmp_path) -> None:
+    words = " ".join(TINY_TEXTS).split()  # the tiny model's vocabulary
+    rng = np.random.default_rng(0)
+    write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "text": " ".join(rng.choice(words, 5))} for i in range(400)])
+    build = ["index", "build", "--model", tiny_model_path, "--corpus", tmp_path / "corpus.jsonl", "--spec",
+             "faiss:IVF8,Flat", "--precision", "fp32"]
+    code, out, _ = run(capsys, *build, "--out", tmp_path / "tuned")
+    assert code == 0 and "search parameter nprobe=" in out and "40 of 400 documents as held-out queries" in out
+    code, out, _ = run(capsys, "index", "info", tmp_path / "tuned", "--json")
+    info = json.loads(out)
+    tuning = info["search_tuning"]
+    assert tuning["parameter"] == "nprobe" and tuning["reached"] and tuning["recall"] >= 0.95
+    assert info["search_params"] == {"nprobe": tuning["value"]} == info["backend"]["search_params"]
+    code, out, _ = run(capsys, "index", "info", tmp_path / "tuned")
+    lines = {line[:17].strip(): line[17:].strip() for line in out.splitlines()}
+    assert lines["search_params"] == f"nprobe={tuning['value']}"
+    assert lines["search_tuning"].startswith(f"nprobe={tuning['value']}: recall@10 {tuning['recall']:.3f}")
+    # --param overrides the tuned value for one search
+    code, out, _ = run(capsys, "search", tmp_path / "tuned", "cat dog sun", "--param", "nprobe=8", "--json")
+    assert code == 0 and len(json.loads(out)) == 10
+
+    code, out, _ = run(capsys, *build, "--out", tmp_path / "plain", "--target-recall", "off", "--json")
+    assert code == 0 and json.loads(out)["search_tuning"] is None and json.loads(out)["search_params"] == {}
+    code, out, _ = run(capsys, "index", "info", tmp_path / "plain")
+    assert "search_params     defaults" in out and "search_tuning     none" in out
+    for value, message in [("1.5", "must be a number in (0, 1]"), ("high", "--target-recall takes a number")]:
+        code, out, err = run(capsys, *build, "--out", tmp_path / "bad", "--target-recall", value)
+        assert code == 2 and message in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
 
 
 def test_mine_triplets(capsys, tiny_model_path, corpus) -> None:
@@ -313,3 +418,37 @@ def test_mine_reports_a_bad_margin_mode_once_as_python_does(capsys, tiny_model_p
     ]:
         code, _, err = run(capsys, *mine, flag, value)
         assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_prompts_for_documents_and_queries(capsys, prompted_model_path, corpus) -> None:
+    from embedkit.encoders import load_encoder
+    from embedkit.index import Index
+    from embedkit.index.index import PromptMismatchWarning
+
+    index = corpus / "idx"
+    code, out, _ = run(capsys, "index", "build", "--model", prompted_model_path, "--corpus", corpus / "corpus.jsonl",
+                       "--out", index, "--precision", "fp32", "--json")
+    assert code == 0 and json.loads(out)["document_prompt"] == "passage: "
+    code, out, _ = run(capsys, "index", "info", index)
+    assert code == 0 and "document_prompt   'passage: '" in out
+    encoder = load_encoder(prompted_model_path, device="cpu", precision="fp32")
+    loaded = Index.load(index, encoder=encoder)
+    for options, prompt in (((), "query: "), (("--prompt", ""), ""), (("--prompt-name", "document"), "passage: ")):
+        code, out, _ = run(capsys, "search", index, "the cat sat", "-k", "6", "--precision", "fp32", *options, "--json")
+        expected = loaded.search(encoder.encode(["the cat sat"], prompt=prompt), k=6)
+        assert code == 0 and [hit["id"] for hit in json.loads(out)] == expected.ids[0].tolist()
+    code, _, err = run(capsys, "search", index, "the cat sat", "--prompt-name", "passage")
+    assert code == 2 and "unknown prompt name 'passage'; the model's prompts: document, query" in err
+    with pytest.raises(SystemExit):
+        main(["search", str(index), "the cat", "--prompt", "q: ", "--prompt-name", "query"])
+
+    code, out, _ = run(capsys, "index", "build", "--model", prompted_model_path, "--corpus", corpus / "corpus.jsonl",
+                       "--out", corpus / "plain", "--prompt", "", "--precision", "fp32", "--json")
+    assert code == 0 and json.loads(out)["document_prompt"] == ""
+    with pytest.warns(PromptMismatchWarning, match="built without a document prompt"):
+        code, _, _ = run(capsys, "index", "add", corpus / "plain", "--corpus", corpus / "more.jsonl", "--json")
+    assert code == 0
+    added = Index.load(corpus / "plain", encoder=None)
+    vectors = encoder.encode([DOCS[6]["text"]], prompt="", normalize=True)  # added after the recorded prompt: none
+    scores, ids = added.search(vectors, k=1)
+    assert ids[0, 0] == "g" and scores[0, 0] == pytest.approx(1.0, abs=1e-3)  # add ran in the default precision

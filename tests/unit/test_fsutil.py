@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import held_elsewhere
 
 from embedkit import fsutil
 from embedkit.errors import EmbedkitError
@@ -161,26 +162,9 @@ def test_crash_points_are_counted_and_named(tmp_path) -> None:
 
 
 # -- locks ---------------------------------------------------------------------------------------------------
-def hold_in_thread(path: Path, release: threading.Event) -> threading.Thread:
-    """Hold ``file_lock(path)`` in another thread until ``release`` is set."""
-    taken = threading.Event()
-
-    def hold() -> None:
-        with file_lock(path):
-            taken.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    assert taken.wait(10)
-    return thread
-
-
 def test_a_second_writer_waits_then_fails_with_a_one_line_error(tmp_path) -> None:
     lock = tmp_path / ".idx.lock"
-    release = threading.Event()
-    thread = hold_in_thread(lock, release)
-    try:
+    with held_elsewhere(file_lock(lock)):
         started = time.monotonic()
         with pytest.raises(LockTimeoutError) as error, file_lock(lock, timeout=0.3, what="index idx"):
             pass
@@ -188,21 +172,16 @@ def test_a_second_writer_waits_then_fails_with_a_one_line_error(tmp_path) -> Non
         message = str(error.value)
         assert isinstance(error.value, EmbedkitError) and "\n" not in message
         assert message.startswith("index idx is locked by another writer (pid ") and "waiting 0.3 s" in message
-    finally:
-        release.set()
-        thread.join()
     with file_lock(lock, timeout=0):  # free again
         pass
 
 
 def test_a_waiting_writer_gets_the_lock_when_the_holder_releases_it(tmp_path) -> None:
     lock = tmp_path / "l"
-    release = threading.Event()
-    thread = hold_in_thread(lock, release)
-    threading.Timer(0.2, release.set).start()
-    with file_lock(lock, timeout=10):
-        assert release.is_set()
-    thread.join()
+    with held_elsewhere(file_lock(lock)) as release:
+        threading.Timer(0.2, release.set).start()
+        with file_lock(lock, timeout=10):
+            assert release.is_set()
 
 
 def test_the_lock_is_reentrant_in_one_thread(tmp_path) -> None:

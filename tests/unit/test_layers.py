@@ -16,7 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "embedkit"
 # Low to high (DESIGN.md). Units of one rank must not import each other: losses and index are independent, and
 # so are mining and eval.
 RANKS: dict[str, int] = {
-    **dict.fromkeys(("types", "errors", "registry", "fsutil", "precision", "distributed", "version", "hub"), 0),
+    **dict.fromkeys(
+        ("types", "errors", "registry", "fsutil", "precision", "distributed", "version", "hub", "lazy", "progress"), 0
+    ),
     "data": 1,
     "encoders": 2,
     "losses": 3,

@@ -93,3 +93,14 @@ def test_what_needs_the_eval_extra_says_so_in_one_line(blocked_env, tmp_path) ->
     errors = [line for line in lines if line.startswith("API")]
     assert len(errors) == 2 and all(EXTRA_HINT in line for line in errors)
     assert lines[-1] == "LOADED []"
+
+
+@pytest.mark.parametrize("module", ["bm25s", "Stemmer"])
+def test_bm25_without_the_lexical_extra_is_a_one_line_error(monkeypatch, module) -> None:
+    from embedkit.errors import MissingDependencyError
+    from embedkit.index import build_index
+
+    monkeypatch.setitem(sys.modules, module, None)  # import now fails as if the package were not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install 'embedkit\[lexical\]'") as error:
+        build_index(None, ["boundary layer"], spec="bm25")
+    assert "\n" not in str(error.value) and "the bm25 index" in str(error.value)

@@ -267,10 +267,12 @@ def fake_datasets(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     """A stand-in ``datasets`` module that records its calls."""
     calls: dict[str, object] = {}
 
-    def load_dataset(name: str, split: str) -> list[dict[str, str]]:
-        calls.update(name=name, split=split)
-        if name == "org/missing":
+    def load_dataset(path: str, name: str | None = None, split: str | None = None) -> list[dict[str, str]]:
+        calls.update(name=path, config=name, split=split)
+        if path == "org/missing":
             raise FileNotFoundError("Dataset 'org/missing' doesn't exist on the Hub\nor cannot be accessed.")
+        if name == "nope":
+            raise ValueError("BuilderConfig 'nope' not found. Available: ['cola', 'sst2']")
         return [{"text": "one"}, {"text": "two"}]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
@@ -281,7 +283,47 @@ def fake_datasets(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
 @pytest.mark.parametrize("name", ["hf:org/name", "org/name"])
 def test_hugging_face_rows_are_numbered_from_one(fake_datasets: dict[str, object], name: str) -> None:
     assert rows_of(name, split="test") == [(1, {"text": "one"}), (2, {"text": "two"})]
-    assert fake_datasets == {"name": "org/name", "split": "test"}
+    assert fake_datasets == {"name": "org/name", "config": None, "split": "test"}
+
+
+@pytest.mark.parametrize(("name", "dataset", "config"), [
+    ("hf:nyu-mll/glue:cola", "nyu-mll/glue", "cola"),
+    ("hf:GEM/opusparcus:de.100", "GEM/opusparcus", "de.100"),
+    ("hf:org/name", "org/name", None),
+])
+def test_a_hugging_face_config_follows_the_name_after_a_colon(
+    fake_datasets: dict[str, object], name: str, dataset: str, config: str | None
+) -> None:
+    assert rows_of(name, split="validation") == [(1, {"text": "one"}), (2, {"text": "two"})]
+    assert fake_datasets == {"name": dataset, "config": config, "split": "validation"}
+
+
+def test_a_config_needs_the_prefix_so_a_path_with_a_colon_stays_a_path(
+    fake_datasets: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert not is_hf_name("org/name:cola")
+    with pytest.raises(DataError, match="^org/name:cola: no such file$"):
+        read_rows("org/name:cola")
+    (tmp_path / "org").mkdir()
+    write(tmp_path / "org", "name:cola", json.dumps({"text": "here"}))
+    assert rows_of("org/name:cola", format="jsonl") == [(1, {"text": "here"})]
+    assert fake_datasets == {}
+
+
+@pytest.mark.parametrize("name", ["hf:", "hf:org/name:", "hf::cola"])
+def test_an_empty_dataset_or_config_name_is_refused(fake_datasets: dict[str, object], name: str) -> None:
+    with pytest.raises(DataError) as caught:
+        read_rows(name)
+    assert str(caught.value) == f"{name}: a Hugging Face dataset is named hf:org/name or hf:org/name:config"
+    assert fake_datasets == {}
+
+
+def test_an_unknown_config_is_one_line_naming_it(fake_datasets: dict[str, object]) -> None:
+    with pytest.raises(DataError) as caught:
+        read_rows("hf:org/name:nope")
+    assert str(caught.value) == ("hf:org/name:nope: cannot load Hugging Face dataset (config 'nope', split 'train'): "
+                                 "BuilderConfig 'nope' not found. Available: ['cola', 'sst2']")
 
 
 def test_hugging_face_failure_is_one_line_naming_the_dataset(fake_datasets: dict[str, object]) -> None:

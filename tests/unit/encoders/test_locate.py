@@ -78,7 +78,7 @@ def test_a_cached_model_loads_offline_from_the_cache_alone(hub_state, monkeypatc
     assert [call["local_files_only"] for call in calls] == [True, False]
 
 
-def test_hub_reachable_asks_once_and_honours_offline_mode(monkeypatch) -> None:
+def test_hub_reachable_sends_one_head_request_per_call_and_honours_offline_mode(monkeypatch) -> None:
     from huggingface_hub import constants
 
     answers = []

@@ -106,13 +106,13 @@ def test_combined_evaluator_merges_and_keeps_the_first_primary_metric(tmp_path) 
     sts, geometry = STSEvaluator(tmp_path / "sts.jsonl"), GeometryEvaluator(tmp_path / "sts.jsonl")
     combined = CombinedEvaluator([sts, geometry])
     assert combined.primary_metric == "spearman" and combined.higher_is_better
-    assert set(combined(encoder)) == {"sts/spearman", "spearman", "alignment", "uniformity", "anisotropy"}
+    assert set(combined(encoder)) == {"spearman", "alignment", "uniformity", "anisotropy"}
 
     prefixed = CombinedEvaluator({"geo": geometry, "dev": sts})
     assert prefixed.primary_metric == "geo/uniformity" and not prefixed.higher_is_better
     assert "dev/spearman" in prefixed(encoder)
 
-    with pytest.raises(ConfigError, match="two evaluators report 'sts/spearman'"):
+    with pytest.raises(ConfigError, match="two evaluators report 'spearman'"):
         CombinedEvaluator([sts, sts])(encoder)
     with pytest.raises(ConfigError, match="at least one"):
         CombinedEvaluator([])
@@ -133,6 +133,23 @@ def test_geometry_is_logged_during_training(tiny_model_path, tmp_path) -> None:
     settings = FitSettings(output_dir=tmp_path / "run", batch_size=4, max_steps=2, eval_steps=1, show_progress=False)
     fit(load_encoder(tiny_model_path, device="cpu"), read_examples(tmp_path / "s.txt"), build_loss("simcse-unsup"),
         settings, evaluator=evaluator)
-    evals = [json.loads(line)["eval"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
-             if "eval" in json.loads(line)]
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    evals = [record["eval"] for record in records if "eval" in record]
     assert len(evals) == 3 and all({"spearman", "alignment", "uniformity", "anisotropy"} <= set(e) for e in evals)
+    # every evaluation says its scale, and which of its metrics have units of their own
+    assert all((r["scale"], r["unscaled"]) == (100, ["alignment", "anisotropy", "uniformity"])
+               for r in records if "eval" in r)
+
+
+def test_cli_geometry_json_names_its_metrics_unscaled(capsys, tiny_model_path, tmp_path) -> None:
+    from conftest import TINY_TEXTS
+
+    from embedkit.cli import main
+
+    write_jsonl(tmp_path / "sts.jsonl", [{"sentence1": a, "sentence2": b, "score": 4.5 if i % 2 else 1.0}
+                                         for i, (a, b) in enumerate(zip(TINY_TEXTS, TINY_TEXTS[1:], strict=False))])
+    assert main(["eval", "geometry", "--model", str(tiny_model_path), "--data", str(tmp_path / "sts.jsonl"),
+                 "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["scale"] == 100 and document["unscaled"] == ["alignment", "anisotropy", "uniformity"]
+    assert (document["positive_pairs"], document["sentences"]) == (3, 8)

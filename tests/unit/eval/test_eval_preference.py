@@ -31,7 +31,9 @@ def test_report_by_hand() -> None:
     low_bin = abs((0.5 + 1) / 2 - (0.5 + sigmoid(0.5)) / 2)
     high_bin = abs((1 + 0) / 2 - sigmoid(2))
     assert report.ece == pytest.approx(100 * (2 / 4 * low_bin + 2 / 4 * high_bin))
-    assert [b.count for b in report.bins] == [2, 2] and report.bins[1].accuracy == 0.5
+    assert [b.count for b in report.bins] == [2, 2] and report.bins[1].accuracy == 50  # percent, as the accuracy
+    assert [(b.lower, b.upper) for b in report.bins] == [(50, 75), (75, 100)]
+    assert report.bins[1].confidence == pytest.approx(100 * sigmoid(2))
     assert report.log_loss == pytest.approx(np.mean([-math.log(sigmoid(m)) for m in (2, 0, -2, 0.5)]))
     low, high = wilson_interval(2.5, 4)
     assert (report.accuracy_low, report.accuracy_high) == pytest.approx((100 * low, 100 * high))
@@ -45,6 +47,14 @@ def test_wilson_interval_reference_values() -> None:
 def test_similarity_probabilities_use_the_temperature() -> None:
     report = preference_report(np.array([0.6]), np.array([0.5]), "similarity", scale=0.05, n_bins=10)
     assert report.log_loss == pytest.approx(-math.log(sigmoid(0.1 / 0.05)))
+    # an empty bin has no confidence or accuracy, rather than a NaN that JSON cannot hold
+    assert report.bins[0].count == 0 and report.bins[0].confidence is None and report.bins[0].accuracy is None
+
+
+def test_counts_are_integers_among_the_scores() -> None:
+    metrics = preference_report(np.array([1.0, 0.0]), np.array([0.0, 0.0]), "reward").metrics()
+    assert metrics["n"] == 2 and type(metrics["n"]) is int and type(metrics["ties"]) is int
+    assert type(metrics["accuracy"]) is float
 
 
 ROWS = [
@@ -146,6 +156,8 @@ def test_cli_eval_preference(data, tiny_model_path, capsys) -> None:
     result = json.loads(capsys.readouterr().out)
     assert result["task"] == "preference" and result["mode"] == "similarity" and result["n"] == 3
     assert 0 <= result["accuracy"] <= 100 and len(result["bins"]) == 10
+    assert result["scale"] == 100 and result["unscaled"] == ["log_loss", "mean_margin", "n", "ties"]
+    assert all(50 <= b["lower"] < b["upper"] <= 100 for b in result["bins"])  # the bins are in percent too
 
     args = parser().parse_args(["eval", "preference", "--model", str(tiny_model_path), "--data", str(data),
                                 "--mode", "reward"])

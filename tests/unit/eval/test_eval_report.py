@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY_TEXTS
+from conftest import REPO_ROOT, TINY_TEXTS
 
 from embedkit.cli import main
 from embedkit.encoders import build_tiny_model, load_encoder
@@ -118,8 +118,9 @@ class CountingEncoder:
     def __init__(self) -> None:
         self.seen: list[str] = []
 
-    def encode(self, texts, batch_size: int = 32, **kwargs) -> np.ndarray:
-        self.seen += list(texts)
+    def encode(self, texts, batch_size: int = 32, prompt: str | None = None, **kwargs) -> np.ndarray:
+        texts = [(prompt or "") + text for text in texts]
+        self.seen += texts
         return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
 
 
@@ -134,6 +135,16 @@ def test_cached_encoder_embeds_each_text_once() -> None:
     assert cached.encode([]).shape == (0, 2)
 
 
+def test_cached_encoder_embeds_each_text_once_per_prompt() -> None:
+    inner = CountingEncoder()
+    cached = CachedEncoder(inner)
+    cached.encode(["a", "bb"])
+    with_prompt = cached.encode(["a", "bb"], prompt="q: ")
+    cached.encode(["bb"], prompt="q: ")
+    assert inner.seen == ["a", "bb", "q: a", "q: bb"]
+    np.testing.assert_allclose(with_prompt, [[4, 1], [5, 1]])
+
+
 def test_cached_encoder_satisfies_the_text_encoder_protocol(tiny_model_path) -> None:
     encoder = load_encoder(tiny_model_path, device="cpu", precision="fp32")
     cached = CachedEncoder(encoder)
@@ -143,13 +154,14 @@ def test_cached_encoder_satisfies_the_text_encoder_protocol(tiny_model_path) -> 
 
 
 def test_markdown_table_puts_models_side_by_side() -> None:
-    table = markdown_table([ModelReport("base", "m1", None, {"sts/a/spearman": 80.123, "x": 1.0}),
-                            ModelReport("tuned", "m2", None, {"sts/a/spearman": 81.5})])
+    table = markdown_table([ModelReport("base", "m1", None, {"sts/a/spearman": 80.123, "x": 1.0, "p/n": 40}),
+                            ModelReport("tuned", "m2", None, {"sts/a/spearman": 81.5, "p/n": 40})])
     assert table.splitlines() == [
         "| metric | base | tuned |",
         "| --- | ---: | ---: |",
         "| sts/a/spearman | 80.12 | 81.50 |",
         "| x | 1.00 |  |",
+        "| p/n | 40 | 40 |",  # a count is no score: no decimals
     ]
 
 
@@ -182,18 +194,45 @@ pairs = { path = "pref.jsonl" }
     assert json.loads((out / "report.json").read_text()) == document
     first, second = document["models"]
     assert first["model"] == str(run / "best") and first["log"] == str(run / "log.jsonl") and second["log"] is None
-    expected = {"sts/dev/sts/spearman", "sts/dev/spearman", "retrieval/small/ndcg@10", "retrieval/small/mrr@10",
+    expected = {"sts/dev/spearman", "retrieval/small/ndcg@10", "retrieval/small/mrr@10",
                 "retrieval/small/recall@1", "retrieval/small/recall@10", "retrieval/small/map@10",
                 "preference/pairs/accuracy", "geometry/dev/alignment", "geometry/dev/uniformity",
                 "geometry/dev/anisotropy"}
     assert expected <= set(first["metrics"]) and set(first["metrics"]) == set(second["metrics"])
     assert first["metrics"] != second["metrics"]
+    # one file's Spearman is reported once, under one name
+    assert [name for name in first["metrics"] if name.startswith("sts/")] == ["sts/dev/spearman"]
+    # scores x100, and the metrics in units of their own named; counts are integers
+    assert document["scale"] == 100 and document["unscaled"] == [
+        "geometry/dev/alignment", "geometry/dev/anisotropy", "geometry/dev/uniformity", "preference/pairs/log_loss",
+        "preference/pairs/mean_margin", "preference/pairs/n", "preference/pairs/ties"]
+    assert first["metrics"]["preference/pairs/n"] == 7 and type(first["metrics"]["preference/pairs/n"]) is int
     assert document["plots"] == ["sts_scatter.png", "alignment_uniformity.png", "training.png"]
     for name in document["plots"]:
         assert (out / name).read_bytes().startswith(PNG_SIGNATURE)
     markdown = (out / "report.md").read_text()
     assert f"| metric | {tmp_path.name}/run | {tmp_path.name}/other |" in markdown
+    assert "| preference/pairs/n | 7 | 7 |" in markdown and "Scores x100" in markdown
     assert first["label"] == f"{tmp_path.name}/run" and "![training](training.png)" in markdown
+
+
+SHIPPED_SUITE = REPO_ROOT / "recipes" / "suite.toml"
+
+
+def test_the_shipped_suite_reads_and_runs(tiny_model_path, tmp_path) -> None:
+    pytest.importorskip("mteb")
+    suite = read_suite(SHIPPED_SUITE)
+    assert [entry.key for entry in suite.entries] == [
+        "sts/quickstart", "retrieval/quickstart", "preference/quickstart", "geometry/quickstart"]
+    assert suite.mteb is not None and suite.mteb.source == "local" and len(suite.mteb.tasks) == 2
+
+    document = run_report([str(tiny_model_path)], SHIPPED_SUITE, tmp_path / "report")
+    metrics = document["models"][0]["metrics"]
+    assert {"sts/quickstart/spearman", "retrieval/quickstart/ndcg@10", "preference/quickstart/accuracy",
+            "geometry/quickstart/uniformity", "mteb/sts/cosine_spearman", "mteb/retrieval/ndcg_at_10",
+            "mteb/mean"} <= set(metrics)
+    assert metrics["preference/quickstart/n"] == 40 and document["scale"] == 100
+    assert document["plots"] == ["sts_scatter.png", "alignment_uniformity.png"]
 
 
 def test_report_with_mteb_tasks(data, tiny_model_path, tmp_path) -> None:

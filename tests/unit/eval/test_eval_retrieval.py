@@ -8,22 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import write_beir
 
 from embedkit.cli import main
 from embedkit.errors import ConfigError, DataError, EmbedkitError
 from embedkit.eval import EmptyQuerySetError, RetrievalEvaluator, UnknownIdError, read_beir
 from embedkit.eval.retrieval import retrieval_metrics
-
-
-def write_beir(folder, corpus, queries, qrels, split: str = "test") -> None:
-    """A BEIR folder: ``corpus`` {id: (title, text)}, ``queries`` {id: text}, ``qrels`` [(query, doc, score)]."""
-    (folder / "qrels").mkdir(parents=True, exist_ok=True)
-    (folder / "corpus.jsonl").write_text("".join(
-        json.dumps({"_id": i, "title": title, "text": text}) + "\n" for i, (title, text) in corpus.items()))
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in queries.items()))
-    (folder / "qrels" / f"{split}.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
-
 
 CORPUS = {
     "d1": ("cats", "the cat sat on the mat"),
@@ -131,6 +121,7 @@ class LookupEncoder:
 
     def __init__(self, table: dict[str, list[float]]) -> None:
         self.table = table
+        self.prompts: dict[str, str] = {}
         self.dim = len(next(iter(table.values())))
         self.model = torch.nn.Linear(1, 1)  # the index fingerprints the model's weights
 
@@ -161,13 +152,43 @@ def test_evaluator_searches_through_the_index(beir, spec) -> None:
     assert set(metrics) == {"ndcg@10", "mrr@10", "recall@1", "recall@10", "map@10"}
 
 
+def test_queries_and_documents_are_embedded_after_their_prompts(beir, prompted_model_path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from embedkit.encoders import load_encoder
+
+    evaluator = RetrievalEvaluator(beir, k=10, recall_at=(1, 10))
+    run = evaluator.search(load_encoder(prompted_model_path, device="cpu", precision="fp32"))
+    reference = SentenceTransformer(str(prompted_model_path), device="cpu")
+    documents = reference.encode_document(evaluator.data.documents, normalize_embeddings=True)
+    queries = reference.encode_query(evaluator.data.queries, normalize_embeddings=True)
+    expected = queries @ documents.T
+    for row, query_id in enumerate(evaluator.data.query_ids):
+        found = [run[query_id][doc_id] for doc_id in evaluator.data.doc_ids]
+        np.testing.assert_allclose(found, expected[row], atol=1e-5)
+
+
 def test_cli_retrieval_and_its_errors(capsys, tiny_model_path, beir, tmp_path) -> None:
     code = main(["eval", "retrieval", "--model", str(tiny_model_path), "--data", str(beir), "--k", "10",
                  "--recall-at", "1,10", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["queries"] == 2 and 0 <= result["metrics"]["ndcg@10"] <= 100
+    assert result["documents"] == len(CORPUS) and (result["scale"], result["unscaled"]) == (100, [])
 
     write_beir(tmp_path / "bad", CORPUS, QUERIES, [("q1", "nope", 1)])
     code = main(["eval", "retrieval", "--model", str(tiny_model_path), "--data", str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "corpus id 'nope' is not in corpus.jsonl" in err
+
+
+def test_evaluator_takes_bm25_and_hybrid_specs(beir) -> None:
+    pytest.importorskip("bm25s")
+    pytest.importorskip("Stemmer")
+    lexical = RetrievalEvaluator(beir, index_spec="bm25", k=10, recall_at=(1, 10))
+    run = lexical.search(lookup_for(lexical.data))
+    # "the cat sat" and "a dog runs" share words with d1 and d2 alone ("the", "a" are stop words; "cats" stems)
+    assert set(run["q1"]) == {"d1"} and set(run["q2"]) == {"d2"}
+    assert lexical(lookup_for(lexical.data))["recall@1"] == pytest.approx(75.0)  # q1: 1 of 2 relevant; q2: 1 of 1
+    hybrid = RetrievalEvaluator(beir, index_spec="hybrid:faiss:Flat", k=10, recall_at=(1, 10))
+    run = hybrid.search(lookup_for(hybrid.data))
+    assert len(run["q1"]) == len(CORPUS) and run["q1"]["d1"] == pytest.approx(2 / 61)  # first in both lists

@@ -14,17 +14,12 @@ from embedkit.eval.runs import read_qrels, read_run, score_run
 
 @pytest.fixture
 def beir(tmp_path, tiny_model_path):
-    from conftest import TINY_TEXTS
+    from conftest import TINY_TEXTS, write_beir
 
-    folder = tmp_path / "beir"
-    (folder / "qrels").mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n"
-                                                 for i, t in enumerate(TINY_TEXTS)))
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": " ".join(t.split()[:3])}) + "\n"
-                                                  for i, t in enumerate(TINY_TEXTS)))
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
-        f"q{i}\td{i}\t{1 + i % 2}\nq{i}\td{(i + 1) % len(TINY_TEXTS)}\t1\n" for i in range(len(TINY_TEXTS))))
-    return folder
+    count = len(TINY_TEXTS)
+    qrels = [(f"q{i}", f"d{j}", grade) for i in range(count) for j, grade in ((i, 1 + i % 2), ((i + 1) % count, 1))]
+    return write_beir(tmp_path / "beir", {f"d{i}": ("", t) for i, t in enumerate(TINY_TEXTS)},
+                      {f"q{i}": " ".join(t.split()[:3]) for i, t in enumerate(TINY_TEXTS)}, qrels)
 
 
 def test_a_trec_run_from_search_scores_the_same_with_eval_run_and_pytrec_eval(beir, tiny_model_path, tmp_path,
@@ -37,7 +32,9 @@ def test_a_trec_run_from_search_scores_the_same_with_eval_run_and_pytrec_eval(be
     assert len(lines) == 8 * 5 and all(len(line.split()) == 6 and line.split()[1] == "Q0" for line in lines)
     capsys.readouterr()
     assert main(["eval", "run", str(tmp_path / "run.trec"), "--qrels", str(beir), "--k", "5", "--json"]) == 0
-    ours = json.loads(capsys.readouterr().out)["metrics"]
+    document = json.loads(capsys.readouterr().out)
+    ours = document["metrics"]
+    assert (document["scale"], document["unscaled"]) == (100, []) and document["queries"] == 8
 
     qrels = read_qrels(beir / "qrels" / "test.tsv")
     run = {}

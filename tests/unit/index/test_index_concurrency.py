@@ -39,7 +39,8 @@ def encoder(tiny_model_path):
 @pytest.fixture(scope="module")
 def processes() -> ForkServerContext:
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["embedkit.index"])
+    # the modules behind this file's imports (embedkit's packages import their modules on first use)
+    context.set_forkserver_preload(["embedkit.index.index", "embedkit.encoders.sentence_transformer"])
     return context
 
 

@@ -100,11 +100,16 @@ def test_remove_by_id(clustered, factory) -> None:
 
 def test_too_little_data_to_train_is_explained(clustered) -> None:
     _, corpus = clustered
-    with pytest.raises(
-        ConfigError, match=r"trains 64 IVF lists, but the corpus has only 50 vectors.*at most n / 39 = 1"
-    ):
+    with pytest.raises(ConfigError) as error:
         build("IVF64,Flat", corpus[:50])
-    with pytest.warns(IndexWarning, match=r"trains 64 IVF lists on 500 vectors, fewer than the 2496"):
+    assert str(error.value).count("\n") == 0
+    assert "trains 64 IVF lists, so it needs at least 64 documents (2,496 for good clusters" in str(error.value)
+    assert "the corpus has 50; use at most n / 39 = 1 lists ('faiss:IVF1,Flat')" in str(error.value)
+    with pytest.raises(ConfigError, match=r"the corpus is too small for IVF lists; use 'faiss:HNSW32'"):
+        build("IVF64,Flat", corpus[:20])
+    with pytest.raises(ConfigError, match=r"256 PQ centroids per sub-quantizer.*the corpus has 100; use fewer bits"):
+        build("IVF2,PQ8", corpus[:100])
+    with pytest.warns(IndexWarning, match=r"needs at least 64 documents \(2,496 .*corpus has 500.*'faiss:IVF12,Flat'"):
         build("IVF64,Flat", corpus[:500])
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import writer_lock_held_elsewhere
+import tqdm.auto
+from conftest import held_elsewhere
 
 from embedkit.encoders import load_encoder
 from embedkit.fsutil import LockTimeoutError
 from embedkit.index import Index, IndexConflictError, IndexFileError, build_index
-from embedkit.index import index as index_module
-from embedkit.index.folder import POINTER_FILE, current_folder, reading
+from embedkit.index.folder import POINTER_FILE, current_folder, reading, writer_lock
 from embedkit.index.store import MANIFEST_FILE, content_checksum
 
 DIM = 32
@@ -81,7 +81,7 @@ def test_saving_over_another_writers_change_is_refused(encoder, tmp_path) -> Non
 
 def test_a_second_writer_waits_for_the_lock_then_gives_up(encoder, tmp_path) -> None:
     root = saved(encoder, tmp_path / "idx")
-    with writer_lock_held_elsewhere(root):
+    with held_elsewhere(writer_lock(root)):
         locked = pytest.raises(LockTimeoutError, match=f"index {root} is locked by another writer")
         with locked, Index.update(root, lock_timeout=0.2) as index:
             index.remove(["d1"])
@@ -197,12 +197,13 @@ def test_working_copies_stay_private(encoder) -> None:
 def test_progress_moves_per_encoded_batch(encoder, monkeypatch) -> None:
     updates: list[int] = []
 
-    class Recording(index_module.tqdm):
+    class Recording(tqdm.auto.tqdm):
         def update(self, n: float | None = 1) -> bool | None:
-            updates.append(int(n or 0))
+            if getattr(self, "desc", None) == "embedding and indexing":  # the index's bar, not the encoder's own
+                updates.append(int(n or 0))
             return super().update(n)
 
-    monkeypatch.setattr(index_module, "tqdm", Recording)
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)  # embedkit.progress draws every bar from it
     texts = [f"the cat sat on the mat {'again ' * (i % 5)}" for i in range(100)]
     index = build_index(encoder, texts, batch_size=16, show_progress=True)
     assert updates == [16] * 6 + [4]

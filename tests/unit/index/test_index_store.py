@@ -11,7 +11,7 @@ import pytest
 
 from embedkit.encoders import build_tiny_model, load_encoder
 from embedkit.errors import ConfigError, DataError, UnknownNameError
-from embedkit.index import Index, IndexFileError, IndexMismatchError, build_index, parse_spec
+from embedkit.index import Index, IndexFileError, IndexMismatchError, as_corpus, build_index, parse_spec
 from embedkit.index.folder import current_folder
 from embedkit.index.spec import IndexSpec
 from embedkit.index.store import PayloadStore, content_checksum
@@ -107,6 +107,16 @@ def test_blank_texts_are_refused_naming_where_before_anything_is_encoded(encoder
     with pytest.raises(DataError, match="^corpus item 1: a blank text"):
         index.add([("d8", "the moon"), ("d9", "\n")])
     assert len(index) == 2
+
+
+def test_blank_documents_are_kept_when_allowed_at_their_positions(encoder, tmp_path) -> None:
+    (tmp_path / "gap.txt").write_text("the cat sat\n\na dog runs\n\n")
+    index = build_index(encoder, as_corpus(tmp_path / "gap.txt", allow_blank=True))
+    assert len(index) == 3  # the blank line is document 1, so that "a dog runs" keeps its line's position
+    assert index.search("a dog runs", k=1).ids[0, 0] == 2
+    (tmp_path / "beir.jsonl").write_text('{"_id": "e", "title": "", "text": ""}\n{"_id": "c", "text": "the cat"}\n')
+    assert len(build_index(encoder, as_corpus(tmp_path / "beir.jsonl", allow_blank=True))) == 2
+    assert len(build_index(encoder, as_corpus(["the cat", " "], allow_blank=True))) == 2
 
 
 def test_a_title_alone_is_a_text_and_trailing_blank_lines_shift_nothing(encoder, tmp_path) -> None:
@@ -312,7 +322,10 @@ def test_corpus_files_and_beir_folders(encoder, tmp_path, shared_data) -> None:
     (tmp_path / "bad.jsonl").write_text('{"_id": "1", "text": "ok"}\n{"_id": "2"}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2: column 'text'"):
         build_index(encoder, tmp_path / "bad.jsonl")
-    cranfield = build_index(encoder, shared_data / "cranfield" / "corpus.jsonl", spec="faiss:Flat", batch_size=128)
+    with pytest.raises(DataError, match=r"cranfield/corpus.jsonl:471: a blank text"):  # two documents are empty
+        build_index(encoder, shared_data / "cranfield" / "corpus.jsonl")
+    corpus = as_corpus(shared_data / "cranfield" / "corpus.jsonl", allow_blank=True)
+    cranfield = build_index(encoder, corpus, spec="faiss:Flat", batch_size=128)
     assert len(cranfield) == 1400 and cranfield.manifest.id_type == "str"
     assert cranfield.search("what similarity laws must be obeyed", k=3).ids.dtype == object
 
@@ -320,7 +333,7 @@ def test_corpus_files_and_beir_folders(encoder, tmp_path, shared_data) -> None:
 def test_specs_and_metrics_are_checked() -> None:
     assert parse_spec("faiss:IVF1024,Flat") == IndexSpec("faiss", "IVF1024,Flat")
     assert str(parse_spec("torch")) == "torch" and parse_spec(" faiss ").options == ""
-    with pytest.raises(UnknownNameError, match="unknown index backend 'annoy'; valid names: faiss, torch"):
+    with pytest.raises(UnknownNameError, match="unknown index backend 'annoy'; valid names: bm25, faiss, hybrid, torch"):
         parse_spec("annoy:trees=10")
     with pytest.raises(ConfigError, match="non-empty string"):
         parse_spec("")

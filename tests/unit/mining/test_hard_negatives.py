@@ -3,6 +3,8 @@ keep/drop decisions."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -31,17 +33,19 @@ DIM = 8
 
 
 class TableEncoder:
-    """An encoder that looks each text up in a table of vectors, so that every score is known exactly."""
+    """An encoder that looks each text (after its prompt) up in a table of vectors, so that every score is known
+    exactly."""
 
-    def __init__(self, vectors: dict[str, np.ndarray], seed: int = 0) -> None:
+    def __init__(self, vectors: dict[str, np.ndarray], seed: int = 0, prompts: dict[str, str] | None = None) -> None:
         self.vectors = vectors
         self.name = f"table-{seed}"
         self.dim = DIM
+        self.prompts = prompts or {}
         torch.manual_seed(seed)
         self.model = torch.nn.Linear(DIM, DIM)  # only its weights matter: they are the fingerprint
 
-    def encode(self, texts, batch_size=32, normalize=False, show_progress=None) -> np.ndarray:
-        vectors = np.stack([self.vectors[text] for text in texts]).astype(np.float32)
+    def encode(self, texts, batch_size=32, normalize=False, show_progress=None, *, prompt=None) -> np.ndarray:
+        vectors = np.stack([self.vectors[(prompt or "") + text] for text in texts]).astype(np.float32)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if normalize else vectors
 
 
@@ -201,6 +205,21 @@ def test_mining_from_the_positives_alone(world) -> None:
     assert len(triplets) == 6 and all(set(row.negatives) <= set(positives) - {row.positive} for row in triplets)
 
 
+def test_a_collection_with_an_empty_document_is_mined(world, tmp_path) -> None:
+    anchors, positives, negatives, vectors = world
+    (tmp_path / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": str(i), "text": text}) + "\n" for i, text in enumerate([*positives, "", *negatives]))
+    )
+    triplets = mine_hard_negatives(
+        TableEncoder({**vectors, "": -vectors[anchors[0]]}),
+        list(zip(anchors, positives, strict=True)),
+        tmp_path / "corpus.jsonl",
+        num_negatives=2,
+        steps=[{"name": "rank-window", "end": 5}],
+    )
+    assert len(triplets) == 6 and all(len(row.negatives) == 2 for row in triplets)
+
+
 def test_bad_mining_requests(world) -> None:
     anchors, positives, negatives, vectors = world
     encoder = TableEncoder(vectors)
@@ -324,6 +343,34 @@ def test_a_guide_judges_margins_and_ceilings_that_name_no_source(world) -> None:
     assert isinstance(ceiling, ScoreCeiling) and ceiling.source == "guide"
 
 
+def _prompted(vectors: dict[str, np.ndarray], anchors: list[str], seed: int = 0) -> TableEncoder:
+    """The table encoder of ``vectors`` with prompts: it knows anchors only after "q: " and every other text only
+    after "d: ", so a text embedded after the wrong prompt fails the lookup."""
+    table = {("q: " if text in anchors else "d: ") + text: vector for text, vector in vectors.items()}
+    return TableEncoder(table, seed=seed, prompts={"query": "q: ", "document": "d: "})
+
+
+def test_mining_embeds_anchors_as_queries_and_documents_as_documents(world) -> None:
+    anchors, positives, negatives, vectors = world
+    pairs = list(zip(anchors, positives, strict=True))
+    corpus = [*positives, *negatives]
+    steps = [{"name": "margin", "margin": 0.05, "mode": "relative"}, {"name": "rank-window", "end": 10}]
+    plain = mine_hard_negatives(TableEncoder(vectors), pairs, corpus, num_negatives=3, steps=steps)
+    encoder = _prompted(vectors, anchors)
+    index = build_index(encoder, corpus)
+    assert index.manifest.document_prompt == "d: "
+    guide = _guide(vectors)
+    guided = mine_hard_negatives(TableEncoder(vectors), pairs, corpus, num_negatives=3, steps=steps, guide=guide)
+    guide_with_prompts = _prompted(guide.vectors, anchors, seed=1)
+    for mined in (
+        mine_hard_negatives(encoder, pairs, corpus, num_negatives=3, steps=steps),
+        mine_hard_negatives(encoder, pairs, index, num_negatives=3, steps=steps),
+    ):
+        assert [row.negatives for row in mined] == [row.negatives for row in plain]
+    with_guide = mine_hard_negatives(encoder, pairs, corpus, num_negatives=3, steps=steps, guide=guide_with_prompts)
+    assert [row.negatives for row in with_guide] == [row.negatives for row in guided]
+
+
 def test_mining_steps_frame_the_table_with_duplicates_and_top_k() -> None:
     steps = mining_steps(DEFAULT_STEPS, guided=False, top_k=5)
     assert [type(step) for step in steps] == [MaskDuplicates, MarginFilter, RankWindow, TopKHardest]
@@ -338,3 +385,51 @@ def test_the_search_depth_covers_the_rank_window() -> None:
     # no end: room for SEARCH_HEADROOM candidates per negative past the start
     assert search_depth(None, num_negatives=5, most_positives=1) == SEARCH_HEADROOM * 5 + 2
     assert search_depth(RankWindow(10), num_negatives=3, most_positives=1) == 10 + SEARCH_HEADROOM * 3 + 2
+
+
+@pytest.fixture(scope="module")
+def wordy_world() -> tuple[list[str], list[str], list[str], dict[str, np.ndarray]]:
+    """Anchors, positives and a corpus of texts that share words, so that BM25 finds some documents and not
+    others; each text has a random vector."""
+    rng = np.random.default_rng(5)
+    topics = ["boundary layer", "shock wave", "heat transfer", "wing flutter"]
+    corpus = [f"{topics[i % 4]} {topics[(3 * i + 1) % 4].split()[0]} report{i:02d}" for i in range(32)]
+    anchors = [f"question about {topic}" for topic in topics[:3]]
+    positives = corpus[:3]
+    vectors = {text: rng.standard_normal(DIM) for text in [*corpus, *anchors]}
+    return anchors, positives, corpus, vectors
+
+
+@pytest.mark.parametrize("spec", ["bm25", "hybrid:torch"])
+def test_a_text_index_picks_the_candidates_and_the_model_scores_them(wordy_world, spec) -> None:
+    pytest.importorskip("bm25s")
+    pytest.importorskip("Stemmer")
+    anchors, positives, corpus, vectors = wordy_world
+    encoder = TableEncoder(vectors)
+    index = build_index(encoder if spec != "bm25" else None, corpus, spec=spec)
+    found = filter_candidates(encoder, list(zip(anchors, positives, strict=True)), index, mining_steps([], guided=False), 12)
+    retrieved = index.search_internal(anchors, 12, embeddings=encoder.encode(anchors, normalize=True))[1]
+    unit = {t: v / np.linalg.norm(v) for t, v in vectors.items()}
+    for row, anchor in enumerate(anchors):
+        valid = found.internal[row] >= 0
+        assert set(found.internal[row][valid]) == set(retrieved[row][retrieved[row] >= 0])  # the index's pool
+        expected = [unit[anchor] @ unit[corpus[i]] for i in found.internal[row][valid]]
+        np.testing.assert_allclose(found.scores[row][valid], expected, rtol=1e-5)  # the model's cosine
+        assert (np.diff(found.scores[row][valid]) <= 0).all() and (found.scores[row][~valid] == -np.inf).all()
+    if spec == "bm25":  # BM25 leaves out what shares no word with the anchor
+        assert (found.internal >= 0).sum(axis=1).max() < len(corpus)
+
+
+def test_mining_through_a_hybrid_spec(wordy_world) -> None:
+    pytest.importorskip("bm25s")
+    pytest.importorskip("Stemmer")
+    anchors, positives, corpus, vectors = wordy_world
+    triplets = mine_hard_negatives(
+        TableEncoder(vectors), list(zip(anchors, positives, strict=True)), corpus, num_negatives=2,
+        steps=[{"name": "rank-window", "end": 8}], spec="hybrid:fusion=convex,alpha=0.5:faiss:Flat",
+    )
+    unit = {t: v / np.linalg.norm(v) for t, v in vectors.items()}
+    assert len(triplets) == 3
+    for row in triplets:
+        scores = [unit[row.anchor] @ unit[n] for n in row.negatives]
+        assert set(row.negatives) <= set(corpus) - {row.positive} and scores == sorted(scores, reverse=True)

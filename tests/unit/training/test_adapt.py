@@ -9,6 +9,7 @@ from conftest import TINY_TEXTS
 
 from embedkit.cli import main
 from embedkit.data import read_beir
+from embedkit.encoders import load_encoder
 from embedkit.errors import ConfigError
 from embedkit.training.adapt import adapt, adapt_config, adaptation_splits
 
@@ -51,6 +52,22 @@ def test_the_recipe_evaluates_and_refreshes_every_epoch(collection, tmp_path) ->
     assert config.train.lr == 1e-4 and config.model.name == "m"
 
 
+def test_prompts_reach_the_recipe_and_both_test_scores(collection, prompted_model_path, tmp_path, monkeypatch) -> None:
+    from embedkit.training import adapt as adapt_module
+
+    data = adaptation_splits(collection, tmp_path / "run")
+    config = adapt_config(data, tmp_path / "run", "m", ['data.prompts.anchor="search: "'])
+    assert config.data.prompts == {"anchor": "search: "}
+    scored = []
+    monkeypatch.setattr(adapt_module, "run_training", lambda config, **_: None)  # the start model is enough here
+    monkeypatch.setattr(adapt_module, "load_encoder", lambda *_, **__: load_encoder(prompted_model_path))
+    monkeypatch.setattr(adapt_module.RetrievalEvaluator, "__call__", lambda self, encoder: scored.append(
+        dict(encoder.prompts)) or {})
+    adapt(collection, tmp_path / "run", str(prompted_model_path), overrides=['data.prompts.anchor="search: "'])
+    # the start model is scored with the prompts it is trained with: the recipe's anchor prompt, its own document one
+    assert scored[0] == {"query": "search: ", "document": "passage: "}
+
+
 def test_adapt_end_to_end(collection, tiny_model_path, tmp_path, capsys) -> None:
     outcome = adapt(collection, tmp_path / "run", str(tiny_model_path), show_progress=False,
                     overrides=["train.batch_size=4", "train.epochs=1", "model.precision=\"fp32\""])
@@ -65,3 +82,17 @@ def test_adapt_end_to_end(collection, tiny_model_path, tmp_path, capsys) -> None
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and lines[-1].startswith("test ndcg@10 on held-out queries: ")
     assert lines[-2].startswith("test recall@100 on held-out queries: ")
+
+
+def test_cli_adapt_json_states_the_scale(monkeypatch, capsys, tmp_path) -> None:
+    from embedkit.training import adapt as adapt_module
+    from embedkit.training.adapt import AdaptResult
+    from embedkit.training.fit import FitResult
+
+    scores = {"ndcg@10": 30.0, "recall@100": 90.0}
+    run = FitResult(steps=3, output_dir=tmp_path, best_score=31.0, best_step=3, metric="ndcg@10",
+                    first_eval=scores, last_eval=scores)
+    monkeypatch.setattr(adapt_module, "adapt", lambda *args, **kwargs: AdaptResult(run, tmp_path, scores, scores))
+    assert main(["adapt", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert (document["scale"], document["unscaled"]) == (100, []) and document["test_after"] == scores
