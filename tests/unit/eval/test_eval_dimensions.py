@@ -47,9 +47,10 @@ class Counting:
     def __getattr__(self, name):
         return getattr(self.encoder, name)
 
-    def encode(self, texts, batch_size=32, normalize=False, show_progress=None):
+    def encode(self, texts, batch_size=32, normalize=False, show_progress=None, *, prompt=None):
         self.embedded += len(texts)
-        return self.encoder.encode(texts, batch_size=batch_size, normalize=normalize, show_progress=show_progress)
+        return self.encoder.encode(texts, batch_size=batch_size, normalize=normalize, show_progress=show_progress,
+                                   prompt=prompt)
 
 
 @pytest.mark.parametrize("make", [lambda data: STSEvaluator(data / "sts.jsonl"),
