@@ -146,12 +146,14 @@ def clustering_sample_size(clusterings: list[tuple[str, int, faiss.ClusteringPar
 def _smaller_spec(what: str, factory: str, n: int) -> str:
     """What to use instead of a ``factory`` whose k-means (``what``) has too many centroids for ``n`` vectors."""
     lists = n // MIN_POINTS_PER_CENTROID
-    no_training = "or 'faiss:HNSW32' or 'faiss:Flat', which need no training"
+    # a binary factory (BIVF) falls back on binary codes searched exhaustively
+    untrained = "'faiss:BFlat', which needs" if factory.startswith("B") else "'faiss:HNSW32' or 'faiss:Flat', which need"
+    no_training = f"or {untrained} no training"
     if what == "IVF lists" and lists >= 1:
         smaller = re.sub(r"IVF\d+", f"IVF{lists}", factory, count=1)
         return f"use at most n / {MIN_POINTS_PER_CENTROID} = {lists:,} lists ('faiss:{smaller}'), {no_training}"
     if what == "IVF lists":
-        return "the corpus is too small for IVF lists; use 'faiss:HNSW32' or 'faiss:Flat', which need no training"
+        return f"the corpus is too small for IVF lists; use {untrained} no training"
     return f"use fewer bits per code (e.g. PQ16x4 trains 16 centroids per sub-quantizer), {no_training}"
 
 

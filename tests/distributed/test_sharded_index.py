@@ -68,9 +68,10 @@ def test_distributed_encode_and_sharded_builds_equal_one_process(tmp_path, model
         single = Index.load(tmp_path / "one", encoder=encoder)
         sharded = Index.load(tmp_path / name, encoder=encoder)
         assert len(sharded) == len(single) == len(CORPUS), name
-        # the same held-out queries, ground truth and choice (IVF indexes tune nprobe; torch and Flat nothing)
+        # the same held-out queries, ground truth and choice (float IVF indexes tune nprobe; torch, Flat and binary
+        # indexes nothing)
         assert sharded.manifest.search_tuning == single.manifest.search_tuning, name
-        assert (single.manifest.search_tuning is None) == (name in ("torch", "flat")), name
+        assert (single.manifest.search_tuning is None) == (name in ("torch", "flat", "bivf")), name
         if name.startswith("ivf"):
             single.set_search_params(nprobe=2)  # probe part of the lists: the lists themselves must agree
             sharded.set_search_params(nprobe=2)

@@ -281,7 +281,7 @@ def test_binary_indexes_refuse_what_they_cannot_do(encoder) -> None:
         build_index(encoder, ["a text"], spec="faiss:BFlat", metric="l2")
     with pytest.raises(ConfigError, match="searches on the CPU"):
         build_index(encoder, ["a text"], spec="faiss:BFlat", device="gpu")
-    with pytest.raises(ConfigError, match="trains 64 IVF lists, but the corpus has only 3"):
+    with pytest.raises(ConfigError, match="trains 64 IVF lists, so it needs at least 64 documents .* but the corpus has 3; the corpus is too small for IVF lists; use 'faiss:BFlat', which needs no training"):
         build_index(encoder, ["a", "b", "c"], spec="faiss:BIVF64")
 
 
