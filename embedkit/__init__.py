@@ -21,7 +21,7 @@ from embedkit.lazy import lazy_exports
 from embedkit.version import __version__  # noqa: F401  (embedkit.__version__)
 
 if TYPE_CHECKING:
-    from embedkit.data import collate, read_examples
+    from embedkit.data import ColumnPrompts, collate, read_examples
     from embedkit.encoders import DEFAULT_MODEL, Encoder, load_encoder
     from embedkit.eval import (
         EVALUATORS,
@@ -47,7 +47,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        **dict.fromkeys(("collate", "read_examples"), "embedkit.data"),
+        **dict.fromkeys(("ColumnPrompts", "collate", "read_examples"), "embedkit.data"),
         **dict.fromkeys(("DEFAULT_MODEL", "Encoder", "load_encoder"), "embedkit.encoders"),
         **dict.fromkeys(
             (
@@ -77,6 +77,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "EVALUATORS",
     "LOSSES",
+    "ColumnPrompts",
     "CombinedEvaluator",
     "ConfigError",
     "DataError",

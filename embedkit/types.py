@@ -230,14 +230,23 @@ class TextEncoder(Protocol):
     @property
     def device(self) -> torch.device: ...
 
+    @property
+    def prompts(self) -> Mapping[str, str]:
+        """Named prompts put before texts (sentence-transformers' ``prompts``, e.g. ``{"query": "query: "}``;
+        see :mod:`embedkit.encoders.prompts`), empty for a model without any."""
+        ...
+
     def encode(
         self,
         texts: Sequence[str],
         batch_size: int = 32,
         normalize: bool = False,
         show_progress: bool | None = None,
+        *,
+        prompt: str | None = None,
     ) -> np.ndarray:
-        """``n`` texts -> a float32 ``[n, D]`` array, in input order, without gradients."""
+        """``n`` texts -> a float32 ``[n, D]`` array, in input order, without gradients; ``prompt`` goes before
+        every text (``None``: the model's default prompt, if it has one)."""
         ...
 
 

@@ -45,6 +45,17 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", TINY_TEXTS, seed=0)
 
 
+PROMPTS = {"query": "query: ", "document": "passage: "}
+
+
+@pytest.fixture(scope="session")
+def prompted_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model of :func:`tiny_model_path` with named prompts: :data:`PROMPTS` (E5's)."""
+    from embedkit.encoders import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("prompted") / "model", TINY_TEXTS, seed=0, prompts=PROMPTS)
+
+
 FIT_SENTENCES = [
     "the cat sat on the mat", "a dog runs in the park", "the sun rises in the east",
     "rain falls on the green hills", "she plays the piano every evening", "he reads a book about old ships",

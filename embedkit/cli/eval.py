@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from embedkit.cli.options import add_model_options, load_model, print_json
+from embedkit.cli.options import add_model_options, add_truncate_dim, load_model, print_json
 from embedkit.errors import require
+
+if TYPE_CHECKING:
+    from embedkit.types import Evaluator
 
 
 def _cutoffs(text: str) -> tuple[int, ...]:
@@ -14,6 +18,22 @@ def _cutoffs(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _dims(text: str) -> tuple[int, ...]:
+    dims = _cutoffs(text)
+    if any(dim < 1 for dim in dims):
+        raise argparse.ArgumentTypeError(f"dimensions must be positive integers, got {text!r}")
+    return dims
+
+
+def _add_dimension_options(parser: argparse.ArgumentParser) -> None:
+    """``--truncate-dim N`` or ``--dims 384,256,...`` (Matryoshka models)."""
+    group = parser.add_mutually_exclusive_group()
+    add_truncate_dim(group)  # type: ignore[arg-type]  # a group takes arguments as a parser does
+    group.add_argument("--dims", type=_dims, default=None, metavar="D1,D2,...",
+                       help="score the embeddings cut to each of these dimensions, e.g. 384,256,128,64,32 "
+                       "(each text embedded once)")
 
 
 def _names(text: str) -> list[str]:
@@ -34,6 +54,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     tasks = evaluate.add_subparsers(dest="task", required=True, metavar="TASK")
     sts = tasks.add_parser("sts", help="Spearman x100 of cosine similarity on an STS file or folder")
     add_model_options(sts)
+    _add_dimension_options(sts)
     sts.add_argument("--data", required=True, type=Path, help="a scored file or a folder of them")
     sts.add_argument("--json", action="store_true", help="print machine-readable results")
     sts.set_defaults(func=cmd_eval_sts)
@@ -45,6 +66,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "through the index spec given; metrics come from trec_eval (pytrec_eval), x100.",
     )
     add_model_options(retrieval)
+    _add_dimension_options(retrieval)
     retrieval.add_argument("--data", required=True, type=Path,
                            help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     retrieval.add_argument("--split", default="test", help="the qrels split (default: test)")
@@ -101,6 +123,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--suite", required=True, type=Path, help="the suite TOML")
     report.add_argument("--compare", nargs="+", default=[], metavar="MODEL", help="more models, side by side")
     report.add_argument("--log", type=Path, default=None, help="the training log.jsonl of --model")
+    report.add_argument("--dims", type=_dims, default=(), metavar="D1,D2,...",
+                        help="also score the STS and retrieval entries at each of these dimensions and plot the "
+                        "curves (Matryoshka models)")
     report.add_argument("--out", required=True, type=Path, help="the report folder")
     report.add_argument("--json", action="store_true", help="print report.json")
     report.set_defaults(func=cmd_eval_all)
@@ -147,11 +172,36 @@ def _add_preference(tasks: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cmd_eval_preference)
 
 
+def _metrics_by_dimension(evaluator: Evaluator, args: argparse.Namespace) -> dict[int, dict[str, float]] | None:
+    """With ``--dims``, ``{dim: metrics}`` of the model's embeddings cut to each; else ``None``."""
+    if args.dims is None:
+        return None
+    from embedkit.eval.report import dimension_curve
+
+    return dimension_curve(evaluator, load_model(args), args.dims)
+
+
+def _print_curve(curve: dict[int, dict[str, float]]) -> None:
+    """One row per dimension, one column per metric."""
+    names = list(next(iter(curve.values())))
+    print(f"{'dims':>6} " + " ".join(f"{name:>12}" for name in names))
+    for dim, metrics in curve.items():
+        print(f"{dim:>6} " + " ".join(f"{metrics[name]:12.2f}" for name in names))
+
+
 def cmd_eval_sts(args: argparse.Namespace) -> int:
     from embedkit.eval import STSEvaluator
     from embedkit.eval.scale import scale_fields
 
     evaluator = STSEvaluator(args.data, batch_size=args.batch_size)
+    curve = _metrics_by_dimension(evaluator, args)
+    if curve is not None:
+        if args.json:
+            print_json({"model": args.model, "task": "sts", "data": str(args.data),
+                        "dims": {str(dim): metrics for dim, metrics in curve.items()}})
+        else:
+            _print_curve(curve)
+        return 0
     results = evaluator(load_model(args))
     if args.json:
         print_json({"model": args.model, "task": "sts", "data": str(args.data),
@@ -188,6 +238,16 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
         args.data, split=args.split, index_spec=args.index, k=args.k, recall_at=args.recall_at, gain=args.gain,
         batch_size=args.batch_size,
     )
+    curve = _metrics_by_dimension(evaluator, args)
+    if curve is not None:
+        if args.json:
+            print_json({"model": args.model, "task": "retrieval", "data": str(args.data), "split": args.split,
+                        "index": args.index, "queries": len(evaluator.data.query_ids), "gain": args.gain,
+                        "scale": "x100", "dims": {str(dim): metrics for dim, metrics in curve.items()}})
+        else:
+            print(f"{len(evaluator.data.query_ids)} {args.split} queries, nDCG with {args.gain} gains, x100")
+            _print_curve(curve)
+        return 0
     results = evaluator(load_model(args))
     if args.json:
         print_json({"model": args.model, "task": "retrieval", "data": str(args.data), "split": args.split,
@@ -245,7 +305,8 @@ def cmd_eval_all(args: argparse.Namespace) -> int:
 
     document = run_report(
         [args.model, *args.compare], args.suite, args.out, log=args.log, batch_size=args.batch_size,
-        load=lambda model: load_encoder(model, device=args.device, precision=args.precision),
+        load=lambda model: load_encoder(model, device=args.device, precision=args.precision, backend=args.backend),
+        dims=args.dims,
     )
     if args.json:
         print_json(document)
@@ -257,6 +318,7 @@ def cmd_eval_all(args: argparse.Namespace) -> int:
 
 def cmd_eval_preference(args: argparse.Namespace) -> int:
     from embedkit.encoders.reward import load_reward_model
+    from embedkit.errors import ConfigError
     from embedkit.eval.preference import PreferenceEvaluator, RewardScorer
     from embedkit.eval.scale import scale_fields
     from embedkit.types import SupportsEncode
@@ -271,6 +333,8 @@ def cmd_eval_preference(args: argparse.Namespace) -> int:
     )
     model: SupportsEncode | RewardScorer
     if args.mode == "reward":
+        if args.backend != "torch":
+            raise ConfigError(f"--mode reward runs in torch; --backend {args.backend} is for --mode similarity")
         model = load_reward_model(args.model, device=args.device, precision=args.precision)
     else:
         model = load_model(args)

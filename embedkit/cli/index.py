@@ -10,6 +10,9 @@
     embedkit search idx/ "how do boundary layers behave at high speed" -k 10
     embedkit search idx/ --queries queries.jsonl -k 100 --output run.jsonl
 
+Documents get the model's document prompt (``build --prompt-name/--prompt`` for another), which the index records
+and ``add`` uses again; queries get the model's query prompt (``search --prompt-name/--prompt`` for another).
+
 ``build`` refuses an ``--out`` that holds an index unless ``--overwrite`` is given; ``build``, ``add`` and
 ``remove`` hold the index's writers' lock from load to save, so concurrent runs queue (each waits up to
 ``--lock-timeout`` seconds) and none loses another's documents.
@@ -24,7 +27,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedkit.cli.options import add_model_options, load_model, parse_assignments, print_json
+from embedkit.cli.options import (
+    add_backend_option,
+    add_model_options,
+    add_prompt_options,
+    add_truncate_dim,
+    load_model,
+    parse_assignments,
+    print_json,
+)
 from embedkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -40,6 +51,7 @@ def _add_encoder_options(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", default=None, help="model name or folder (default: the model that built the index)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (default: auto)")
+    add_backend_option(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size")
     parser.add_argument("--device", default=None, help="encoder device: cpu, cuda, ... (default: cuda if available)")
 
@@ -79,18 +91,16 @@ def _add_lock_timeout(parser: argparse.ArgumentParser) -> None:
 
 def _encoder(args: argparse.Namespace) -> Encoder | None:
     """The encoder of ``--model``, or of the model that built the index at ``args.index`` (``None`` for an index
-    that embeds nothing, such as ``bm25``)."""
+    that embeds nothing, such as ``bm25``), cut to the index's ``truncate_dim``."""
     from embedkit.encoders import load_encoder
     from embedkit.index.folder import current_manifest
     from embedkit.index.spec import needs_encoder
 
-    name = args.model
-    if name is None:
-        manifest = current_manifest(args.index)
-        if not needs_encoder(manifest.spec):
-            return None
-        name = manifest.model_name
-    return load_encoder(name, device=args.device, precision=args.precision)
+    manifest = current_manifest(args.index)
+    if args.model is None and not needs_encoder(manifest.spec):
+        return None
+    return load_encoder(args.model or manifest.model_name, device=args.device, precision=args.precision,
+                        backend=args.backend, truncate_dim=manifest.truncate_dim)
 
 
 def _open_index(args: argparse.Namespace, with_encoder: bool = True) -> Index:
@@ -161,6 +171,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
             device=args.index_device,
             seed=args.seed,
             show_progress=not args.json,
+            prompt_name=args.prompt_name,
+            prompt=args.prompt,
             target_recall=target_recall,
         )
         if index is None:
@@ -196,6 +208,7 @@ def cmd_index_info(args: argparse.Namespace) -> int:
         "metric",
         "normalize",
         "dimension",
+        "truncate_dim",
         "count",
         "id_type",
         "created",
@@ -204,10 +217,19 @@ def cmd_index_info(args: argparse.Namespace) -> int:
         print(f"{key:<17} {fields[key]}")
     model = info["model"]
     print(f"{'model':<17} " + (f"{model['name']} ({model['fingerprint'][:19]}...)" if model["name"] else "none"))
+    print(f"{'document_prompt':<17} {info['document_prompt']!r}")  # quoted: a prompt may end in a space or newline
     params = ", ".join(f"{name}={value:g}" for name, value in info["search_params"].items())
     print(f"{'search_params':<17} {params or 'defaults'}")
     print(f"{'search_tuning':<17} {tuning_summary(info['search_tuning'])}")
     print(f"{'backend':<17} " + ", ".join(f"{k}={v}" for k, v in info["backend"].items()))
+    quantization = dict(info["quantization"])
+    rescore = quantization.pop("rescore", None)
+    if quantization:
+        quantization.pop("calibration", None)
+        print(f"{'quantization':<17} " + ", ".join(f"{k}={v}" for k, v in quantization.items()))
+    if isinstance(rescore, dict):
+        shown = {key: value for key, value in rescore.items() if key != "calibration"}
+        print(f"{'rescore':<17} " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     for name, file in info["files"].items():
         print(f"{'file':<17} {name} ({file['bytes']:,} bytes)")
     return 0
@@ -278,7 +300,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _search_one(index: Index, args: argparse.Namespace) -> int:
-    result = index.search([args.query], k=args.k, return_payloads=True, batch_size=args.batch_size)
+    result = index.search([args.query], k=args.k, return_payloads=True, batch_size=args.batch_size,
+                          prompt_name=args.prompt_name, prompt=args.prompt)
     assert result.texts is not None  # return_payloads=True fills them
     hits = [
         {"rank": rank, "id": _plain(doc), "score": float(score), "text": text}
@@ -299,7 +322,8 @@ def _search_many(index: Index, queries: list[Document], args: argparse.Namespace
     from embedkit.fsutil import atomic_write_bytes
 
     result = index.search(
-        [query.text for query in queries], k=args.k, batch_size=args.batch_size, show_progress=not args.json
+        [query.text for query in queries], k=args.k, batch_size=args.batch_size, show_progress=not args.json,
+        prompt_name=args.prompt_name, prompt=args.prompt,
     )
     from embedkit.eval.runs import jsonl_line, trec_lines
 
@@ -335,13 +359,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     build = actions.add_parser("build", help="embed a corpus and save it as an index folder")
     add_model_options(build)
+    add_truncate_dim(build)
     _add_corpus_options(build)
     build.add_argument("--out", required=True, type=Path, help="the index folder to write")
     build.add_argument(
         "--spec",
         default="torch",
-        help="torch, torch:cuda, faiss:Flat, faiss:IVF256,Flat, faiss:HNSW32, bm25 (needs no model), "
-        "hybrid:faiss:Flat, hybrid:fusion=convex,alpha=0.5:torch, ...",
+        help="torch, torch:cuda, faiss:Flat, faiss:IVF256,Flat, faiss:HNSW32, faiss:SQ8, faiss:BFlat,rescore=4, "
+        "bm25 (needs no model), hybrid:faiss:Flat, hybrid:fusion=convex,alpha=0.5:torch, ...",
     )
     build.add_argument("--metric", default="cosine", choices=METRICS, help="default: cosine")
     build.add_argument("--chunk-size", type=int, default=16384, help="documents embedded at a time (bounds memory)")
@@ -355,6 +380,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "defaults",
     )
     build.add_argument("--overwrite", action="store_true", help="replace the index at --out (a new version of it)")
+    add_prompt_options(build, "every document", "the model's document prompt")
     _add_index_device(build)
     _add_lock_timeout(build)
     build.add_argument("--json", action="store_true", help="print the index info as JSON")
@@ -398,6 +424,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="a search parameter, e.g. nprobe=16 (IVF) or efSearch=128 (HNSW)",
     )
     _add_encoder_options(search)
+    add_prompt_options(search, "every query", "the model's query prompt")
     _add_index_device(search)
     search.add_argument("--json", action="store_true", help="print the results as JSON")
     search.set_defaults(func=cmd_search)

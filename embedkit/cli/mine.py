@@ -58,7 +58,9 @@ def cmd_mine(args: argparse.Namespace) -> int:
         raise ConfigError("give --corpus or --index, not both")
     encoder = load_model(args)
     corpus = Index.load(args.index, encoder=encoder) if args.index is not None else args.corpus
-    guide = None if args.guide is None else load_encoder(args.guide, device=args.device, precision=args.precision)
+    guide = None if args.guide is None else load_encoder(
+        args.guide, device=args.device, precision=args.precision, backend=args.backend
+    )
     pairs = read_examples(args.pairs, format=args.format)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MiningWarning)  # the summary below says how many pairs were left out

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from embedkit.data.beir import beir_pairs, is_beir_folder, read_beir, split_queries
-from embedkit.data.collate import collate
+from embedkit.data.collate import ColumnPrompts, collate
 from embedkit.data.io import FORMATS, Row, read_rows
 from embedkit.data.kinds import KIND_COLUMNS, as_kind, infer_kind, remap, to_example
 from embedkit.errors import ConfigError, DataError
@@ -17,6 +17,7 @@ from embedkit.types import Example, Kind
 __all__ = [
     "FORMATS",
     "KIND_COLUMNS",
+    "ColumnPrompts",
     "Example",
     "Examples",
     "Kind",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from embedkit.types import PADDING_GROUP, Example, Kind, TextBatch
@@ -12,7 +13,20 @@ if TYPE_CHECKING:  # imported where used: reading data does not load torch
     import torch
 
 
-def collate(examples: Sequence[Example], kind: Kind) -> TextBatch:
+@dataclass(frozen=True)
+class ColumnPrompts:
+    """The prompts put before the texts of each column in training (see :mod:`embedkit.encoders.prompts`).
+
+    ``None`` leaves a column to the model's own prompt: the anchor gets its query prompt, the positive its
+    document prompt, and the negatives the positive's prompt (:func:`embedkit.training.fit.column_prompts`).
+    """
+
+    anchor: str | None = None
+    positive: str | None = None
+    negative: str | None = None
+
+
+def collate(examples: Sequence[Example], kind: Kind, prompts: ColumnPrompts | None = None) -> TextBatch:
     """One batch of ``examples``: candidates are the positives, then the negatives column by column.
 
     Every text gets the id :func:`text_id` gives it, so that rows sharing a text share a group and never serve
@@ -21,6 +35,9 @@ def collate(examples: Sequence[Example], kind: Kind) -> TextBatch:
     for which no negative survived the filters) are padded with empty texts in :data:`PADDING_GROUP`, which no
     loss scores: such rows train on in-batch negatives alone.
 
+    Each column's texts get its prompt of ``prompts`` in front (a column whose prompt is ``None``, none); the
+    group ids stay those of the texts without prompts, so that a text is the same item in every column.
+
     Raises:
         ValueError: ``examples`` is empty.
     """
@@ -28,19 +45,20 @@ def collate(examples: Sequence[Example], kind: Kind) -> TextBatch:
         raise ValueError("cannot collate an empty batch")
     import torch
 
+    prompts = prompts or ColumnPrompts()
     width = max(len(example.negatives) for example in examples)
     anchors = [example.anchor for example in examples]
     positives = [example.positive for example in examples]
-    negatives = [[_negative(example, column) for example in examples] for column in range(width)]
     anchor_groups = text_ids(anchors)
     candidate_groups = torch.cat([
         text_ids(positives),
         *(_negative_ids(examples, column) for column in range(width)),
     ])
+    negatives = [[_negative(example, column, prompts.negative) for example in examples] for column in range(width)]
     return TextBatch(
         kind=kind,
-        anchors=anchors,
-        positives=positives,
+        anchors=_prompted(anchors, prompts.anchor),
+        positives=_prompted(positives, prompts.positive),
         negatives=negatives,
         scores=_scores(examples),
         anchor_groups=anchor_groups,
@@ -48,8 +66,13 @@ def collate(examples: Sequence[Example], kind: Kind) -> TextBatch:
     )
 
 
-def _negative(example: Example, column: int) -> str:
-    return example.negatives[column] if column < len(example.negatives) else ""
+def _prompted(texts: list[str], prompt: str | None) -> list[str]:
+    return [prompt + text for text in texts] if prompt else texts
+
+
+def _negative(example: Example, column: int, prompt: str | None) -> str:
+    """Row ``example``'s negative of ``column`` after ``prompt``; padding (no such negative) stays empty."""
+    return (prompt or "") + example.negatives[column] if column < len(example.negatives) else ""
 
 
 def _negative_ids(examples: Sequence[Example], column: int) -> torch.Tensor:

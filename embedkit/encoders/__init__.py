@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from embedkit.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from embedkit.encoders.locate import DEFAULT_MODEL
+    from embedkit.encoders.locate import BACKENDS, DEFAULT_MODEL
     from embedkit.encoders.sentence_transformer import (
         POOLING_MODES,
         Encoder,
@@ -17,11 +17,11 @@ if TYPE_CHECKING:
     )
     from embedkit.encoders.tiny import build_tiny_model
 
-# Imported on first use: DEFAULT_MODEL (the CLI's default) comes without torch and sentence-transformers.
+# Imported on first use: DEFAULT_MODEL and BACKENDS (the CLI's defaults) come without torch and sentence-transformers.
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "DEFAULT_MODEL": "embedkit.encoders.locate",
+        **dict.fromkeys(("BACKENDS", "DEFAULT_MODEL"), "embedkit.encoders.locate"),
         **dict.fromkeys(
             ("POOLING_MODES", "Encoder", "MLPHead", "load_encoder", "resolve_model_path"),
             "embedkit.encoders.sentence_transformer",
@@ -31,6 +31,7 @@ __getattr__, __dir__ = lazy_exports(
 )
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_MODEL",
     "POOLING_MODES",
     "Encoder",

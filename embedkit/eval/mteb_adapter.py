@@ -15,6 +15,13 @@ The adapter's :class:`mteb.models.ModelMeta` names the model and its revision, u
 
 :attr:`MtebEncoder.revision_source` (``"hub"`` or ``"weights"``) says which, as do the outcomes of
 :func:`run_mteb`. A run in a precision other than float32 also gets its own experiment folder.
+
+Prompts are chosen as sentence-transformers' mteb wrapper chooses them: from the model's ``prompts`` dict, the first
+of ``"<task name>-<query|document>"``, ``"<task name>"``, ``"<task type>-<query|document>"``, ``"<task type>"``
+and ``"<query|document>"`` it holds (mteb's own :func:`~mteb.models.abs_encoder.get_prompt_name`, over the keys
+mteb accepts: a task name must be one mteb registers), else the model's query or document prompt for mteb's
+``prompt_type`` (:mod:`embedkit.encoders.prompts`), else its default prompt. A task's instructions per query reach
+the encoder inside the query texts, where mteb puts them.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +42,7 @@ import torch
 
 from embedkit.encoders import load_encoder, resolve_model_path
 from embedkit.encoders.locate import looks_like_local_path
+from embedkit.encoders.prompts import DOCUMENT, QUERY, resolve_prompt
 from embedkit.errors import ConfigError, EmbedkitError, MissingDependencyError
 from embedkit.eval.mteb_local import LocalTaskSpec, read_task_file, resolve_tasks
 from embedkit.eval.scale import SCORE_SCALE
@@ -43,14 +52,15 @@ from embedkit.types import TextEncoder
 try:  # mteb is optional (the eval extra): without it, importing this module is a one-line error
     import mteb
     from mteb.models import ModelMeta
-    from mteb.models.abs_encoder import AbsEncoder
+    from mteb.models.abs_encoder import AbsEncoder, get_prompt_name
     from mteb.models.model_meta import ScoringFunction
+    from mteb.types import PromptType
 except ImportError as error:
     raise MissingDependencyError("mteb", "eval", "MTEB evaluation") from error
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
-    from mteb.types import BatchedInput, EncodeKwargs, PromptType
+    from mteb.types import BatchedInput, EncodeKwargs
     from sentence_transformers import SentenceTransformer
     from torch.utils.data import DataLoader
 
@@ -74,8 +84,9 @@ def weights_fingerprint(encoder: SentenceTransformerEncoder) -> str:
     """SHA-256 (first 16 hex digits) of the inference model: its weights' fingerprint (the one index manifests
     record, :func:`embedkit.index.model_fingerprint`) and every module's configuration.
 
-    Pooling mode, normalisation and the maximum sequence length change embeddings without changing weights, so
-    they are part of it; training-only heads are not.
+    Pooling mode, normalisation, the maximum sequence length and prompts change embeddings without changing
+    weights, so they are part of it (prompts only when the model has one, so that the fingerprints of models
+    without any stay what they were); training-only heads are not.
     """
     from embedkit.index import model_fingerprint
 
@@ -84,8 +95,15 @@ def weights_fingerprint(encoder: SentenceTransformerEncoder) -> str:
         [type(module).__name__, module.get_config_dict() if hasattr(module, "get_config_dict") else {}]
         for module in model
     ]
-    identity = json.dumps([model_fingerprint(model), configs, model.max_seq_length], sort_keys=True, default=str)
+    parts = [model_fingerprint(model), configs, model.max_seq_length]
+    if _has_prompts(encoder):
+        parts.append([encoder.prompts, model.default_prompt_name])
+    identity = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def _has_prompts(encoder: TextEncoder) -> bool:
+    return any(encoder.prompts.values())
 
 
 def mteb_model_name(source: str | os.PathLike[str]) -> str:
@@ -190,7 +208,7 @@ def build_model_meta(encoder: SentenceTransformerEncoder, source: str | os.PathL
             embed_dim=encoder.dim,
             similarity_fn_name=ScoringFunction.COSINE,  # every embedkit evaluation scores by cosine similarity
             framework=["Sentence Transformers", "PyTorch"],
-            use_instructions=False,
+            use_instructions=_has_prompts(encoder),
             open_weights=True,
             adapted_from=encoder.name if commit is None and encoder.name != name else None,
             experiment_kwargs=None if dtype == torch.float32 else {"precision": str(dtype).removeprefix("torch.")},
@@ -216,6 +234,8 @@ class MtebEncoder(AbsEncoder):
 
     model: SentenceTransformerEncoder
     mteb_model_meta: ModelMeta
+    task_prompts: dict[str, str] | None
+    """The model's prompts that mteb keys by task name, task type or prompt type (``None``: none)."""
 
     def __init__(
         self,
@@ -231,6 +251,12 @@ class MtebEncoder(AbsEncoder):
             model = load_encoder(model, device=device, precision=precision)
         self.model = model
         self.mteb_model_meta = build_model_meta(model, model_source)
+        with warnings.catch_warnings():
+            # keys that name no mteb task ("passage", a local task) are named prompts, not task prompts: no warning
+            warnings.simplefilter("ignore")
+            self.task_prompts, _ = AbsEncoder.validate_task_to_prompt_name(
+                dict(model.prompts), raise_for_invalid_keys=False
+            )
 
     @property
     def revision_source(self) -> str:
@@ -247,11 +273,24 @@ class MtebEncoder(AbsEncoder):
         prompt_type: PromptType | None = None,
         **kwargs: Unpack[EncodeKwargs],
     ) -> np.ndarray:
-        """``[n, D]`` float32 embeddings of the texts of ``inputs`` (embedkit encoders take no prompts)."""
+        """``[n, D]`` float32 embeddings of the texts of ``inputs``, each after the prompt the task and
+        ``prompt_type`` call for (see the module docs)."""
         texts = [text for batch in inputs for text in batch["text"]]
         return self.model.encode(
-            texts, batch_size=int(kwargs.get("batch_size", 32)), show_progress=kwargs.get("show_progress_bar")
+            texts,
+            batch_size=int(kwargs.get("batch_size", 32)),
+            show_progress=kwargs.get("show_progress_bar"),
+            prompt=self.prompt_for(task_metadata, prompt_type),
         )
+
+    def prompt_for(self, task_metadata: TaskMetadata, prompt_type: PromptType | None) -> str | None:
+        """The prompt of a task's texts of ``prompt_type``; ``None`` leaves the model's default prompt."""
+        name = get_prompt_name(self.task_prompts, task_metadata, prompt_type)
+        if self.task_prompts is not None and name is not None:
+            return self.task_prompts[name]
+        if prompt_type is None:
+            return None
+        return resolve_prompt(self.model.prompts, QUERY if prompt_type == PromptType.query else DOCUMENT)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Report figures: STS predicted-vs-gold scatter, alignment vs uniformity, training curves.
+"""Report figures: STS predicted-vs-gold scatter, alignment vs uniformity, training curves, metric against
+embedding dimensions.
 
 Each function returns a :class:`matplotlib.figure.Figure` built without pyplot, so no GUI backend is ever
 touched (a headless server, a test, a notebook all render the same way through Agg); :func:`save_figure` writes
@@ -110,4 +111,32 @@ def training_curves(logs: Mapping[str, Sequence[Mapping[str, Any]]], max_panels:
         ax.set_axis_off()
     if len(logs) > 1:
         axes[0].legend(fontsize=7)
+    return figure
+
+
+def dimension_curves(curves: Mapping[str, Mapping[str, Mapping[int, float]]]) -> Figure:
+    """The primary metric of each evaluation against the embedding dimensions kept, one panel per evaluation and
+    one line per model (Matryoshka models keep their scores at smaller sizes).
+
+    Args:
+        curves: ``{model: {evaluation: {dim: value}}}``.
+    """
+    entries = list(dict.fromkeys(entry for per_model in curves.values() for entry in per_model))
+    columns = min(len(entries), 3)
+    rows = math.ceil(len(entries) / columns)
+    figure = Figure(figsize=(PANEL_INCHES * columns, PANEL_INCHES * 0.8 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax, entry in zip(axes, entries, strict=False):
+        for model, per_model in curves.items():
+            if entry in per_model:
+                dims = sorted(per_model[entry])
+                ax.plot(dims, [per_model[entry][d] for d in dims], marker="o", markersize=3, label=model)
+        ax.set_xscale("log", base=2)
+        ticks = sorted({d for per_model in curves.values() for d in per_model.get(entry, {})})
+        ax.set_xticks(ticks, [str(d) for d in ticks])
+        ax.set_title(entry, fontsize=9)
+        ax.set_xlabel("dimensions kept")
+    for ax in axes[len(entries):]:
+        ax.set_axis_off()
+    axes[0].legend(fontsize=7)
     return figure

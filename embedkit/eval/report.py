@@ -24,7 +24,10 @@ evaluator's options (``path`` names the data)::
 
 :func:`write_report` writes ``report.json``, ``report.md`` and ``sts_scatter.png``, ``alignment_uniformity.png``
 and, for training runs (a run folder as the model, or a log given), ``training.png``. Every metric is named once,
-``section/entry/metric``; ``report.json`` states the scale of its scores (see :mod:`embedkit.eval.scale`).
+``section/entry/metric``; ``report.json`` states the scale of its scores (see :mod:`embedkit.eval.scale`). Asked
+for dimensions (``dims``), the STS and retrieval entries are also scored with the embeddings cut to each
+(Matryoshka models, :func:`dimension_curve`), as metrics ``<entry>/<metric>/dim<d>`` and the plot
+``dimensions.png``.
 """
 
 from __future__ import annotations
@@ -42,12 +45,15 @@ from typing import Any
 
 import numpy as np
 
+from embedkit.encoders.truncation import TruncatedEncoder
 from embedkit.errors import ConfigError, DataError
 from embedkit.eval import EVALUATORS
 from embedkit.eval.geometry import GeometryEvaluator
+from embedkit.eval.retrieval import RetrievalEvaluator
 from embedkit.eval.scale import SCORE_SCALE, scale_fields
 from embedkit.eval.sts import STSEvaluator, sts_files
 from embedkit.fsutil import atomic_write_bytes
+from embedkit.types import Evaluator, TextEncoder
 from embedkit.version import __version__
 
 # section -> (the evaluator option that ``path`` stands for, the options that are paths)
@@ -190,34 +196,64 @@ def build_evaluators(suite: Suite, batch_size: int = 64) -> dict[str, Any]:
 
 
 class CachedEncoder:
-    """An encoder that embeds each distinct text once: evaluators sharing data (STS, geometry on the same file,
-    the scatter plot) do not encode it again. Every other attribute is the wrapped encoder's."""
+    """An encoder that embeds each distinct text once per prompt: evaluators sharing data (STS, geometry on the
+    same file, the scatter plot) do not encode it again. Every other attribute is the wrapped encoder's."""
 
     def __init__(self, encoder: Any) -> None:
         self.encoder = encoder
-        self._vectors: dict[str, np.ndarray] = {}
+        self._vectors: dict[tuple[str | None, str], np.ndarray] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.encoder, name)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32, normalize: bool = False, **kwargs: Any) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        normalize: bool = False,
+        *,
+        prompt: str | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
         texts = list(texts)
-        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        missing = list(dict.fromkeys(t for t in texts if (prompt, t) not in self._vectors))
         if missing:
-            vectors = self.encoder.encode(missing, batch_size=batch_size, **kwargs)
-            self._vectors.update(zip(missing, vectors, strict=True))
+            # the prompt goes on only when given, so an encoder that takes none can be cached for prompt-free use
+            prompted = {} if prompt is None else {"prompt": prompt}
+            vectors = self.encoder.encode(missing, batch_size=batch_size, **prompted, **kwargs)
+            self._vectors.update(zip(((prompt, t) for t in missing), vectors, strict=True))
         if not texts:
             return np.zeros((0, self.encoder.dim), dtype=np.float32)
-        vectors = np.stack([self._vectors[t] for t in texts])
+        vectors = np.stack([self._vectors[prompt, t] for t in texts])
         if normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors
 
 
+def dimension_curve(evaluator: Evaluator, encoder: TextEncoder, dims: Sequence[int]) -> dict[int, dict[str, float]]:
+    """``{dim: metrics}``: ``evaluator`` on ``encoder``'s embeddings cut to their first ``dim`` dimensions, for each
+    of ``dims`` (see :class:`~embedkit.encoders.truncation.TruncatedEncoder`). Each distinct text is embedded once,
+    at the encoder's own size.
+
+    Raises:
+        ConfigError: a dimension that is not a positive integer no larger than the encoder's embeddings.
+    """
+    cached = encoder if isinstance(encoder, CachedEncoder) else CachedEncoder(encoder)
+    views = [TruncatedEncoder(cached, dim) for dim in dims]  # every dimension checked before anything is embedded
+    return {view.dim: evaluator(view) for view in views}
+
+
+CURVE_EVALUATORS = (STSEvaluator, RetrievalEvaluator)
+"""The evaluators a report scores at each of its ``dims``."""
+
+
 @dataclass
 class ModelReport:
     """The results of one model: every metric (``section/name/metric``; counts stay integers) and what the plots
-    need."""
+    need.
+
+    ``curves`` holds, for each STS and retrieval entry scored at several dimensions, ``{dim: primary metric}``.
+    """
 
     label: str
     model: str
@@ -225,6 +261,7 @@ class ModelReport:
     metrics: dict[str, float] = field(default_factory=dict)
     sts: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     geometry: tuple[float, float] | None = None
+    curves: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 def sts_predictions(evaluator: STSEvaluator, encoder: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -238,13 +275,19 @@ def sts_predictions(evaluator: STSEvaluator, encoder: Any) -> dict[str, tuple[np
 
 
 def evaluate_model(encoder: Any, evaluators: Mapping[str, Any], label: str, model: str = "",
-                   log: Path | None = None) -> ModelReport:
-    """Run every evaluator on ``encoder`` (each distinct text embedded once)."""
+                   log: Path | None = None, dims: Sequence[int] = ()) -> ModelReport:
+    """Run every evaluator on ``encoder`` (each distinct text embedded once); the STS and retrieval evaluators
+    also at each of ``dims`` (:func:`dimension_curve`)."""
     cached = CachedEncoder(encoder)
     report = ModelReport(label=label, model=model or label, log=log)
     for key, evaluator in evaluators.items():
         metrics = evaluator(cached)
         report.metrics.update({f"{key}/{name}": _number(value) for name, value in metrics.items()})
+        if dims and isinstance(evaluator, CURVE_EVALUATORS):
+            curve = dimension_curve(evaluator, cached, dims)
+            for dim, values in curve.items():
+                report.metrics.update({f"{key}/{name}/dim{dim}": _number(value) for name, value in values.items()})
+            report.curves[key] = {dim: float(values[evaluator.primary_metric]) for dim, values in curve.items()}
         if isinstance(evaluator, STSEvaluator):
             entry = key.split("/", 1)[1]
             for name, pair in sts_predictions(evaluator, cached).items():
@@ -341,6 +384,8 @@ def write_report(
     logs = {r.label: read_log(r.log) for r in reports if r.log is not None}
     if logs:
         figures["training.png"] = plots.training_curves(logs)
+    if any(r.curves for r in reports):
+        figures["dimensions.png"] = plots.dimension_curves({r.label: r.curves for r in reports if r.curves})
     for name, figure in figures.items():
         plots.save_figure(figure, out / name)
 
@@ -369,6 +414,7 @@ def run_report(
     log: str | os.PathLike[str] | None = None,
     batch_size: int = 64,
     load: Callable[[str], Any] | None = None,
+    dims: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Evaluate each model (name, folder or run folder) on the suite and write the report.
 
@@ -379,6 +425,8 @@ def run_report(
         log: a ``log.jsonl`` for the first model (a run folder brings its own).
         batch_size: encoding batch size of every evaluator.
         load: ``load(model) -> encoder`` (default :func:`embedkit.load_encoder`).
+        dims: also score the STS and retrieval entries with the embeddings cut to each of these dimensions
+            (Matryoshka models), and plot the curves.
     """
     from embedkit.encoders import load_encoder
 
@@ -393,5 +441,5 @@ def run_report(
             evaluators["mteb"] = dataclasses.replace(
                 evaluators["mteb"], model_source=model, output_dir=Path(out_dir) / "mteb"
             )
-        reports.append(evaluate_model(load(model), evaluators, label=label, model=model, log=model_log))
+        reports.append(evaluate_model(load(model), evaluators, label=label, model=model, log=model_log, dims=dims))
     return write_report(reports, out_dir, suite.path)

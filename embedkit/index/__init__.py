@@ -11,10 +11,11 @@
         index.add(["more text"])
 
 Backends are found by name in :data:`BACKENDS`: ``torch`` (exact, chunked; ``torch:cuda`` on a GPU),
-``faiss`` (``faiss:<factory string>``; on the GPU when faiss sees one), ``bm25`` (lexical, with bm25s; no
-encoder) and ``hybrid`` (``hybrid:faiss:Flat``: a dense index and BM25, fused). :func:`exact_search` is the exact
-search as a plain function over arrays, returning ``(scores, indices)`` like ``faiss.knn``;
-:func:`reciprocal_rank_fusion` and :func:`convex_fusion` fuse ranked lists the same way.
+``faiss`` (``faiss:<factory string>``; on the GPU when faiss sees one; binary codes as ``faiss:BFlat``, and
+rescoring from vectors kept on disk as ``faiss:BFlat,rescore=4``: :mod:`embedkit.index.quantized`), ``bm25``
+(lexical, with bm25s; no encoder) and ``hybrid`` (``hybrid:faiss:Flat``: a dense index and BM25, fused).
+:func:`exact_search` is the exact search as a plain function over arrays, returning ``(scores, indices)`` like
+``faiss.knn``; :func:`reciprocal_rank_fusion` and :func:`convex_fusion` fuse ranked lists the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 from embedkit.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from embedkit.encoders.fingerprint import model_fingerprint
     from embedkit.index.corpus import Corpus, Document, as_corpus
     from embedkit.index.exact import exact_search
     from embedkit.index.fusion import convex_fusion, reciprocal_rank_fusion
@@ -38,7 +40,6 @@ if TYPE_CHECKING:
         IndexWarning,
         parse_spec,
     )
-    from embedkit.index.store import model_fingerprint
 
 # Imported on first use: `embedkit index --help` reads embedkit.index.spec without loading torch or faiss.
 __getattr__, __dir__ = lazy_exports(
@@ -61,7 +62,7 @@ __getattr__, __dir__ = lazy_exports(
             ),
             "embedkit.index.spec",
         ),
-        "model_fingerprint": "embedkit.index.store",
+        "model_fingerprint": "embedkit.encoders.fingerprint",
     },
 )
 

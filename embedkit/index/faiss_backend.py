@@ -1,4 +1,5 @@
 """The ``faiss:<factory string>`` backend: any faiss index, on the GPU when the installed faiss sees one.
+(:mod:`embedkit.index.quantized` registers it, and reads binary factory strings and rescoring options too.)
 
 The factory string is faiss's own (``Flat``, ``IVF1024,Flat``, ``HNSW32``, ``IVF4096,PQ64``, ``PQ32``,
 ``OPQ16,IVF256,PQ16``, ...). Vectors carry int64 ids: IVF indexes store ids natively; every other index is
@@ -26,7 +27,7 @@ import numpy as np
 
 from embedkit.errors import ConfigError
 from embedkit.index.arrays import aligned
-from embedkit.index.spec import BACKENDS, IndexFileError, IndexSpec, IndexWarning, pad_score
+from embedkit.index.spec import IndexFileError, IndexSpec, IndexWarning, pad_score
 from embedkit.types import JsonValue
 
 INDEX_FILE = "index.faiss"
@@ -117,6 +118,12 @@ def training_size(index: faiss.Index, n: int, factory: str) -> int:
     clusterings = list(_clusterings(index))
     if not clusterings:
         return min(n, TRAINING_CAP)
+    return clustering_sample_size(clusterings, n, factory)
+
+
+def clustering_sample_size(clusterings: list[tuple[str, int, faiss.ClusteringParameters]], n: int, factory: str) -> int:
+    """How many of ``n`` corpus vectors to train the k-means ``(what, centroids, parameters)`` of ``faiss:factory``
+    on (float or binary indexes alike); raises and warns as :func:`training_size`."""
     what, centroids, _ = max(clusterings, key=lambda item: item[1])
     needs = (
         f"faiss:{factory} trains {centroids} {what}, so it needs at least {centroids:,} documents "
@@ -129,7 +136,7 @@ def training_size(index: faiss.Index, n: int, factory: str) -> int:
             f"{needs}, and the corpus has {n:,}: the clusters will be poor and recall low; "
             f"{_smaller_spec(what, factory, n)}",
             IndexWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         for _, _, parameters in clusterings:
             parameters.min_points_per_centroid = 0  # faiss would print the same warning once per k-means
@@ -139,12 +146,14 @@ def training_size(index: faiss.Index, n: int, factory: str) -> int:
 def _smaller_spec(what: str, factory: str, n: int) -> str:
     """What to use instead of a ``factory`` whose k-means (``what``) has too many centroids for ``n`` vectors."""
     lists = n // MIN_POINTS_PER_CENTROID
-    no_training = "or 'faiss:HNSW32' or 'faiss:Flat', which need no training"
+    # a binary factory (BIVF) falls back on binary codes searched exhaustively
+    untrained = "'faiss:BFlat', which needs" if factory.startswith("B") else "'faiss:HNSW32' or 'faiss:Flat', which need"
+    no_training = f"or {untrained} no training"
     if what == "IVF lists" and lists >= 1:
         smaller = re.sub(r"IVF\d+", f"IVF{lists}", factory, count=1)
         return f"use at most n / {MIN_POINTS_PER_CENTROID} = {lists:,} lists ('faiss:{smaller}'), {no_training}"
     if what == "IVF lists":
-        return "the corpus is too small for IVF lists; use 'faiss:HNSW32' or 'faiss:Flat', which need no training"
+        return f"the corpus is too small for IVF lists; use {untrained} no training"
     return f"use fewer bits per code (e.g. PQ16x4 trains 16 centroids per sub-quantizer), {no_training}"
 
 
@@ -422,6 +431,3 @@ class FaissBackend:
         if ivf is not None:
             info["nlist"] = int(ivf.nlist)
         return info
-
-
-BACKENDS.register("faiss", FaissBackend)

@@ -4,7 +4,13 @@ An index ties three things together: a backend holding vectors under int64 inter
 any ``faiss`` index), a :class:`~embedkit.index.store.PayloadStore` mapping internal ids to the corpus's own
 ids, texts and metadata, and a :class:`~embedkit.index.store.Manifest` naming the model whose embeddings these
 are. Searching with an encoder of another model or dimension is refused, since its vectors would live in
-another space and every score would be meaningless.
+another space and every score would be meaningless. An index of a model's embeddings cut to their first
+``truncate_dim`` dimensions (Matryoshka) records the cut, and the model it loads for text queries makes the same.
+
+Documents are embedded after the model's document prompt and queries after its query prompt (see
+:mod:`embedkit.encoders.prompts`); the manifest records the document prompt, every later addition uses it, and an
+encoder whose model declares another document prompt gets a :class:`PromptMismatchWarning`. BM25 reads the texts
+without prompts.
 
 On disk an index is a folder of numbered versions behind a pointer (:mod:`embedkit.index.folder`): saves never
 leave the path without a complete index, readers never see half of a save, and :meth:`Index.update` holds the
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +30,14 @@ from typing import TYPE_CHECKING, TypedDict
 import numpy as np
 
 from embedkit.data.collate import longest_first, text_id
+from embedkit.encoders.fingerprint import model_fingerprint
+from embedkit.encoders.prompts import DOCUMENT, QUERY, resolve_prompt
 from embedkit.errors import ConfigError, DataError
 from embedkit.index.arrays import normalized
 from embedkit.index.corpus import Corpus, CorpusSource, Document, as_corpus, batched
 from embedkit.index.faiss_backend import FaissBackend
 from embedkit.index.folder import DEFAULT_LOCK_TIMEOUT, check_replaceable, check_unchanged, commit, reading, writer_lock
+from embedkit.index.quantized import quantization_record
 from embedkit.index.spec import (
     BACKENDS,
     DEFAULT_TARGET_RECALL,
@@ -35,6 +45,7 @@ from embedkit.index.spec import (
     IndexFileError,
     IndexMismatchError,
     IndexSpec,
+    IndexWarning,
     TextBackend,
     backend_metric,
     check_device,
@@ -50,7 +61,6 @@ from embedkit.index.store import (
     PayloadStore,
     check_ids,
     check_listed,
-    model_fingerprint,
     now,
     read_manifest,
     write_files,
@@ -75,6 +85,11 @@ CHUNK_SIZE = 16384
 """Documents embedded and added at a time: the corpus's embeddings are never all in memory at once."""
 SEARCH_BATCH = 4096
 """Queries embedded and searched at a time."""
+
+
+class PromptMismatchWarning(IndexWarning):
+    """The index's documents were embedded after another prompt than the one the encoder's model declares for
+    documents, so queries embedded for that model may not match them well."""
 
 
 @dataclass(frozen=True)
@@ -115,12 +130,15 @@ class IndexInfo(TypedDict):
     metric: str
     normalize: bool
     dimension: int
+    truncate_dim: int | None
+    document_prompt: str
     count: int
     id_type: str | None
     model: ModelInfo
     created: str
     embedkit_version: str
     search_params: dict[str, float]
+    quantization: dict[str, JsonValue]
     search_tuning: SearchTuning | None
     backend: dict[str, JsonValue]
     files: dict[str, FileDigest]
@@ -159,14 +177,16 @@ class Index:
                 raise ConfigError(f"index {self.manifest.spec!r} embeds nothing, so it has no encoder")
             from embedkit.encoders import load_encoder
 
-            encoder = load_encoder(self.manifest.model_name)
+            encoder = load_encoder(self.manifest.model_name, truncate_dim=self.manifest.truncate_dim)
             self.check_encoder(encoder)
+            self._warn_prompt_mismatch(encoder)
             self._encoder = encoder
         return self._encoder
 
     @encoder.setter
     def encoder(self, encoder: TextEncoder) -> None:
         self.check_encoder(encoder)
+        self._warn_prompt_mismatch(encoder)
         self._encoder = encoder
 
     @property
@@ -184,6 +204,14 @@ class Index:
         if not self.embeds:
             return
         fingerprint = model_fingerprint(encoder.model)
+        if fingerprint == self.manifest.model_fingerprint and encoder.dim != self.manifest.dimension:
+            cut = self.manifest.truncate_dim
+            wanted = "without truncate_dim" if cut is None else f"with truncate_dim={cut} (--truncate-dim {cut})"
+            raise IndexMismatchError(
+                f"this index holds {_size(self.manifest.dimension, cut)} embeddings of model "
+                f"{self.manifest.model_name!r}, but the encoder gives {_size(encoder.dim, truncation_of(encoder))} "
+                f"ones; load the model {wanted}, or build a new index with this one"
+            )
         if encoder.dim != self.manifest.dimension or fingerprint != self.manifest.model_fingerprint:
             raise IndexMismatchError(
                 f"this index holds embeddings of model {self.manifest.model_name!r} "
@@ -192,16 +220,34 @@ class Index:
                 "the index, or build a new index with this one"
             )
 
+    def _warn_prompt_mismatch(self, encoder: TextEncoder) -> None:
+        """A :class:`PromptMismatchWarning` when ``encoder``'s model declares another document prompt than the one
+        the index's documents were embedded after (never for an index that embeds nothing)."""
+        declared = resolve_prompt(encoder.prompts, DOCUMENT)
+        recorded = self.manifest.document_prompt
+        if self.embeds and declared != recorded:
+            built = f"after the document prompt {recorded!r}" if recorded else "without a document prompt"
+            wanted = f"declares the document prompt {declared!r}" if declared else "declares no document prompt"
+            warnings.warn(
+                f"this index was built {built}, but model {encoder.name!r} {wanted}: rebuild the index with the "
+                "model's document prompt, or search with a query prompt that suits the index",
+                PromptMismatchWarning,
+                stacklevel=3,
+            )
+
     # -- adding and removing -----------------------------------------------------------------------------------
-    def _embed(self, texts: list[str], batch_size: int) -> np.ndarray:
-        return self.encoder.encode(texts, batch_size=batch_size, normalize=self.manifest.normalize, show_progress=False)
+    def _embed(self, texts: list[str], batch_size: int, prompt: str) -> np.ndarray:
+        return self.encoder.encode(
+            texts, batch_size=batch_size, normalize=self.manifest.normalize, show_progress=False, prompt=prompt
+        )
 
     def _embed_batches(self, texts: list[str], batch_size: int, progress: tqdm) -> np.ndarray:
-        """:meth:`_embed`, one batch per call so that ``progress`` moves per batch. Texts are batched longest
-        first, as the encoder batches one call's texts, so that each batch pads as little as before."""
+        """Documents through :meth:`_embed` after the recorded document prompt, one batch per call so that
+        ``progress`` moves per batch. Texts are batched longest first, as the encoder batches one call's texts, so
+        that each batch pads as little as before."""
         vectors = np.empty((len(texts), self.manifest.dimension), dtype=np.float32)
         for positions in longest_first(texts, batch_size):
-            vectors[positions] = self._embed([texts[i] for i in positions], batch_size)
+            vectors[positions] = self._embed([texts[i] for i in positions], batch_size, self.manifest.document_prompt)
             progress.update(len(positions))
         return vectors
 
@@ -432,6 +478,8 @@ class Index:
         show_progress: bool | None = None,
         *,
         embeddings: np.ndarray | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`search`, but returns ``(scores [n, k], internal ids [n, k] int64)``, for embedkit's own
         code (the miner) that maps ids itself. ``embeddings``: ``[n, D]`` precomputed embeddings of the query
@@ -455,6 +503,9 @@ class Index:
             vectors = self._prepared(embeddings)
             if len(vectors) != len(texts):
                 raise DataError(f"{len(vectors)} embeddings for {len(texts)} queries")
+        query_prompt = ""
+        if texts is not None and vectors is None and self.embeds:
+            query_prompt = resolve_prompt(self.encoder.prompts, QUERY, prompt_name=prompt_name, prompt=prompt)
         total = len(texts) if texts is not None else len(vectors)  # type: ignore[arg-type]
         scores, found = [], []
         progress = progress_bar("searching", total, show=show_progress)
@@ -463,7 +514,7 @@ class Index:
             if vectors is not None:
                 block = vectors[start : start + SEARCH_BATCH]
             elif self.embeds:
-                block = self._embed(block_texts, batch_size)  # type: ignore[arg-type]
+                block = self._embed(block_texts, batch_size, query_prompt)  # type: ignore[arg-type]
             else:
                 block = None
             if lexical is not None:
@@ -486,6 +537,8 @@ class Index:
         return_payloads: bool = False,
         batch_size: int = 64,
         show_progress: bool | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> SearchResult:
         """The ``k`` nearest documents of each query.
 
@@ -496,12 +549,16 @@ class Index:
             return_payloads: also return the texts and metadata of the results.
             batch_size: encoding batch size.
             show_progress: a progress bar; by default for 2,048 queries or more.
+            prompt_name: text queries get the encoder's prompt of this name instead of its query prompt.
+            prompt: text queries get this prompt instead of the encoder's query prompt (BM25 reads them without).
 
         Raises:
             IndexMismatchError: vectors of another dimension.
-            ConfigError: ``k`` is not a positive integer.
+            ConfigError: ``k`` is not a positive integer; both ``prompt`` and ``prompt_name``, or an unknown name.
         """
-        scores, internal = self.search_internal(queries, k, batch_size, show_progress)
+        scores, internal = self.search_internal(
+            queries, k, batch_size, show_progress, prompt_name=prompt_name, prompt=prompt
+        )
         externals, _ = self.store.id_arrays()
         texts, metadata = self.store.payloads(internal) if return_payloads else (None, None)
         return SearchResult(scores=scores, ids=externals[internal], texts=texts, metadata=metadata)
@@ -540,6 +597,7 @@ class Index:
         return root
 
     def _write_files(self, folder: Path) -> None:
+        self.manifest.quantization = quantization_record(self.backend)
         write_files(folder, self.manifest, [self.backend.save, self.store.save])
 
     @classmethod
@@ -572,8 +630,9 @@ class Index:
 
         Args:
             path: the folder :meth:`save` wrote.
-            encoder: the encoder for text queries; checked against the manifest now. ``None``: the manifest's
-                model is loaded (and checked) on the first text query.
+            encoder: the encoder for text queries; checked against the manifest now (a
+                :class:`PromptMismatchWarning` when its model declares another document prompt than the index was
+                built with). ``None``: the manifest's model is loaded (and checked) on the first text query.
             device: ``"auto"``, ``"gpu"`` or ``"cpu"``: where faiss indexes search.
 
         Raises:
@@ -598,12 +657,15 @@ class Index:
             "metric": self.manifest.metric,
             "normalize": self.manifest.normalize,
             "dimension": self.manifest.dimension,
+            "truncate_dim": self.manifest.truncate_dim,
+            "document_prompt": self.manifest.document_prompt,
             "count": len(self.backend),
             "id_type": self.manifest.id_type,
             "model": {"name": self.manifest.model_name, "fingerprint": self.manifest.model_fingerprint},
             "created": self.manifest.created,
             "embedkit_version": self.manifest.embedkit_version or __version__,
             "search_params": dict(self.manifest.search_params),
+            "quantization": quantization_record(self.backend),
             "search_tuning": self.manifest.search_tuning,
             "backend": self.backend.describe(),
             "files": dict(self.manifest.files),
@@ -634,14 +696,28 @@ def _load_files(folder: Path, device: str) -> tuple[Backend, PayloadStore, Manif
     return backend, store, manifest
 
 
+def truncation_of(encoder: TextEncoder) -> int | None:
+    """The ``truncate_dim`` an encoder cuts its embeddings to (an :class:`~embedkit.encoders.Encoder` or a
+    :class:`~embedkit.encoders.truncation.TruncatedEncoder`); ``None`` for one that does not cut them."""
+    return getattr(encoder, "truncate_dim", None)
+
+
+def _size(dimension: int, truncate_dim: int | None) -> str:
+    """``"384-dimensional"``, or ``"128-dimensional (truncate_dim 128)"`` for cut embeddings."""
+    return f"{dimension}-dimensional" + ("" if truncate_dim is None else f" (truncate_dim {truncate_dim})")
+
+
 def training_positions(n: int, size: int, seed: int) -> np.ndarray:
     """``[size]`` sorted positions of the seeded sample of ``n`` documents that an IVF/PQ index is trained on."""
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def empty_index(encoder: TextEncoder | None, spec: str | IndexSpec, metric: str, device: str) -> Index:
-    """An index with nothing in it yet, for ``encoder``'s embeddings (see :func:`build_index`); an index that
-    embeds nothing (``bm25``) records no model (name, fingerprint ``""``, dimension 0) and ignores ``encoder``."""
+def empty_index(
+    encoder: TextEncoder | None, spec: str | IndexSpec, metric: str, device: str, document_prompt: str = ""
+) -> Index:
+    """An index with nothing in it yet, for ``encoder``'s embeddings of documents after ``document_prompt`` (see
+    :func:`build_index`); an index that embeds nothing (``bm25``) records no model (name, fingerprint ``""``,
+    dimension 0, no prompt) and ignores ``encoder``."""
     parsed = parse_spec(spec)
     metric = check_metric(metric)
     embeds = needs_encoder(parsed)
@@ -659,11 +735,30 @@ def empty_index(encoder: TextEncoder | None, spec: str | IndexSpec, metric: str,
         model_fingerprint="" if model is None else model_fingerprint(model.model),
         embedkit_version=__version__,
         created=now(),
+        truncate_dim=truncation_of(encoder),
+        document_prompt="" if model is None else document_prompt,
     )
     index = Index(backend, PayloadStore.create(), manifest)
     if model is not None:
-        index.encoder = model
+        # the encoder that builds the index: its weights are the manifest's, and a prompt chosen for this build is
+        # no mismatch to warn about
+        index.check_encoder(model)
+        index._encoder = model
     return index
+
+
+def document_prompt(
+    encoder: TextEncoder | None, spec: str | IndexSpec, prompt_name: str | None, prompt: str | None
+) -> str:
+    """The prompt an index of ``spec`` embeds its documents after: ``prompt``, the model's prompt ``prompt_name``,
+    else its document prompt; ``""`` for an index that embeds nothing.
+
+    Raises:
+        ConfigError: both ``prompt`` and ``prompt_name``, or a name the model has no prompt for.
+    """
+    if encoder is None or not needs_encoder(spec):
+        return ""
+    return resolve_prompt(encoder.prompts, DOCUMENT, prompt_name=prompt_name, prompt=prompt)
 
 
 def build_index(
@@ -679,9 +774,14 @@ def build_index(
     seed: int = 0,
     show_progress: bool | None = None,
     target_recall: float | None = DEFAULT_TARGET_RECALL,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
 ) -> Index:
     """Embed a corpus with ``encoder`` and index it; an approximate index (IVF, HNSW) gets the search parameter
     that reaches ``target_recall`` (see :mod:`embedkit.index.tuning`).
+
+    Documents are embedded after the model's document prompt (see :mod:`embedkit.encoders.prompts`), or the
+    prompt given; the manifest records it.
 
     Args:
         encoder: any :class:`~embedkit.types.TextEncoder` (its ``name``, ``dim`` and ``model`` go into the
@@ -702,14 +802,18 @@ def build_index(
             with a tenth of the corpus (at most 1,000 documents) as queries, held out of the index while it is
             tuned; the smallest value that reaches it is saved with the index (``manifest.search_tuning`` says
             what was measured). ``None``: faiss's defaults.
+        prompt_name: embed documents after the model's prompt of this name instead of its document prompt.
+        prompt: embed documents after this prompt instead of the model's document prompt; ``embeddings`` given
+            must have been embedded after it too.
 
     Raises:
-        ConfigError: a ``target_recall`` outside ``(0, 1]``; too few documents to train the index.
+        ConfigError: a ``target_recall`` outside ``(0, 1]``; too few documents to train the index; both ``prompt``
+            and ``prompt_name``, or a name the model has no prompt for.
 
     Warns:
         IndexWarning: no value of the parameter reaches ``target_recall`` (the best one is kept).
     """
     target = check_target_recall(target_recall)
-    index = empty_index(encoder, spec, metric, device)
+    index = empty_index(encoder, spec, metric, device, document_prompt(encoder, spec, prompt_name, prompt))
     index._add(corpus, embeddings, batch_size, chunk_size, seed, show_progress, target_recall=target)
     return index

@@ -5,7 +5,8 @@ trained once, on rank 0, on the seeded sample :func:`~embedkit.index.build_index
 sample vectors of its shard), and the trained, still empty index goes to every rank. Each rank then adds its
 shard to its copy, with the shard's corpus positions as ids, and rank 0 merges the shards in rank order with
 faiss's ``merge_from``, so the inverted lists hold the vectors in corpus order as in one process. Indexes that
-cannot be merged (HNSW graphs, exact ``torch`` search) receive the gathered vectors on rank 0 instead. Payloads
+cannot be merged (HNSW graphs, exact ``torch`` search, binary codes, rescoring) receive the gathered vectors on
+rank 0 instead, and are trained there when they need it (binary IVF, int8 rescoring vectors). Payloads
 (ids, texts, metadata) are stored on rank 0, which is the only rank that returns the index. The search parameter
 is tuned on rank 0 with the tuning queries one process would draw, held out of every shard; each rank finds their
 exact neighbours in its shard.
@@ -23,7 +24,7 @@ import numpy as np
 from embedkit import distributed
 from embedkit.index.corpus import CorpusSource, as_corpus
 from embedkit.index.faiss_backend import FaissBackend
-from embedkit.index.index import CHUNK_SIZE, Index, build_index, empty_index, training_positions
+from embedkit.index.index import CHUNK_SIZE, Index, build_index, document_prompt, empty_index, training_positions
 from embedkit.index.spec import DEFAULT_TARGET_RECALL, IndexSpec, needs_encoder
 from embedkit.index.store import check_ids
 from embedkit.index.tuning import (
@@ -44,16 +45,22 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
 
 
 def _shard_embeddings(
-    encoder: TextEncoder, texts: Sequence[str], batch_size: int, normalize: bool, show_progress: bool | None
+    encoder: TextEncoder,
+    texts: Sequence[str],
+    batch_size: int,
+    normalize: bool,
+    show_progress: bool | None,
+    prompt: str | None,
 ) -> np.ndarray:
-    """``[end - start, D]`` embeddings of this rank's shard ``texts[start:end]``; rank 0 shows its progress (the
-    other ranks go at the same pace)."""
+    """``[end - start, D]`` embeddings of this rank's shard ``texts[start:end]`` after ``prompt``; rank 0 shows its
+    progress (the other ranks go at the same pace)."""
     start, end = shard_bounds(len(texts), distributed.rank(), distributed.world_size())
     return encoder.encode(
         list(texts[start:end]),
         batch_size=batch_size,
         normalize=normalize,
         show_progress=show_progress if distributed.is_main_process() else False,
+        prompt=prompt,
     )
 
 
@@ -64,10 +71,14 @@ def encode_sharded(
     batch_size: int = 64,
     normalize: bool = False,
     show_progress: bool | None = None,
+    prompt: str | None = None,
 ) -> np.ndarray | None:
-    """Embed ``texts`` with every process of the job: ``[n, D]`` float32 in input order on rank 0, ``None`` on
-    the others. Each rank embeds a contiguous shard; every rank must pass the same texts."""
-    shards = distributed.gather_to_main(_shard_embeddings(encoder, texts, batch_size, normalize, show_progress))
+    """Embed ``texts`` (each after ``prompt``; ``None``: the model's default prompt) with every process of the job:
+    ``[n, D]`` float32 in input order on rank 0, ``None`` on the others. Each rank embeds a contiguous shard; every
+    rank must pass the same texts."""
+    shards = distributed.gather_to_main(
+        _shard_embeddings(encoder, texts, batch_size, normalize, show_progress, prompt)
+    )
     return None if shards is None else np.concatenate(shards)
 
 
@@ -83,6 +94,8 @@ def build_index_sharded(
     seed: int = 0,
     show_progress: bool | None = None,
     target_recall: float | None = DEFAULT_TARGET_RECALL,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
 ) -> Index | None:
     """:func:`~embedkit.index.build_index` across the processes of a ``torchrun`` job (see the module doc).
 
@@ -109,18 +122,21 @@ def build_index_sharded(
             seed=seed,
             show_progress=show_progress,
             target_recall=target_recall,
+            prompt_name=prompt_name,
+            prompt=prompt,
         )
     target = check_target_recall(target_recall)
-    index = empty_index(encoder, spec, metric, device)
+    before_documents = document_prompt(encoder, spec, prompt_name, prompt)
+    index = empty_index(encoder, spec, metric, device, before_documents)
     documents = as_corpus(corpus)
     rows = list(documents)
     id_type = check_ids([d.id for d in rows], None, documents.name)
     start, end = shard_bounds(len(rows), distributed.rank(), distributed.world_size())
     texts = [d.text for d in rows]
-    vectors = _shard_embeddings(encoder, texts, batch_size, index.manifest.normalize, show_progress)
+    vectors = _shard_embeddings(encoder, texts, batch_size, index.manifest.normalize, show_progress, before_documents)
     backend = index.backend
     tune = target is not None and query_count(len(rows)) > 0 and tuned_parameter(backend) is not None
-    if isinstance(backend, FaissBackend) and backend.needs_training:  # of the backends, only faiss trains
+    if isinstance(backend, FaissBackend) and backend.needs_training:  # trained before the shards are added
         _train_on_main(backend, len(rows), vectors, start, seed)
     shard_ids = np.arange(start, end, dtype=np.int64)
     queries = _held_out_queries(len(rows), vectors, start, seed, backend.metric) if tune else None
@@ -136,7 +152,11 @@ def build_index_sharded(
     else:
         parts = distributed.gather_to_main((kept, kept_ids))
         if parts is not None:
-            backend.add(np.concatenate([v for v, _ in parts]), np.concatenate([i for _, i in parts]))
+            gathered, ids = np.concatenate([v for v, _ in parts]), np.concatenate([i for _, i in parts])
+            if backend.needs_training:  # binary IVF, int8 rescoring vectors: on the sample one process would draw
+                sample = training_positions(len(rows), backend.training_size(len(rows)), seed)
+                backend.train(gathered[np.isin(ids, sample)])  # ids are corpus positions
+            backend.add(gathered, ids)
     if queries is not None:
         queries = _merged_on_main(queries)
     if not distributed.is_main_process():

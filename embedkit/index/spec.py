@@ -141,7 +141,7 @@ BACKENDS: Registry[BackendFactory] = Registry("index backend")
 # Each backend registers itself when its module is imported, which a lookup does: loading a faiss index does not
 # import torch, nor a torch index faiss.
 BACKENDS.register_module("torch", "embedkit.index.exact")
-BACKENDS.register_module("faiss", "embedkit.index.faiss_backend")
+BACKENDS.register_module("faiss", "embedkit.index.quantized")
 BACKENDS.register_module("bm25", "embedkit.index.bm25")
 BACKENDS.register_module("hybrid", "embedkit.index.hybrid")
 

@@ -2,13 +2,17 @@
 
 A version folder (:mod:`embedkit.index.folder` keeps versions behind a pointer)::
 
-    manifest.json         embedkit version, model name and weight fingerprint, dimension, metric,
-                          normalisation, spec, count, id type, creation time, search parameters and
-                          how they were tuned (:mod:`embedkit.index.tuning`), the size and sha256 of
-                          every other file (checked before any of them is parsed), and the sha256 of
-                          the manifest's own content (so that an edited spec is refused)
+    manifest.json         embedkit version, model name and weight fingerprint, dimension (and the
+                          ``truncate_dim`` the model's embeddings were cut to, when they were), metric,
+                          normalisation, spec, the prompt put before each document, count, id type,
+                          creation time, search parameters and how they were tuned
+                          (:mod:`embedkit.index.tuning`), the size and sha256 of every other file
+                          (checked before any of them is parsed), the quantization of the codes and its
+                          calibration (see embedkit.index.quantized), and the sha256 of the manifest's
+                          own content (so that an edited spec is refused)
     payloads.sqlite       one row per vector: internal id, external id, text, text id, metadata (JSON)
-    index.faiss           (faiss backends) written by faiss.write_index
+    index.faiss           (faiss backends) written by faiss.write_index (binary indexes: write_index_binary)
+    rescore.safetensors   (faiss specs with rescore=<r>) the vectors that rescore candidates, and their ids
     vectors.safetensors   (torch backend) vectors and internal ids
 
 External ids are the corpus's own, ``int`` or ``str`` (one type per index), kept with their type: the
@@ -37,7 +41,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
-from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -46,9 +49,7 @@ from embedkit.fsutil import owned_directory, remove_if_abandoned
 from embedkit.index.spec import IndexFileError
 from embedkit.types import JsonValue
 
-if TYPE_CHECKING:  # imported where used: the CLI reads the index folder constants without loading torch
-    from torch import nn
-
+if TYPE_CHECKING:
     from embedkit.index.tuning import SearchTuning
 
 MANIFEST_FILE = "manifest.json"
@@ -74,9 +75,6 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value);
 """
 
 
-# -- model fingerprint ---------------------------------------------------------------------------------------
-_FINGERPRINTS: WeakKeyDictionary[nn.Module, tuple[tuple[tuple[str, int, int], ...], str]] = WeakKeyDictionary()
-
 ExternalId = int | str
 """A document id as the corpus gives it; one index holds ids of one type."""
 Metadata = Mapping[str, JsonValue]
@@ -84,29 +82,6 @@ Metadata = Mapping[str, JsonValue]
 
 FileDigest = dict[str, int | str]
 """``{"bytes": size, "sha256": hex}`` of one file of an index folder, as the manifest records it."""
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """``"sha256:<hex>"`` over the names, dtypes, shapes and bytes of ``model``'s state dict.
-
-    Cached per model; the cache key holds each tensor's storage address and version counter, which every
-    in-place update (an optimizer step) bumps, so a model trained after fingerprinting gets a new fingerprint.
-    """
-    import torch
-
-    state = model.state_dict()
-    key = tuple((name, tensor.data_ptr(), tensor._version) for name, tensor in state.items())
-    cached = _FINGERPRINTS.get(model)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    digest = hashlib.sha256()
-    for name, tensor in sorted(state.items()):
-        data = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes())
-    fingerprint = f"sha256:{digest.hexdigest()}"
-    _FINGERPRINTS[model] = (key, fingerprint)
-    return fingerprint
 
 
 # -- manifest ------------------------------------------------------------------------------------------------
@@ -120,16 +95,22 @@ class Manifest:
     dimension: int
     model_name: str
     model_fingerprint: str
+    document_prompt: str = ""  # manifests written before prompts were recorded had none
     count: int = 0
     id_type: str | None = None
     embedkit_version: str = ""
     created: str = ""
     search_params: dict[str, float] = field(default_factory=dict)
+    quantization: dict[str, JsonValue] = field(default_factory=dict)
     search_tuning: SearchTuning | None = None
     files: dict[str, FileDigest] = field(default_factory=dict)
+    truncate_dim: int | None = None
+    """The leading dimensions of the model's embeddings kept (Matryoshka); ``None``: all of them."""
 
     def to_json(self) -> str:
         body = asdict(self)
+        if body["truncate_dim"] is None:
+            del body["truncate_dim"]  # so that embedkit versions without truncation read untruncated indexes
         model = {"name": body.pop("model_name"), "fingerprint": body.pop("model_fingerprint")}
         document = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model, **body}
         return json.dumps({**document, "checksum": content_checksum(document)}, indent=2) + "\n"
@@ -290,7 +271,7 @@ class PayloadStore:
     @classmethod
     def create(cls) -> PayloadStore:
         """An empty store in a private working file (cheaper than memory for large corpora)."""
-        workdir, lock = _working_folder()
+        workdir, lock = working_folder()
         connection = _working_connection(workdir / PAYLOADS_FILE)
         connection.executescript(_SCHEMA)
         connection.execute("INSERT INTO meta VALUES ('next_internal', 0), ('id_type', NULL)")
@@ -317,7 +298,7 @@ class PayloadStore:
     def _writable(self) -> sqlite3.Connection:
         """The connection, after copying a read-only saved store to a private working file."""
         if self.read_only:
-            workdir, lock = _working_folder()
+            workdir, lock = working_folder()
             connection = _working_connection(workdir / PAYLOADS_FILE)
             self._connection.backup(connection)
             self._connection.close()
@@ -468,7 +449,7 @@ def _working_connection(path: Path) -> sqlite3.Connection:
     return connection
 
 
-def _working_folder() -> tuple[Path, int]:
+def working_folder() -> tuple[Path, int]:
     """A new locked ``embedkit-index-*`` folder in the temporary folder, after removing those whose process died
     (a killed process cannot clean up after itself, and each of its folders may hold a whole corpus)."""
     temp = Path(tempfile.gettempdir())

@@ -67,9 +67,10 @@ def check_target_recall(target: object) -> float | None:
 
 def tuned_parameter(backend: Backend) -> tuple[str, list[int]] | None:
     """``(name, values to try, smallest first)`` of the parameter to tune, or ``None`` when the index has none
-    (exact search, ``Flat``, ``PQ``). The values are those of faiss's ``ParameterSpace``: ``nprobe`` for IVF
-    indexes (an IVF index over an HNSW quantizer too), with the number of lists itself added, which faiss leaves
-    out and which makes an IVF-Flat search exact; else ``efSearch`` for HNSW graphs, from 16."""
+    (exact search, ``Flat``, ``PQ``) or is not tuned (binary indexes and ``rescore=`` specs keep faiss's
+    defaults). The values are those of faiss's ``ParameterSpace``: ``nprobe`` for IVF indexes (an IVF index over an
+    HNSW quantizer too), with the number of lists itself added, which faiss leaves out and which makes an IVF-Flat
+    search exact; else ``efSearch`` for HNSW graphs, from 16."""
     if not isinstance(backend, FaissBackend):
         return None
     index = backend.index

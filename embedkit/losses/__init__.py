@@ -3,7 +3,8 @@
 Every loss is an ``nn.Module`` whose ``forward`` takes an :class:`~embedkit.types.EmbeddedBatch` and returns a
 scalar, or an :class:`~embedkit.losses.objective.Objective` that takes the encoder and the text batch. A
 :class:`LossSpec` says which data kinds the loss takes, where it comes from and which preset parameters it
-has. Importing a loss module registers its losses.
+has. Importing a loss module registers its losses. :func:`matryoshka` trains any embedding loss at several
+leading-dimension cuts of the embeddings (Matryoshka Representation Learning).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from embedkit.losses.debiased import DebiasedInfoNCELoss  # noqa: F401  (registe
 from embedkit.losses.diffcse import DiffCSEObjective  # noqa: F401  (registers diffcse)
 from embedkit.losses.gist import GISTEmbedObjective  # noqa: F401  (registers gist)
 from embedkit.losses.infonce import InfoNCELoss, cosine_table, info_nce_from_scores
+from embedkit.losses.matryoshka import MatryoshkaLoss, matryoshka
 from embedkit.losses.objective import Objective
 from embedkit.losses.preference import RewardModelObjective  # noqa: F401  (registers reward-bt)
 from embedkit.losses.queue import MemoryQueue, MomentumQueueObjective  # noqa: F401  (registers infonce-queue)
@@ -38,6 +40,7 @@ __all__ = [
     "LossSpec",
     "MarginFilter",
     "MaskDuplicates",
+    "MatryoshkaLoss",
     "Objective",
     "RankWindow",
     "ScoreCeiling",
@@ -48,4 +51,5 @@ __all__ = [
     "build_steps",
     "cosine_table",
     "info_nce_from_scores",
+    "matryoshka",
 ]

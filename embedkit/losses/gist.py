@@ -159,11 +159,17 @@ class GISTEmbedObjective(Objective):
         guide = gist_scores(guided, self.contrast_anchors, self.contrast_positives).values
         return apply_steps(scores.replace(guide=guide.to(scores.values.device)), self.steps)
 
-    def forward(self, encoder: Encoder, batch: TextBatch) -> Tensor:
-        embedded = embed_batch(encoder, batch)
+    def guide_embeddings(self, batch: TextBatch) -> EmbeddedBatch:
+        """The guide's embeddings of ``batch`` (no gradients; gathered under ``torchrun`` like the model's)."""
         with torch.no_grad(), _own_precision(self.guide):
-            guided = embed_batch(self.guide, batch)
+            return embed_batch(self.guide, batch)
+
+    def guided_loss(self, embedded: EmbeddedBatch, guided: EmbeddedBatch) -> Tensor:
+        """The loss of the model's embeddings ``embedded`` of a batch whose guide embeddings are ``guided``."""
         return info_nce_from_scores(self.scores(embedded, guided), self.temperature)
+
+    def forward(self, encoder: Encoder, batch: TextBatch) -> Tensor:
+        return self.guided_loss(embed_batch(encoder, batch), self.guide_embeddings(batch))
 
     def extra_repr(self) -> str:
         return (

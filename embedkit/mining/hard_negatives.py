@@ -23,6 +23,10 @@ A ``bm25`` or ``hybrid`` index (BM25 negatives, as in DPR) picks the candidates 
 model then scores them: the steps compare the model's similarities, so margins and rank windows mean what they
 mean for a dense index, over a lexically chosen pool.
 
+Anchors are embedded as queries and positives and the corpus as documents, each after the model's prompt for
+its role (:mod:`embedkit.encoders.prompts`; an index given records its document prompt, and BM25 reads the texts
+without prompts); a guide embeds them after its own prompts.
+
 Each row of the score table has its own candidates, while a :class:`Scores` table shares its ``C`` columns
 among rows; so ``R`` rows are laid out block-diagonally, ``C = R * (1 + K)``: row ``r``'s positive sits at
 column ``r (1 + K)`` followed by its ``K`` candidates, and every column outside the row's block is invalid.
@@ -44,6 +48,7 @@ from torch import Tensor
 
 from embedkit.data import Examples
 from embedkit.data.collate import text_id
+from embedkit.encoders.prompts import DOCUMENT, QUERY, resolve_prompt
 from embedkit.errors import ConfigError, DataError
 from embedkit.index import Corpus, Index, as_corpus, build_index
 from embedkit.index.spec import TextBackend
@@ -219,8 +224,12 @@ def _pairs(pairs: Sequence[Any]) -> list[Example]:
     return rows
 
 
-def _encode(encoder: TextEncoder, texts: list[str], normalize: bool, batch_size: int) -> np.ndarray:
-    return encoder.encode(texts, batch_size=batch_size, normalize=normalize, show_progress=None)
+Embed = Callable[[list[str], str], np.ndarray]
+"""``(texts, prompt) -> [n, D]`` embeddings of ``texts``, each after ``prompt``."""
+
+
+def _encode(encoder: TextEncoder, texts: list[str], prompt: str, normalize: bool, batch_size: int) -> np.ndarray:
+    return encoder.encode(texts, batch_size=batch_size, normalize=normalize, show_progress=None, prompt=prompt)
 
 
 def filter_candidates(
@@ -231,16 +240,17 @@ def filter_candidates(
     k: int,
     *,
     guide: TextEncoder | None = None,
-    embed: Callable[[list[str]], np.ndarray] | None = None,
+    embed: Embed | None = None,
     batch_size: int = 64,
     rows_per_table: int = ROWS_PER_TABLE,
     show_progress: bool | None = None,
 ) -> Candidates:
     """Retrieve ``k`` candidates per anchor from ``index`` and run each pair's score table through ``steps``.
 
-    Each distinct anchor and positive is embedded once (by ``embed``, which returns ``[n, D]`` embeddings as the
-    index stores them; by default ``encoder.encode``), and each distinct anchor searched once. See
-    :func:`mine_hard_negatives` for the other arguments.
+    Each distinct anchor is embedded once after the encoder's query prompt and each distinct positive once after
+    the index's document prompt (the encoder's, for an index that embeds nothing), by ``embed``, which returns
+    ``[n, D]`` embeddings as the index stores them (by default ``encoder.encode``); each distinct anchor is searched
+    once. See :func:`mine_hard_negatives` for the other arguments.
     """
     rows = _pairs(pairs)
     if index.manifest.metric == "l2":
@@ -255,14 +265,15 @@ def filter_candidates(
     pair_anchor = np.array([anchor_of[row.anchor] for row in rows])
     pair_positive = np.array([positive_of[row.positive] for row in rows])
 
-    anchor_vectors = embed(anchors)
-    positive_vectors = embed(positives)
+    document_prompt = index.manifest.document_prompt if index.embeds else resolve_prompt(encoder.prompts, DOCUMENT)
+    anchor_vectors = embed(anchors, resolve_prompt(encoder.prompts, QUERY))
+    positive_vectors = embed(positives, document_prompt)
     scores, internal = index.search_internal(
         anchors, min(k, max(len(index), 1)), show_progress=show_progress, embeddings=anchor_vectors
     )
     if isinstance(index.backend, TextBackend):
         # BM25 and fused scores are not the model's similarities, which the steps compare with the positive's
-        scores, internal = _model_scores(anchor_vectors, internal, index, embed)
+        scores, internal = _model_scores(anchor_vectors, internal, index, partial(embed, prompt=document_prompt))
     _, text_ids = index.store.id_arrays()
     groups = text_ids[internal]  # [A, K]
     # a candidate that is a known positive of the anchor takes the group of the row's positive, so that
@@ -339,9 +350,10 @@ def _guide_scores(
     texts, _ = index.store.payloads(distinct)
     present = distinct >= 0
     candidate_vectors = np.zeros((len(distinct), guide.dim), dtype=np.float32)
-    candidate_vectors[present] = _encode(guide, [str(t) for t in texts[present]], True, batch_size)
-    anchor_vectors = _encode(guide, anchors, True, batch_size)
-    positive_vectors = _encode(guide, positives, True, batch_size)
+    query_prompt, document_prompt = resolve_prompt(guide.prompts, QUERY), resolve_prompt(guide.prompts, DOCUMENT)
+    candidate_vectors[present] = _encode(guide, [str(t) for t in texts[present]], document_prompt, True, batch_size)
+    anchor_vectors = _encode(guide, anchors, query_prompt, True, batch_size)
+    positive_vectors = _encode(guide, positives, document_prompt, True, batch_size)
     positive = np.einsum("pd,pd->p", anchor_vectors[pair_anchor], positive_vectors[pair_positive])
     per_anchor = np.einsum("ad,akd->ak", anchor_vectors, candidate_vectors[inverse.reshape(internal.shape)])
     return positive.astype(np.float32), per_anchor[pair_anchor].astype(np.float32)
@@ -450,9 +462,11 @@ def _index_with_embeddings(
     spec: str,
     batch_size: int,
     show_progress: bool | None,
-) -> tuple[Index, Callable[[list[str]], np.ndarray]]:
-    """Index ``corpus`` (``None``: the distinct positives), embedding every distinct text of the corpus, the
-    anchors and the positives once: positives are usually corpus documents, and embedding is most of the cost.
+) -> tuple[Index, Embed]:
+    """Index ``corpus`` (``None``: the distinct positives), embedding every distinct text of the corpus and the
+    positives once after the document prompt, and the anchors once after the query prompt (when the two prompts
+    are the same, a text that is both is embedded once): positives are usually corpus documents, and embedding is
+    most of the cost.
 
     Returns the index and a lookup of the anchors' and positives' embeddings. The corpus's embeddings are held in
     memory together, as in sentence-transformers' miner; to mine a corpus too large for that, build the index
@@ -462,19 +476,31 @@ def _index_with_embeddings(
     # the empty documents some collections hold (Cranfield has two) are candidates like any other
     collection = as_corpus(positives if corpus is None else corpus, allow_blank=True)
     documents = as_corpus(list(collection), allow_blank=True)  # read once; iterated here and by build_index
-    texts = list(dict.fromkeys([*(d.text for d in documents), *(row.anchor for row in rows), *positives]))
-    vectors = _encode(encoder, texts, normalize=True, batch_size=batch_size)
-    row_of = {text: i for i, text in enumerate(texts)}
+    query_prompt, document_prompt = resolve_prompt(encoder.prompts, QUERY), resolve_prompt(encoder.prompts, DOCUMENT)
+    wanted = [
+        *((document_prompt, d.text) for d in documents),
+        *((query_prompt, row.anchor) for row in rows),
+        *((document_prompt, text) for text in positives),
+    ]
+    keys = list(dict.fromkeys(wanted))  # (prompt, text), each distinct pair embedded once
+    row_of = {key: i for i, key in enumerate(keys)}
+    vectors = np.zeros((len(keys), encoder.dim), dtype=np.float32)
+    for prompt in dict.fromkeys(prompt for prompt, _ in keys):
+        rows_of_prompt = [i for i, key in enumerate(keys) if key[0] == prompt]
+        vectors[rows_of_prompt] = _encode(
+            encoder, [keys[i][1] for i in rows_of_prompt], prompt, normalize=True, batch_size=batch_size
+        )
     index = build_index(
         encoder,
         documents,
         spec=spec,
         metric="cosine",
-        embeddings=vectors[[row_of[d.text] for d in documents]],
+        embeddings=vectors[[row_of[document_prompt, d.text] for d in documents]],
         batch_size=batch_size,
         show_progress=show_progress,
+        prompt=document_prompt,
     )
-    return index, lambda wanted: vectors[[row_of[text] for text in wanted]]
+    return index, lambda texts, prompt: vectors[[row_of[prompt, text] for text in texts]]
 
 
 def _choose(found: Candidates, count: int, sampling: str, seed: int) -> np.ndarray:

@@ -11,6 +11,9 @@
    the start and the final weights, so the model handed back is never below the start on dev;
 4. the test queries, never seen in training or selection, scored before and after.
 
+Queries and documents get the model's query and document prompts, or those ``data.prompts`` gives (anchor: the
+queries, positive: the documents), in training, in selection and in both test scores.
+
 The defaults (:data:`ADAPT_RECIPE`) were chosen for collections of a few hundred to a few thousand judged
 queries; any value can be overridden like a recipe's (``section.key=value``).
 """
@@ -22,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from embedkit.data import beir_pairs, split_queries
+from embedkit.data import ColumnPrompts, beir_pairs, split_queries
 from embedkit.encoders import DEFAULT_MODEL, load_encoder
 from embedkit.errors import ConfigError
 from embedkit.eval.retrieval import RetrievalEvaluator
-from embedkit.training.fit import FitResult
+from embedkit.training.fit import FitResult, column_prompts
 from embedkit.training.recipe import RunConfig, apply_overrides, config_from_dict, run_training
 
 ADAPT_RECIPE: dict[str, dict[str, Any]] = {
@@ -120,6 +123,8 @@ def adapt(
         return AdaptResult(run=result, data=data, test_before=None, test_after=None)
     test = RetrievalEvaluator(data, split="test")
     precision, device = config.model.precision, config.model.device
-    before = test(load_encoder(config.model.name, precision=precision, device=device))
+    start = load_encoder(config.model.name, precision=precision, device=device)
+    column_prompts(start, ColumnPrompts(**config.data.prompts))  # the start model is scored as it is trained
+    before = test(start)
     after = test(load_encoder(out / "best", precision=precision, device=device))
     return AdaptResult(run=result, data=data, test_before=before, test_after=after)

@@ -10,6 +10,10 @@ tried too (``interpolation``: WiSE-FT, Wortsman et al., 2022, "Robust fine-tunin
 mixing weight chosen on the dev set. Inputs may be truncated shorter in training than at inference
 (``max_seq_length``); saved models keep the encoder's own inference length.
 
+Texts are trained after prompts (:func:`column_prompts`): the anchor's and the positive's prompts become the model's
+query and document prompts before the first step, so that evaluation, mining and the saved model embed queries and
+documents the way training did.
+
 Layout of ``output_dir``::
 
     log.jsonl          one JSON object per logged step or evaluation
@@ -42,9 +46,10 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from embedkit import distributed
-from embedkit.data import Table, as_examples, collate
+from embedkit.data import ColumnPrompts, Table, as_examples, collate
 from embedkit.encoders.batching import embed_batch
 from embedkit.encoders.card import ModelCard, write_model_card
+from embedkit.encoders.prompts import DOCUMENT, QUERY, resolve_prompt
 from embedkit.encoders.sentence_transformer import Encoder
 from embedkit.errors import ConfigError, DataError
 from embedkit.eval.scale import ScaledScores, scale_fields
@@ -445,6 +450,31 @@ def _save_model(encoder: Encoder, loss: nn.Module, path: Path, card: ModelCard) 
         write_model_card(tmp, card, name=str(path))
 
 
+def column_prompts(encoder: Encoder, prompts: ColumnPrompts | None = None) -> ColumnPrompts:
+    """The prompts of each training column, made the model's: ``prompts`` where they give one, else the anchor gets
+    the model's query prompt, the positive its document prompt and the negatives the positive's. The anchor's and
+    the positive's become the model's ``query`` and ``document`` prompts (saved with it).
+
+    Raises:
+        ConfigError: a prompt, and a pooling that leaves prompt tokens out (``include_prompt=False``): training
+            puts prompts into the texts, where pooling cannot tell them apart, so the model would train on other
+            embeddings than it gives at inference.
+    """
+    prompts = prompts or ColumnPrompts()
+    anchor = prompts.anchor if prompts.anchor is not None else resolve_prompt(encoder.prompts, QUERY)
+    positive = prompts.positive if prompts.positive is not None else resolve_prompt(encoder.prompts, DOCUMENT)
+    resolved = ColumnPrompts(anchor, positive, prompts.negative if prompts.negative is not None else positive)
+    if any((resolved.anchor, resolved.positive, resolved.negative)) and any(
+        getattr(module, "include_prompt", True) is False for module in encoder.model
+    ):
+        raise ConfigError(
+            f"model {encoder.name!r} pools without its prompt tokens (include_prompt=false), which training with "
+            "prompts cannot reproduce; give every column an empty prompt, or use a pooling that includes them"
+        )
+    encoder.prompts.update(query=resolved.anchor, document=resolved.positive)
+    return resolved
+
+
 def fit(
     encoder: Encoder,
     examples: Sequence[Example] | Table,
@@ -456,6 +486,7 @@ def fit(
     callbacks: Sequence[StepCallback] = (),
     source: str | None = None,
     negatives: NegativeMiner | None = None,
+    prompts: ColumnPrompts | None = None,
 ) -> FitResult:
     """Train ``encoder`` on ``examples`` with ``loss``.
 
@@ -476,6 +507,8 @@ def fit(
         negatives: mine hard negatives for the (anchor, positive) ``examples`` with the model being trained,
             before the first step and every ``negatives.every`` steps (see :mod:`embedkit.training.negatives`);
             training then runs on the mined triplets.
+        prompts: the prompts of each column (see :func:`column_prompts`); by default the model's query prompt for
+            anchors and its document prompt for positives and negatives, none for a model without prompts.
 
     Returns:
         A :class:`FitResult`; the models are in ``settings.output_dir`` (``best/`` and ``final/``).
@@ -494,6 +527,7 @@ def fit(
             f"{len(examples)} examples do not fill one batch of {settings.batch_size} x {world} processes"
         )
     total_steps = settings.max_steps if settings.max_steps is not None else settings.epochs * steps_per_epoch
+    prompts = column_prompts(encoder, prompts)
     if isinstance(loss, Objective):
         loss.setup(encoder)
     run = _Run(encoder, loss, settings, total_steps)
@@ -608,7 +642,7 @@ def fit(
         start = position * global_batch + rank * settings.batch_size
         rows = order[start : start + settings.batch_size]
         with _truncated(encoder, settings.max_seq_length):
-            value = distributed.mean(run.train_step(collate([examples[i] for i in rows], kind)))
+            value = distributed.mean(run.train_step(collate([examples[i] for i in rows], kind, prompts)))
         metrics = {"loss": value, "lr": run.scheduler.get_last_lr()[0]}
         progress.update(1)
         progress.set_postfix(loss=f"{value:.4f}", lr=f"{metrics['lr']:.2e}")

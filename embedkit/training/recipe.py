@@ -2,7 +2,8 @@
 
 A recipe has the sections ``[model]``, ``[data]``, ``[loss]``, ``[train]`` (the fields of
 :class:`embedkit.training.fit.FitSettings`), ``[eval]`` and ``[mining]``. Every key of ``[loss]`` other than
-``name`` is a parameter of that loss. Unknown sections and keys are errors that list
+``name``, ``matryoshka_dims`` and ``matryoshka_weights`` (which train the loss at several leading-dimension cuts,
+:func:`embedkit.losses.matryoshka`) is a parameter of that loss. Unknown sections and keys are errors that list
 the valid ones, so a typo never silently falls back to a default.
 
 Every value is checked when the recipe is loaded, before anything is read or trained: against the type of its
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 
 from embedkit import distributed
-from embedkit.data import is_beir_folder, read_examples
+from embedkit.data import ColumnPrompts, is_beir_folder, read_examples
 from embedkit.data.io import FORMATS
 from embedkit.encoders import DEFAULT_MODEL, load_encoder
 from embedkit.encoders.sentence_transformer import POOLING_MODES
@@ -40,6 +41,7 @@ from embedkit.eval import EVALUATORS, CombinedEvaluator
 from embedkit.fsutil import atomic_write_bytes
 from embedkit.index import parse_spec
 from embedkit.losses import LOSSES, Objective
+from embedkit.losses.matryoshka import check_dims, check_weights, matryoshka, weights_for
 from embedkit.losses.steps import build_steps
 from embedkit.mining.hard_negatives import DEFAULT_STEPS
 from embedkit.precision import PRECISIONS
@@ -67,7 +69,13 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """The training data (see :func:`embedkit.read_examples`): a file, or a BEIR folder whose ``split`` judgements
-    scoring ``min_relevance`` or more give (query, document) pairs."""
+    scoring ``min_relevance`` or more give (query, document) pairs.
+
+    ``prompts`` puts a prompt before the texts of a column: ``{anchor = "query: ", positive = "passage: "}``
+    (``negative`` defaults to the positive's). A column it leaves out gets the model's own prompt: its query
+    prompt for anchors, its document prompt for positives (see :func:`embedkit.training.fit.column_prompts`); the
+    model keeps the anchor's and the positive's as its ``query`` and ``document`` prompts.
+    """
 
     path: str = ""
     kind: str | None = None
@@ -76,14 +84,33 @@ class DataConfig:
     limit: int | None = None
     split: str = "train"
     min_relevance: int = 1
+    prompts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """A registered loss and its parameters."""
+    """A registered loss and its parameters; with ``matryoshka_dims``, trained at those leading-dimension cuts of
+    the embeddings, weighted by ``matryoshka_weights`` (default 1 each)."""
 
     name: str = "infonce"
     params: dict[str, Any] = field(default_factory=dict)
+    matryoshka_dims: tuple[int, ...] | None = None
+    matryoshka_weights: tuple[float, ...] | None = None
+
+    def build(self) -> nn.Module:
+        """The loss this section describes."""
+        loss = LOSSES.get(self.name).build(**self.params)
+        if self.matryoshka_dims is None:
+            return loss
+        return matryoshka(loss, self.matryoshka_dims, self.matryoshka_weights)
+
+    def as_table(self) -> dict[str, Any]:
+        """The ``[loss]`` table of a recipe: the name, the parameters, and the Matryoshka keys that are set."""
+        wrapper = {key: getattr(self, key) for key in _MATRYOSHKA_KEYS if getattr(self, key) is not None}
+        return {"name": self.name, **self.params, **wrapper}
+
+
+_MATRYOSHKA_KEYS = ("matryoshka_dims", "matryoshka_weights")
 
 
 DEV_SETS = ("sts", "retrieval", "preference")
@@ -213,6 +240,7 @@ def _device(name: str) -> torch.device:
         raise ConfigError(str(error).splitlines()[0]) from None
 
 
+PROMPT_COLUMNS = tuple(f.name for f in dataclasses.fields(ColumnPrompts))
 _FILTERS = 'naming filters, such as { name = "margin", margin = 0.05 }'
 
 RULES: dict[str, Rule] = {
@@ -223,6 +251,7 @@ RULES: dict[str, Rule] = {
     "data.kind": one_of(kind.value for kind in Kind),
     "data.format": one_of(FORMATS),
     "data.limit": at_least(1),
+    "data.prompts": Rule(lambda table: set(table) <= set(PROMPT_COLUMNS), f"keyed by {', '.join(PROMPT_COLUMNS)}"),
     "train.batch_size": at_least(2),  # in-batch negatives need a second row
     "train.lr": above(0),
     "train.epochs": at_least(1),
@@ -242,6 +271,8 @@ RULES: dict[str, Rule] = {
     "mining.spec": parsed_by(parse_spec, "naming an index such as torch or faiss:HNSW32"),
     "mining.steps": parsed_by(build_steps, _FILTERS),
     "loss.filters": parsed_by(build_steps, _FILTERS),
+    "loss.matryoshka_dims": parsed_by(check_dims, "that are distinct and positive, such as [384, 256, 128, 64, 32]"),
+    "loss.matryoshka_weights": parsed_by(check_weights, "each above 0, one per dimension"),
 }
 """The range of each ``section.key`` beyond its type; a key not listed takes any value of its type."""
 
@@ -340,11 +371,13 @@ def _section_table(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 
 def _loss_table(values: dict[str, Any]) -> dict[str, Any]:
-    """A ``[loss]`` table as :class:`LossConfig` takes it: the name, and every other key a parameter."""
+    """A ``[loss]`` table as :class:`LossConfig` takes it: the name, the Matryoshka keys, and every other key a
+    parameter."""
     params = values.pop("params", {})
     if not isinstance(params, Mapping):
         raise ConfigError(f"recipe value loss.params = {_shown(params)} is invalid: expected a table")
-    return {"name": values.pop("name", LossConfig.name), "params": {**params, **values}}
+    wrapper = {key: values.pop(key) for key in _MATRYOSHKA_KEYS if key in values}
+    return {"name": values.pop("name", LossConfig.name), "params": {**params, **values}, **wrapper}
 
 
 def _built_section(name: str, cls: type, values: dict[str, Any]) -> Any:
@@ -369,6 +402,15 @@ def _checked_loss(config: LossConfig) -> LossConfig:
     parameters = inspect.signature(spec.factory).parameters
     params = {key: checked_value(f"loss.{key}", value, _parameter_type(parameters[key]))
               for key, value in config.params.items()}
+    if config.matryoshka_weights is not None:
+        if config.matryoshka_dims is None:
+            raise ConfigError("recipe value loss.matryoshka_weights is set without loss.matryoshka_dims: "
+                              "give the dimensions the weights are for")
+        try:
+            weights_for(config.matryoshka_dims, config.matryoshka_weights)
+        except ConfigError as error:
+            raise ConfigError(f"recipe value loss.matryoshka_weights = {_shown(config.matryoshka_weights)} is "
+                              f"invalid: {error}") from None
     return dataclasses.replace(config, params=params)
 
 
@@ -412,14 +454,14 @@ def check_config(config: RunConfig) -> None:
     """Check a config built in Python as :func:`config_from_dict` checks a recipe."""
     raw = {name: {f.name: getattr(getattr(config, name), f.name) for f in dataclasses.fields(cls)}
            for name, cls in _SECTIONS.items()}
-    raw["loss"] = {"name": config.loss.name, **config.loss.params}
+    raw["loss"] = config.loss.as_table()
     config_from_dict(raw)
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
     """The nested dict of a config, with loss parameters flattened into ``[loss]`` as in a recipe."""
     raw = dataclasses.asdict(config)
-    raw["loss"] = {"name": config.loss.name, **config.loss.params}
+    raw["loss"] = config.loss.as_table()
     return raw
 
 
@@ -543,7 +585,7 @@ def run_training(config: RunConfig, show_progress: bool = True, overwrite: bool 
     if not config.data.path:
         raise ConfigError("the recipe names no training data: set data.path")
     spec = LOSSES.get(config.loss.name)
-    loss = spec.build(**config.loss.params)
+    loss = config.loss.build()
     examples = read_examples(
         config.data.path,
         kind=config.data.kind,
@@ -571,11 +613,16 @@ def run_training(config: RunConfig, show_progress: bool = True, overwrite: bool 
         device=config.model.device,
         precision=config.model.precision,
     )
+    dims = config.loss.matryoshka_dims
+    if dims is not None and max(dims) > encoder.dim:
+        raise ConfigError(f"recipe value loss.matryoshka_dims = {_shown(list(dims))} is invalid: {max(dims)} exceeds "
+                          f"the {encoder.dim} dimensions of model {config.model.name!r}")
     settings = dataclasses.replace(config.train, show_progress=show_progress and config.train.show_progress)
     prepare_output_dir(config, overwrite, write=distributed.is_main_process())
     distributed.barrier()
     source = f"{config.data.path} ({kind.value}, {len(examples)} rows)"
-    return fit(encoder, examples, loss, settings, kind=kind, evaluator=evaluator, source=source, negatives=negatives)
+    return fit(encoder, examples, loss, settings, kind=kind, evaluator=evaluator, source=source, negatives=negatives,
+               prompts=ColumnPrompts(**config.data.prompts))
 
 
 def negative_miner(config: RunConfig) -> NegativeMiner | None:

@@ -1,7 +1,8 @@
 """Gathered InfoNCE-family losses under 2 and 3 gloo processes equal one process on the concatenated batch.
 
 Covered: InfoNCE (one-sided and symmetric), InfoNCE through filter steps (margin, ceiling, top-k), debiased
-InfoNCE and GISTEmbed's guided table (the guide's embeddings gathered like the model's).
+InfoNCE, GISTEmbed's guided table (the guide's embeddings gathered like the model's), and Matryoshka cuts of
+symmetric filtered InfoNCE and of GISTEmbed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ranks import run_on_ranks
 
 from embedkit import distributed
 from embedkit.encoders import build_tiny_model
-from embedkit.losses import build_loss
+from embedkit.losses import build_loss, matryoshka
 from embedkit.losses.infonce import info_nce_from_scores
 from embedkit.types import EmbeddedBatch
 
@@ -49,6 +50,7 @@ def local_slices(world: int, rank: int, duplicate: bool, seed: int = 11) -> Embe
 GUIDE_SEED = 12  # the guide's embeddings: other vectors with the same texts (group ids)
 FILTERS = [{"name": "margin", "margin": 0.1, "mode": "relative"}, {"name": "ceiling", "max_score": 0.5},
            {"name": "top-k", "k": 3}]
+MATRYOSHKA_DIMS = (D, 4, 2)
 
 
 def losses(guide: str) -> dict[str, Callable[[EmbeddedBatch, EmbeddedBatch], torch.Tensor]]:
@@ -58,10 +60,13 @@ def losses(guide: str) -> dict[str, Callable[[EmbeddedBatch, EmbeddedBatch], tor
         "infonce-symmetric": build_loss("infonce", temperature=0.1, symmetric=True),
         "infonce-filtered": build_loss("infonce", temperature=0.1, filters=FILTERS),
         "debiased-infonce": build_loss("debiased-infonce", temperature=0.5, tau_plus=0.1),
+        "matryoshka-infonce": matryoshka(build_loss("infonce", temperature=0.1, symmetric=True, filters=FILTERS),
+                                         MATRYOSHKA_DIMS, (1.0, 0.5, 2.0)),
     }
     cases = {name: (lambda embedded, guided, loss=loss: loss(embedded)) for name, loss in plain.items()}
     gist = build_loss("gist", guide=guide, temperature=0.1, margin=0.05)
     cases["gist"] = lambda embedded, guided: info_nce_from_scores(gist.scores(embedded, guided), gist.temperature)
+    cases["matryoshka-gist"] = matryoshka(gist, MATRYOSHKA_DIMS).guided_loss
     return cases
 
 

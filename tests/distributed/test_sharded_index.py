@@ -18,7 +18,8 @@ WORDS = ["cat", "dog", "sun", "rain", "train", "ship", "piano", "castle", "river
 CORPUS = [(f"doc-{i}", f"{WORDS[i % 12]} {WORDS[(i * 5) % 12]} number {i} by the {WORDS[(i * 7) % 11]}",
            {"position": i}) for i in range(301)]
 QUERIES = ["the cat by the river", "a train and a ship", "rain on the hill", "number 17"]
-SPECS = {"torch": "torch", "flat": "faiss:Flat", "ivf": "faiss:IVF4,Flat", "ivfpq": "faiss:IVF4,PQ4x2"}
+SPECS = {"torch": "torch", "flat": "faiss:Flat", "ivf": "faiss:IVF4,Flat", "ivfpq": "faiss:IVF4,PQ4x2",
+         "bivf": "faiss:BIVF4,rescore=4"}
 
 
 def worker(rank: int, world: int, model: str, folder: str, init_file: str) -> None:
@@ -67,9 +68,10 @@ def test_distributed_encode_and_sharded_builds_equal_one_process(tmp_path, model
         single = Index.load(tmp_path / "one", encoder=encoder)
         sharded = Index.load(tmp_path / name, encoder=encoder)
         assert len(sharded) == len(single) == len(CORPUS), name
-        # the same held-out queries, ground truth and choice (IVF indexes tune nprobe; torch and Flat nothing)
+        # the same held-out queries, ground truth and choice (float IVF indexes tune nprobe; torch, Flat and binary
+        # indexes nothing)
         assert sharded.manifest.search_tuning == single.manifest.search_tuning, name
-        assert (single.manifest.search_tuning is None) == (name in ("torch", "flat")), name
+        assert (single.manifest.search_tuning is None) == (name in ("torch", "flat", "bivf")), name
         if name.startswith("ivf"):
             single.set_search_params(nprobe=2)  # probe part of the lists: the lists themselves must agree
             sharded.set_search_params(nprobe=2)

@@ -227,6 +227,22 @@ def test_a_missing_file_named_like_a_dataset_is_reported_missing_offline(tmp_pat
         "embedkit: error: org/missing: no such file (and the Hugging Face hub cannot be reached")
 
 
+def test_encode_with_a_prompt(capsys, prompted_model_path, tmp_path) -> None:
+    from embedkit.encoders import load_encoder
+
+    (tmp_path / "s.txt").write_text("the cat sat\na dog runs\n")
+    encoder = load_encoder(prompted_model_path, device="cpu", precision="fp32")
+    for options, prompt in (((), None), (("--prompt-name", "query"), "query: "), (("--prompt", "passage: "), "passage: ")):
+        code, _, _ = run(capsys, "encode", "--model", str(prompted_model_path), "--input", str(tmp_path / "s.txt"),
+                         "--output", str(tmp_path / "e.npy"), "--precision", "fp32", *options)
+        expected = encoder.encode(["the cat sat", "a dog runs"], prompt=prompt)
+        assert code == 0
+        np.testing.assert_allclose(np.load(tmp_path / "e.npy"), expected, atol=1e-6)
+    code, _, err = run(capsys, "encode", "--model", str(prompted_model_path), "--input", str(tmp_path / "s.txt"),
+                       "--output", str(tmp_path / "e.npy"), "--prompt-name", "passage")
+    assert code == 2 and "unknown prompt name 'passage'" in err
+
+
 def test_quiet_hides_bars_and_verbose_adds_debug_messages(capsys, tiny_model_path, tmp_path) -> None:
     (tmp_path / "s.txt").write_text("".join(text + "\n" for text in TINY_TEXTS))
     encode = ["encode", "--model", str(tiny_model_path), "--input", str(tmp_path / "s.txt"),

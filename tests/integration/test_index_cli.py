@@ -42,7 +42,7 @@ def corpus(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("spec", ["torch", "faiss:HNSW8"])
+@pytest.mark.parametrize("spec", ["torch", "faiss:HNSW8", "faiss:BFlat,rescore=4"])
 def test_build_search_add_remove_info(capsys, tiny_model_path, corpus, spec) -> None:
     index = corpus / "idx"
     code, out, _ = run(
@@ -100,6 +100,18 @@ def test_build_search_add_remove_info(capsys, tiny_model_path, corpus, spec) -> 
     run_rows = [json.loads(line) for line in (corpus / "run.jsonl").read_text().splitlines()]
     assert code == 0 and json.loads(out)["queries"] == 2 and [row["query_id"] for row in run_rows] == ["q1", "q2"]
     assert all(len(row["ids"]) == 6 and "a" not in row["ids"] for row in run_rows)  # 6 documents left, padding dropped
+
+
+def test_info_shows_the_quantization(capsys, tiny_model_path, corpus) -> None:
+    index = corpus / "idx"
+    spec = "faiss:BFlat,rescore=2,rescore_dtype=int8"
+    argv = ["index", "build", "--model", tiny_model_path, "--corpus", corpus / "corpus.jsonl", "--out", index]
+    assert run(capsys, *argv, "--spec", spec, "--precision", "fp32")[0] == 0
+    code, out, _ = run(capsys, "index", "info", index)
+    assert code == 0 and "quantization      codes=binary, bits_per_dimension=1, code_bytes=4" in out
+    assert "rescore           factor=2, dtype=int8, file=rescore.safetensors" in out and "ranges" not in out
+    code, out, _ = run(capsys, "index", "info", index, "--json")
+    assert code == 0 and len(json.loads(out)["quantization"]["rescore"]["calibration"]["ranges"]) == 2
 
 
 def test_errors_are_one_line(capsys, tiny_model_path, corpus) -> None:
@@ -406,3 +418,37 @@ def test_mine_reports_a_bad_margin_mode_once_as_python_does(capsys, tiny_model_p
     ]:
         code, _, err = run(capsys, *mine, flag, value)
         assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_prompts_for_documents_and_queries(capsys, prompted_model_path, corpus) -> None:
+    from embedkit.encoders import load_encoder
+    from embedkit.index import Index
+    from embedkit.index.index import PromptMismatchWarning
+
+    index = corpus / "idx"
+    code, out, _ = run(capsys, "index", "build", "--model", prompted_model_path, "--corpus", corpus / "corpus.jsonl",
+                       "--out", index, "--precision", "fp32", "--json")
+    assert code == 0 and json.loads(out)["document_prompt"] == "passage: "
+    code, out, _ = run(capsys, "index", "info", index)
+    assert code == 0 and "document_prompt   'passage: '" in out
+    encoder = load_encoder(prompted_model_path, device="cpu", precision="fp32")
+    loaded = Index.load(index, encoder=encoder)
+    for options, prompt in (((), "query: "), (("--prompt", ""), ""), (("--prompt-name", "document"), "passage: ")):
+        code, out, _ = run(capsys, "search", index, "the cat sat", "-k", "6", "--precision", "fp32", *options, "--json")
+        expected = loaded.search(encoder.encode(["the cat sat"], prompt=prompt), k=6)
+        assert code == 0 and [hit["id"] for hit in json.loads(out)] == expected.ids[0].tolist()
+    code, _, err = run(capsys, "search", index, "the cat sat", "--prompt-name", "passage")
+    assert code == 2 and "unknown prompt name 'passage'; the model's prompts: document, query" in err
+    with pytest.raises(SystemExit):
+        main(["search", str(index), "the cat", "--prompt", "q: ", "--prompt-name", "query"])
+
+    code, out, _ = run(capsys, "index", "build", "--model", prompted_model_path, "--corpus", corpus / "corpus.jsonl",
+                       "--out", corpus / "plain", "--prompt", "", "--precision", "fp32", "--json")
+    assert code == 0 and json.loads(out)["document_prompt"] == ""
+    with pytest.warns(PromptMismatchWarning, match="built without a document prompt"):
+        code, _, _ = run(capsys, "index", "add", corpus / "plain", "--corpus", corpus / "more.jsonl", "--json")
+    assert code == 0
+    added = Index.load(corpus / "plain", encoder=None)
+    vectors = encoder.encode([DOCS[6]["text"]], prompt="", normalize=True)  # added after the recorded prompt: none
+    scores, ids = added.search(vectors, k=1)
+    assert ids[0, 0] == "g" and scores[0, 0] == pytest.approx(1.0, abs=1e-3)  # add ran in the default precision

@@ -87,3 +87,18 @@ def test_text_ids_are_stable_signed_64_bit_values() -> None:
     assert text_id("a cat") != text_id("a cat ")
     assert -(2**63) <= text_id("") < 2**63
     assert text_ids(["x", "y"]).dtype == torch.long
+
+
+def test_prompts_go_before_each_column_and_leave_the_groups_of_the_plain_texts() -> None:
+    from embedkit.data import ColumnPrompts
+
+    examples = [Example("q1", "d1", ("n1", "n2")), Example("d1", "d2", ("n3",))]
+    plain = collate(examples, Kind.TRIPLETS)
+    batch = collate(examples, Kind.TRIPLETS, ColumnPrompts(anchor="query: ", positive="passage: ", negative="neg: "))
+    assert batch.anchors == ["query: q1", "query: d1"] and batch.positives == ["passage: d1", "passage: d2"]
+    assert batch.negatives == [["neg: n1", "neg: n3"], ["neg: n2", ""]]  # padding stays empty
+    assert torch.equal(batch.anchor_groups, plain.anchor_groups)
+    assert torch.equal(batch.candidate_groups, plain.candidate_groups)
+    assert batch.anchor_groups[1] == batch.candidate_groups[0]  # "d1" is one item as an anchor and as a positive
+    unprompted = collate(examples, Kind.TRIPLETS, ColumnPrompts(anchor="query: "))
+    assert unprompted.positives == plain.positives and unprompted.negatives == plain.negatives

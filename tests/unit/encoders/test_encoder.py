@@ -122,3 +122,58 @@ def test_bad_options_are_refused(tiny_model_path, tmp_path) -> None:
         load_encoder(tiny_model_path, precision="int8")
     with pytest.raises(EmbedkitError, match="model folder not found"):
         load_encoder(tmp_path / "no" / "such" / "model")
+
+
+# -- prompts -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "options", [{}, {"prompt_name": "query"}, {"prompt_name": "document"}, {"prompt": "passage: "}, {"prompt": ""}]
+)
+def test_encode_with_prompts_equals_sentence_transformers(prompted_model_path, options) -> None:
+    encoder = load_encoder(prompted_model_path, precision="fp32")
+    assert encoder.prompts == {"query": "query: ", "document": "passage: "}
+    reference = SentenceTransformer(str(prompted_model_path), device="cpu")
+    np.testing.assert_allclose(encoder.encode(TEXTS, **options), reference.encode(TEXTS, **options), atol=1e-6)
+
+
+def test_a_prompt_changes_the_embedding(prompted_model_path) -> None:
+    encoder = load_encoder(prompted_model_path, precision="fp32")
+    plain, query = encoder.encode(TEXTS), encoder.encode(TEXTS, prompt_name="query")
+    assert not np.allclose(plain, query, atol=1e-3)
+    np.testing.assert_allclose(query, encoder.encode([f"query: {text}" for text in TEXTS]), atol=1e-5)
+
+
+def test_a_pooling_without_prompt_tokens_leaves_them_out_as_sentence_transformers_does(prompted_model_path, tmp_path):
+    model = SentenceTransformer(str(prompted_model_path), device="cpu")
+    model.set_pooling_include_prompt(False)
+    model.save(str(tmp_path / "excluding"))
+    reference = SentenceTransformer(str(tmp_path / "excluding"), device="cpu")
+    encoder = load_encoder(tmp_path / "excluding", precision="fp32")
+    excluded = encoder.encode(TEXTS, prompt_name="query")
+    np.testing.assert_allclose(excluded, reference.encode(TEXTS, prompt_name="query"), atol=1e-6)
+    # the prompt tokens are left out of the mean, not of the attention: unlike the plain text, unlike prefixing
+    assert not np.allclose(excluded, encoder.encode([f"query: {text}" for text in TEXTS]), atol=1e-3)
+
+
+def test_a_default_prompt_applies_when_none_is_asked_for(prompted_model_path, tmp_path) -> None:
+    model = SentenceTransformer(str(prompted_model_path), device="cpu", default_prompt_name="query")
+    model.save(str(tmp_path / "default"))
+    encoder = load_encoder(tmp_path / "default", precision="fp32")
+    np.testing.assert_allclose(encoder.encode(TEXTS), encoder.encode(TEXTS, prompt="query: "), atol=1e-6)
+    plain = load_encoder(prompted_model_path, precision="fp32").encode(TEXTS)
+    np.testing.assert_allclose(encoder.encode(TEXTS, prompt=""), plain, atol=1e-5)
+
+
+def test_prompts_are_saved_with_the_model(prompted_model_path, tmp_path) -> None:
+    encoder = load_encoder(prompted_model_path, precision="fp32")
+    encoder.prompts["query"] = "search: "
+    encoder.save(tmp_path / "saved")
+    assert SentenceTransformer(str(tmp_path / "saved"), device="cpu").prompts["query"] == "search: "
+    assert load_encoder(tmp_path / "saved").prompts["query"] == "search: "
+
+
+def test_bad_prompt_requests_are_refused(prompted_model_path) -> None:
+    encoder = load_encoder(prompted_model_path, precision="fp32")
+    with pytest.raises(ConfigError, match=r"unknown prompt name 'passage'; the model's prompts: document, query"):
+        encoder.encode(TEXTS, prompt_name="passage")
+    with pytest.raises(ConfigError, match="give a prompt or a prompt name, not both"):
+        encoder.encode(TEXTS, prompt_name="query", prompt="query: ")

@@ -6,6 +6,7 @@ import itertools
 import json
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -313,3 +314,37 @@ def test_evaluator_and_cli(capsys, tiny, tiny_model_path, sts_file, labelled, tm
                  str(tmp_path / "t.toml"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "needs at least 2 distinct labels, found only '1'" in err
+
+
+@pytest.mark.parametrize("task_prompt", [False, True])
+def test_prompts_follow_the_sentence_transformers_mteb_wrapper(tmp_path, sts_file, task_prompt) -> None:
+    from datasets import Dataset
+    from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+    from mteb.types import PromptType
+    from sentence_transformers import SentenceTransformer
+    from torch.utils.data import DataLoader
+
+    # a task type's prompt; a key naming no task mteb registers (a local task's name) is not a task prompt
+    task_keys = {"STS": "sts: ", "MySTS": "unused: "} if task_prompt else {}
+    prompts = {"query": "query: ", "document": "passage: ", **task_keys}
+    path = build_tiny_model(tmp_path / "model", TINY_TEXTS, prompts=prompts)
+    adapter = MtebEncoder(str(path), device="cpu", precision="fp32")
+    wrapper = SentenceTransformerEncoderWrapper(SentenceTransformer(str(path), device="cpu"))
+    metadata = build_task(LocalTaskSpec("MySTS", "sts", sts_file)).metadata
+    expected_prompts = {
+        None: "sts: " if task_prompt else None,  # None: the model's default prompt (it has none)
+        PromptType.query: "sts: " if task_prompt else "query: ",
+        PromptType.document: "sts: " if task_prompt else "passage: ",
+    }
+    for prompt_type, prompt in expected_prompts.items():
+        assert adapter.prompt_for(metadata, prompt_type) == prompt
+        loader = DataLoader(Dataset.from_dict({"text": TINY_TEXTS}), batch_size=3)  # as mteb makes them
+        ours = adapter.encode(loader, task_metadata=metadata, hf_split="test", hf_subset="default",
+                              prompt_type=prompt_type)
+        theirs = wrapper.encode(loader, task_metadata=metadata, hf_split="test", hf_subset="default",
+                                prompt_type=prompt_type)
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert adapter.mteb_model_meta.use_instructions
+    # prompts are part of the revision: the same weights with other prompts write their results elsewhere
+    plain = build_tiny_model(tmp_path / "plain", TINY_TEXTS, prompts={key: "" for key in prompts})
+    assert weights_fingerprint(load_encoder(plain, device="cpu")) != adapter.mteb_model_meta.revision

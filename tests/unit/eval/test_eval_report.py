@@ -118,8 +118,9 @@ class CountingEncoder:
     def __init__(self) -> None:
         self.seen: list[str] = []
 
-    def encode(self, texts, batch_size: int = 32, **kwargs) -> np.ndarray:
-        self.seen += list(texts)
+    def encode(self, texts, batch_size: int = 32, prompt: str | None = None, **kwargs) -> np.ndarray:
+        texts = [(prompt or "") + text for text in texts]
+        self.seen += texts
         return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
 
 
@@ -132,6 +133,16 @@ def test_cached_encoder_embeds_each_text_once() -> None:
     np.testing.assert_allclose(first, [[1, 1], [2, 1], [1, 1]])
     np.testing.assert_allclose(np.linalg.norm(second, axis=1), 1, rtol=1e-6)
     assert cached.encode([]).shape == (0, 2)
+
+
+def test_cached_encoder_embeds_each_text_once_per_prompt() -> None:
+    inner = CountingEncoder()
+    cached = CachedEncoder(inner)
+    cached.encode(["a", "bb"])
+    with_prompt = cached.encode(["a", "bb"], prompt="q: ")
+    cached.encode(["bb"], prompt="q: ")
+    assert inner.seen == ["a", "bb", "q: a", "q: bb"]
+    np.testing.assert_allclose(with_prompt, [[4, 1], [5, 1]])
 
 
 def test_cached_encoder_satisfies_the_text_encoder_protocol(tiny_model_path) -> None:

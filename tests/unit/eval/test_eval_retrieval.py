@@ -121,6 +121,7 @@ class LookupEncoder:
 
     def __init__(self, table: dict[str, list[float]]) -> None:
         self.table = table
+        self.prompts: dict[str, str] = {}
         self.dim = len(next(iter(table.values())))
         self.model = torch.nn.Linear(1, 1)  # the index fingerprints the model's weights
 
@@ -149,6 +150,22 @@ def test_evaluator_searches_through_the_index(beir, spec) -> None:
     metrics = evaluator(lookup_for(evaluator.data))
     assert metrics["mrr@10"] == pytest.approx(100.0) and metrics["recall@10"] == pytest.approx(100.0)
     assert set(metrics) == {"ndcg@10", "mrr@10", "recall@1", "recall@10", "map@10"}
+
+
+def test_queries_and_documents_are_embedded_after_their_prompts(beir, prompted_model_path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from embedkit.encoders import load_encoder
+
+    evaluator = RetrievalEvaluator(beir, k=10, recall_at=(1, 10))
+    run = evaluator.search(load_encoder(prompted_model_path, device="cpu", precision="fp32"))
+    reference = SentenceTransformer(str(prompted_model_path), device="cpu")
+    documents = reference.encode_document(evaluator.data.documents, normalize_embeddings=True)
+    queries = reference.encode_query(evaluator.data.queries, normalize_embeddings=True)
+    expected = queries @ documents.T
+    for row, query_id in enumerate(evaluator.data.query_ids):
+        found = [run[query_id][doc_id] for doc_id in evaluator.data.doc_ids]
+        np.testing.assert_allclose(found, expected[row], atol=1e-5)
 
 
 def test_cli_retrieval_and_its_errors(capsys, tiny_model_path, beir, tmp_path) -> None:

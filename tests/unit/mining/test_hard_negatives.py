@@ -33,17 +33,19 @@ DIM = 8
 
 
 class TableEncoder:
-    """An encoder that looks each text up in a table of vectors, so that every score is known exactly."""
+    """An encoder that looks each text (after its prompt) up in a table of vectors, so that every score is known
+    exactly."""
 
-    def __init__(self, vectors: dict[str, np.ndarray], seed: int = 0) -> None:
+    def __init__(self, vectors: dict[str, np.ndarray], seed: int = 0, prompts: dict[str, str] | None = None) -> None:
         self.vectors = vectors
         self.name = f"table-{seed}"
         self.dim = DIM
+        self.prompts = prompts or {}
         torch.manual_seed(seed)
         self.model = torch.nn.Linear(DIM, DIM)  # only its weights matter: they are the fingerprint
 
-    def encode(self, texts, batch_size=32, normalize=False, show_progress=None) -> np.ndarray:
-        vectors = np.stack([self.vectors[text] for text in texts]).astype(np.float32)
+    def encode(self, texts, batch_size=32, normalize=False, show_progress=None, *, prompt=None) -> np.ndarray:
+        vectors = np.stack([self.vectors[(prompt or "") + text] for text in texts]).astype(np.float32)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if normalize else vectors
 
 
@@ -339,6 +341,34 @@ def test_a_guide_judges_margins_and_ceilings_that_name_no_source(world) -> None:
     assert mine([{**margin, "source": "values"}, window], guide) == mine([margin, window], None)
     ceiling = mining_steps([{"name": "ceiling", "max_score": 0.9}], guided=True)[1]
     assert isinstance(ceiling, ScoreCeiling) and ceiling.source == "guide"
+
+
+def _prompted(vectors: dict[str, np.ndarray], anchors: list[str], seed: int = 0) -> TableEncoder:
+    """The table encoder of ``vectors`` with prompts: it knows anchors only after "q: " and every other text only
+    after "d: ", so a text embedded after the wrong prompt fails the lookup."""
+    table = {("q: " if text in anchors else "d: ") + text: vector for text, vector in vectors.items()}
+    return TableEncoder(table, seed=seed, prompts={"query": "q: ", "document": "d: "})
+
+
+def test_mining_embeds_anchors_as_queries_and_documents_as_documents(world) -> None:
+    anchors, positives, negatives, vectors = world
+    pairs = list(zip(anchors, positives, strict=True))
+    corpus = [*positives, *negatives]
+    steps = [{"name": "margin", "margin": 0.05, "mode": "relative"}, {"name": "rank-window", "end": 10}]
+    plain = mine_hard_negatives(TableEncoder(vectors), pairs, corpus, num_negatives=3, steps=steps)
+    encoder = _prompted(vectors, anchors)
+    index = build_index(encoder, corpus)
+    assert index.manifest.document_prompt == "d: "
+    guide = _guide(vectors)
+    guided = mine_hard_negatives(TableEncoder(vectors), pairs, corpus, num_negatives=3, steps=steps, guide=guide)
+    guide_with_prompts = _prompted(guide.vectors, anchors, seed=1)
+    for mined in (
+        mine_hard_negatives(encoder, pairs, corpus, num_negatives=3, steps=steps),
+        mine_hard_negatives(encoder, pairs, index, num_negatives=3, steps=steps),
+    ):
+        assert [row.negatives for row in mined] == [row.negatives for row in plain]
+    with_guide = mine_hard_negatives(encoder, pairs, corpus, num_negatives=3, steps=steps, guide=guide_with_prompts)
+    assert [row.negatives for row in with_guide] == [row.negatives for row in guided]
 
 
 def test_mining_steps_frame_the_table_with_duplicates_and_top_k() -> None:

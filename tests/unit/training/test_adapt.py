@@ -9,6 +9,7 @@ from conftest import TINY_TEXTS
 
 from embedkit.cli import main
 from embedkit.data import read_beir
+from embedkit.encoders import load_encoder
 from embedkit.errors import ConfigError
 from embedkit.training.adapt import adapt, adapt_config, adaptation_splits
 
@@ -49,6 +50,22 @@ def test_the_recipe_evaluates_and_refreshes_every_epoch(collection, tmp_path) ->
     assert config.eval.primary == "retrieval" and config.eval.retrieval_split == "dev"
     assert config.mining.negatives == 1 and config.train.interpolation == (0.25, 0.5, 0.75)
     assert config.train.lr == 1e-4 and config.model.name == "m"
+
+
+def test_prompts_reach_the_recipe_and_both_test_scores(collection, prompted_model_path, tmp_path, monkeypatch) -> None:
+    from embedkit.training import adapt as adapt_module
+
+    data = adaptation_splits(collection, tmp_path / "run")
+    config = adapt_config(data, tmp_path / "run", "m", ['data.prompts.anchor="search: "'])
+    assert config.data.prompts == {"anchor": "search: "}
+    scored = []
+    monkeypatch.setattr(adapt_module, "run_training", lambda config, **_: None)  # the start model is enough here
+    monkeypatch.setattr(adapt_module, "load_encoder", lambda *_, **__: load_encoder(prompted_model_path))
+    monkeypatch.setattr(adapt_module.RetrievalEvaluator, "__call__", lambda self, encoder: scored.append(
+        dict(encoder.prompts)) or {})
+    adapt(collection, tmp_path / "run", str(prompted_model_path), overrides=['data.prompts.anchor="search: "'])
+    # the start model is scored with the prompts it is trained with: the recipe's anchor prompt, its own document one
+    assert scored[0] == {"query": "search: ", "document": "passage: "}
 
 
 def test_adapt_end_to_end(collection, tiny_model_path, tmp_path, capsys) -> None:

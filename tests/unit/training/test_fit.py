@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import FIT_SENTENCES as SENTENCES
 from conftest import sentence_examples
 from safetensors.torch import load_file
+from sentence_transformers import SentenceTransformer
 
+from embedkit.data import ColumnPrompts
 from embedkit.encoders import load_encoder
 from embedkit.encoders.batching import embed_batch
 from embedkit.errors import ConfigError
@@ -148,3 +151,51 @@ def test_objectives_get_encoder_and_batch_and_their_state_is_checkpointed(tiny_m
     fit(load_encoder(tiny_model_path, precision="fp32"), sentence_examples(), restored, settings(tmp_path))
     assert int(restored.calls) == 6  # resumed from the final checkpoint: no step repeated
     assert restored.scale.item() == objective.scale.item()
+
+
+class BatchRecorder(Objective):
+    """An InfoNCE objective that records the anchor and positive texts of every batch it trains on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = build_loss("infonce")
+        self.seen: list[tuple[str, str]] = []
+
+    def forward(self, encoder, batch) -> torch.Tensor:
+        self.seen += list(zip(batch.anchors, batch.positives, strict=True))
+        return self.inner(embed_batch(encoder, batch))
+
+
+def pairs() -> list[Example]:
+    return [Example(sentence, SENTENCES[(i + 1) % len(SENTENCES)]) for i, sentence in enumerate(SENTENCES)]
+
+
+def test_texts_train_after_the_model_prompts_by_default(prompted_model_path, tmp_path) -> None:
+    encoder = load_encoder(prompted_model_path, precision="fp32")
+    recorder = BatchRecorder()
+    fit(encoder, pairs(), recorder, settings(tmp_path, epochs=1), kind="pairs")
+    assert recorder.seen and all(a.startswith("query: ") and p.startswith("passage: ") for a, p in recorder.seen)
+    assert SentenceTransformer(str(tmp_path / "final"), device="cpu").prompts == {
+        "query": "query: ", "document": "passage: "}
+
+
+def test_column_prompts_train_and_become_the_model_prompts(tiny_model_path, tmp_path) -> None:
+    encoder = load_encoder(tiny_model_path, precision="fp32")
+    recorder = BatchRecorder()
+    prompts = ColumnPrompts(anchor="search: ", positive="")
+    fit(encoder, pairs(), recorder, settings(tmp_path, epochs=1), kind="pairs", prompts=prompts)
+    assert all(a.startswith("search: ") and not p.startswith("search: ") for a, p in recorder.seen)
+    assert encoder.prompts == {"query": "search: ", "document": ""}
+    saved = SentenceTransformer(str(tmp_path / "final"), device="cpu")
+    assert saved.prompts == {"query": "search: ", "document": ""}
+    np.testing.assert_allclose(load_encoder(tmp_path / "final", precision="fp32").encode(["a cat"], prompt_name="query"),
+                               saved.encode_query(["a cat"]), atol=1e-6)
+
+
+def test_prompts_with_a_pooling_that_leaves_them_out_are_refused(prompted_model_path, tmp_path) -> None:
+    encoder = load_encoder(prompted_model_path, precision="fp32")
+    encoder.model.set_pooling_include_prompt(False)
+    with pytest.raises(ConfigError, match="include_prompt=false"):
+        fit(encoder, pairs(), build_loss("infonce"), settings(tmp_path), kind="pairs")
+    fit(encoder, pairs(), build_loss("infonce"), settings(tmp_path, max_steps=1), kind="pairs",
+        prompts=ColumnPrompts("", "", ""))  # without prompts it trains

@@ -10,7 +10,7 @@ from embedkit.data import collate
 from embedkit.encoders import build_tiny_model, load_encoder
 from embedkit.encoders.batching import embed_batch
 from embedkit.errors import ConfigError
-from embedkit.losses import Objective, build_loss
+from embedkit.losses import Objective, build_loss, matryoshka
 from embedkit.training.fit import FitSettings, fit
 from embedkit.training.gradcache import grad_cache_backward
 from embedkit.types import Example, Kind
@@ -26,10 +26,13 @@ def no_dropout_model(tmp_path_factory):
 
 
 @pytest.mark.parametrize("mini_batch_size", [1, 3, 5, 100])
-def test_same_loss_and_gradients_as_full_batch(no_dropout_model, mini_batch_size: int) -> None:
+@pytest.mark.parametrize("loss", [
+    build_loss("infonce", temperature=0.1),
+    matryoshka(build_loss("infonce", temperature=0.1, filters=[{"name": "top-k", "k": 3}]), [32, 8, 2], [1, 2, 0.5]),
+], ids=["infonce", "matryoshka"])
+def test_same_loss_and_gradients_as_full_batch(no_dropout_model, mini_batch_size: int, loss) -> None:
     rows = [Example(anchor=a, positive=b, negatives=(c,)) for a, b, c in zip(TINY_TEXTS, TINY_TEXTS[1:], TINY_TEXTS[2:])]
     batch = collate(rows, Kind.TRIPLETS)
-    loss = build_loss("infonce", temperature=0.1)
 
     full = load_encoder(no_dropout_model, precision="fp32")
     full.train()

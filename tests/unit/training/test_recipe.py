@@ -93,6 +93,10 @@ BAD_VALUES = [
     ("[data]\nlimit = 0", "data.limit = 0 is invalid: expected an integer of at least 1"),
     ("[data]\ncolumns = { premise = 1 }", 'data.columns = {"premise": 1} is invalid: expected a table of strings'),
     ("[data]\npath = [\"a.txt\"]", r'data.path = \["a.txt"\] is invalid: expected a string'),
+    ('[data]\nprompts = { query = "q: " }',
+     'data.prompts = {"query": "q: "} is invalid: expected a table of strings keyed by anchor, positive, negative'),
+    ("[data]\nprompts = { anchor = 1 }", 'data.prompts = {"anchor": 1} is invalid: expected a table of strings'),
+    ('[data]\nprompts = "query: "', 'data.prompts = "query: " is invalid: expected a table of strings'),
     ('[eval]\nsts = "a.jsonl"\nprimary = "mteb"',
      'eval.primary = "mteb" is invalid: expected a string naming one of: sts, retrieval, preference'),
     ("[mining]\nnegatives = -1", "mining.negatives = -1 is invalid: expected an integer of at least 0"),
@@ -107,6 +111,18 @@ BAD_VALUES = [
     ('[loss]\nname = "infonce"\nparams = 3', "loss.params = 3 is invalid: expected a table"),
     ('[loss]\nname = "infonce"\nwarmth = 1', "loss 'infonce' has no parameter warmth; valid parameters: "),
     ('[loss]\nname = "nce"', "unknown loss 'nce'; valid names: "),
+    ("[loss]\nmatryoshka_dims = []", r"loss.matryoshka_dims = \[\] is invalid: matryoshka_dims must name at least one"),
+    ("[loss]\nmatryoshka_dims = [64, 0]", "loss.matryoshka_dims = .* is invalid: matryoshka_dims must be positive integers"),
+    ("[loss]\nmatryoshka_dims = [64, 64]", "loss.matryoshka_dims = .* is invalid: matryoshka_dims names 64 more than once"),
+    ("[loss]\nmatryoshka_dims = [64.5]", "loss.matryoshka_dims = .* is invalid: expected a list of integers that are"),
+    ("[loss]\nmatryoshka_dims = 64", "loss.matryoshka_dims = 64 is invalid: expected a list of integers"),
+    ("[loss]\nmatryoshka_dims = [64, 32]\nmatryoshka_weights = [1, -1]",
+     "loss.matryoshka_weights = .* is invalid: matryoshka_weights must be numbers above 0, got -1.0"),
+    ('[loss]\nmatryoshka_dims = [64, 32]\nmatryoshka_weights = ["1", 1]',
+     "loss.matryoshka_weights = .* is invalid: expected a list of finite numbers each above 0"),
+    ("[loss]\nmatryoshka_dims = [64, 32]\nmatryoshka_weights = [1]",
+     "loss.matryoshka_weights = .* is invalid: matryoshka_weights gives 1 weight for 2 matryoshka_dims"),
+    ("[loss]\nmatryoshka_weights = [1]", "loss.matryoshka_weights is set without loss.matryoshka_dims"),
 ]
 
 
@@ -142,6 +158,31 @@ def test_shipped_recipes_load(name: str) -> None:
     assert isinstance(config, RunConfig) and config.loss.params["temperature"] == 0.05
 
 
+def test_matryoshka_keys_wrap_the_loss_and_are_recorded(tmp_path, tiny_model_path) -> None:
+    from embedkit.losses import MatryoshkaLoss
+    from embedkit.training.recipe import run_training
+
+    config = load_config(REPO / "recipes" / "matryoshka.toml")
+    assert config.loss.matryoshka_dims == (384, 256, 128, 64, 32) and config.loss.matryoshka_weights == (1.0,) * 5
+    loss = config.loss.build()
+    assert isinstance(loss, MatryoshkaLoss) and loss.dims == (384, 256, 128, 64, 32)
+    assert config_to_dict(config)["loss"]["matryoshka_dims"] == (384, 256, 128, 64, 32)
+    assert "matryoshka_dims" not in config_to_dict(load_config(REPO / "recipes" / "simcse-sup.toml"))["loss"]
+
+    (tmp_path / "s.txt").write_text("".join(f"sentence number {i} about the cat\n" for i in range(8)))
+    raw = {"model": {"name": str(tiny_model_path), "precision": "fp32"}, "data": {"path": str(tmp_path / "s.txt")},
+           "loss": {"name": "simcse-unsup", "matryoshka_dims": [32, 8], "matryoshka_weights": [1, 2]},
+           "train": {"output_dir": str(tmp_path / "run"), "batch_size": 4, "max_steps": 2, "show_progress": False}}
+    assert run_training(config_from_dict(raw)).steps == 2
+    recorded = json.loads((tmp_path / "run" / "recipe.json").read_text())["loss"]
+    assert recorded == {"name": "simcse-unsup", "matryoshka_dims": [32, 8], "matryoshka_weights": [1.0, 2.0]}
+
+    raw["loss"]["matryoshka_dims"], raw["train"]["output_dir"] = [64, 8], str(tmp_path / "wide")
+    with pytest.raises(ConfigError, match=r"loss.matryoshka_dims = \[64, 8\] is invalid: 64 exceeds the 32 dimensions"):
+        run_training(config_from_dict(raw))
+    assert not (tmp_path / "wide").exists()  # refused before anything is written
+
+
 def test_simcse_unsup_recipe_has_the_paper_settings() -> None:
     config = load_config(REPO / "recipes" / "simcse-unsup.toml")
     assert (config.train.batch_size, config.train.lr, config.train.max_seq_length) == (64, 3e-5, 32)
@@ -171,6 +212,37 @@ def test_retrieval_is_a_dev_metric_that_picks_the_best_model(tmp_path, tiny_mode
     evals = [record["eval"] for record in result.history if "eval" in record]
     assert len(evals) == 3 and all({"retrieval/ndcg@10", "sts/spearman"} <= set(e) for e in evals)
     assert result.best_score == max(e["retrieval/ndcg@10"] for e in evals)
+
+
+def test_recipe_prompts_train_and_are_saved_with_the_model(tmp_path, tiny_model_path) -> None:
+    from conftest import TINY_TEXTS
+    from sentence_transformers import SentenceTransformer
+
+    from embedkit.training.recipe import run_training
+
+    (tmp_path / "pairs.jsonl").write_text("".join(
+        json.dumps({"anchor": " ".join(text.split()[:3]), "positive": text}) + "\n" for text in TINY_TEXTS))
+    recipe = write(tmp_path, f"""
+[model]
+name = {json.dumps(str(tiny_model_path))}
+precision = "fp32"
+[data]
+path = {json.dumps(str(tmp_path / "pairs.jsonl"))}
+[data.prompts]
+anchor = "query: "
+positive = "passage: "
+[train]
+output_dir = {json.dumps(str(tmp_path / "run"))}
+batch_size = 4
+max_steps = 1
+show_progress = false
+""")
+    config = load_config(recipe)
+    assert config.data.prompts == {"anchor": "query: ", "positive": "passage: "}
+    run_training(config)
+    saved = SentenceTransformer(str(tmp_path / "run" / "final"), device="cpu")
+    assert saved.prompts == {"query": "query: ", "document": "passage: "}
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["data"]["prompts"]["anchor"] == "query: "
 
 
 def test_the_primary_dev_set_must_be_given() -> None:
