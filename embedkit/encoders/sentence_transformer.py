@@ -209,11 +209,10 @@ class Encoder(PrecisionMixin, nn.Module):
         was_training = self.training
         bar = progress_bar("encode", len(texts), show=show_progress)
         try:
-            with autocast(self.compute_dtype(), self.device):
-                # one call per batch, so that the bar moves per batch (sentence-transformers' own is unlabelled)
-                for positions in longest_first(texts, batch_size):
-                    vectors[positions] = self._encode_batch([texts[i] for i in positions], normalize, prompt)
-                    bar.update(len(positions))
+            # one call per batch, so that the bar moves per batch (sentence-transformers' own is unlabelled)
+            for positions in longest_first(texts, batch_size):
+                vectors[positions] = self._encode_batch([texts[i] for i in positions], normalize, prompt)
+                bar.update(len(positions))
         finally:
             bar.close()
             self.train(was_training)
@@ -224,14 +223,16 @@ class Encoder(PrecisionMixin, nn.Module):
     def _encode_batch(self, texts: list[str], normalize: bool, prompt: str | None) -> np.ndarray:
         """One batch of ``n`` texts -> ``[n, full_dim]`` float32, in torch or through :attr:`runner`."""
         if self.runner is None:
-            return self.model.encode(
-                texts,
-                batch_size=len(texts),
-                normalize_embeddings=normalize,
-                show_progress_bar=False,
-                convert_to_numpy=True,
-                prompt=prompt,
-            )
+            with autocast(self.compute_dtype(), self.device):
+                return self.model.encode(
+                    texts,
+                    batch_size=len(texts),
+                    normalize_embeddings=normalize,
+                    show_progress_bar=False,
+                    convert_to_numpy=True,
+                    prompt=prompt,
+                )
+        # OpenVINO runs in its own precision; torch autocast would reach into the tracing of the first conversion
         if prompt is None and self.model.default_prompt_name is not None:
             prompt = self.prompts.get(self.model.default_prompt_name)  # as sentence-transformers' encode chooses
         if prompt and not getattr(_pooling_module(self.model), "include_prompt", True):
