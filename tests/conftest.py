@@ -25,6 +25,18 @@ def shared_data() -> Path:
     return folder
 
 
+@pytest.fixture
+def one_faiss_thread() -> Iterator[None]:
+    """faiss on one thread for the test (``pytestmark = pytest.mark.usefixtures("one_faiss_thread")``): tiny
+    indexes gain nothing from threads, and OpenMP waits badly on a busy 2-core machine."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
+
+
 TINY_TEXTS = [
     "the cat sat on the mat",
     "a dog runs in the park",

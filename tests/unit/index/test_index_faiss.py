@@ -14,16 +14,9 @@ from embedkit.index.arrays import aligned, normalized
 from embedkit.index.faiss_backend import FaissBackend
 from embedkit.index.spec import IndexSpec
 
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
 DIM = 32
-
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    """Tiny indexes gain nothing from threads, and OpenMP waits badly on a busy 2-core machine."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -28,16 +28,10 @@ from embedkit.index.rescore import (
     write_safetensors,
 )
 
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
 DIM = 32  # the tiny model's dimension
 RECALL_DIM = 256
-
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

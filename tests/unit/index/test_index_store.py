@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import faiss
 import numpy as np
 import pytest
 
@@ -16,6 +15,8 @@ from embedkit.index.folder import current_folder
 from embedkit.index.spec import IndexSpec
 from embedkit.index.store import PayloadStore, content_checksum
 
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
 DOCS = [
     ("d1", "the cat sat on the mat", {"topic": "cats"}),
     ("d2", "a dog runs in the park", {"topic": "dogs"}),
@@ -24,14 +25,6 @@ DOCS = [
     ("d5", "she plays the piano every evening", None),
     ("d6", "he reads a book about old ships", None),
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 
-import faiss
 import numpy as np
 import pytest
 from conftest import TINY_TEXTS
@@ -15,17 +14,10 @@ from embedkit.index import Index, IndexWarning, build_index, exact_search
 from embedkit.index.arrays import normalized
 from embedkit.index.tuning import GroundTruth, check_target_recall
 
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
 DIM = 32  # the tiny model's dimension
 SPECS = {"faiss:IVF64,Flat": "nprobe", "faiss:HNSW8": "efSearch"}
-
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    """Tiny indexes gain nothing from threads, and OpenMP waits badly on a busy 2-core machine."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
