@@ -268,7 +268,10 @@ def embedkit_build(spec: str, vectors: np.ndarray, texts: list[str], folder: Pat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", IndexWarning)
         built, seconds = timed(
-            lambda: build_index(encoder, texts, spec, embeddings=vectors, seed=seed, show_progress=False)
+            # not tuned at build time: every side searches with the same --nprobe, set explicitly
+            lambda: build_index(
+                encoder, texts, spec, embeddings=vectors, seed=seed, show_progress=False, target_recall=None
+            )
         )
     built.save(folder)
     del built
