@@ -29,17 +29,16 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import _common
 import numpy as np
-import torch
 from bench_finetune import SPLIT_SEED, SPLITS
 
 from embedkit.data import split_queries
 from embedkit.encoders import DEFAULT_MODEL, load_encoder
 from embedkit.eval import RetrievalEvaluator
+from embedkit.eval.report import CachedEncoder  # every index of a run holds one corpus: embedded once
 from embedkit.types import TextEncoder
 
 SHARED = Path(os.environ.get("EMBEDKIT_SHARED_DATA", _common.REPO_ROOT.parent / "shared" / "data"))
@@ -52,44 +51,6 @@ ROWS = {
 CONVEX = "hybrid:fusion=convex,alpha={alpha}:torch"
 
 log = _common.setup_logging("bench_hybrid")
-
-
-class CachedEncoder:
-    """An encoder that embeds each text once: every index of a run holds the same corpus, so only the first index
-    built pays for embedding it."""
-
-    def __init__(self, encoder: TextEncoder) -> None:
-        self.encoder = encoder
-        self.name = encoder.name
-        self.precision = encoder.precision
-        self._cache: dict[tuple[str, bool], np.ndarray] = {}
-
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.encoder.model
-
-    @property
-    def dim(self) -> int:
-        return self.encoder.dim
-
-    @property
-    def max_seq_length(self) -> int:
-        return self.encoder.max_seq_length
-
-    @property
-    def device(self) -> torch.device:
-        return self.encoder.device
-
-    def encode(
-        self, texts: Sequence[str], batch_size: int = 64, normalize: bool = False, show_progress: bool | None = None
-    ) -> np.ndarray:
-        missing = [text for text in dict.fromkeys(texts) if (text, normalize) not in self._cache]
-        if missing:
-            vectors = self.encoder.encode(missing, batch_size=batch_size, normalize=normalize, show_progress=False)
-            self._cache.update({(text, normalize): vector for text, vector in zip(missing, vectors, strict=True)})
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._cache[(text, normalize)] for text in texts])
 
 
 def evaluate(data: Path, split: str, spec: str, encoder: TextEncoder) -> dict[str, float]:

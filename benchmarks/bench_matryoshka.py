@@ -188,10 +188,11 @@ def main() -> None:
 
 def write_results(output: Path, args: argparse.Namespace, seeds: list[int], runs: dict[str, list[dict]],
                   counts: dict[str, int], pairs: int, steps: int, seconds: float) -> None:
+    shared = Path(os.path.relpath(args.data_dir, REPO))  # ../shared/data, not this machine's path
     document = {
         "benchmark": "matryoshka" + (" (smoke run: numbers mean nothing)" if args.smoke else ""),
-        "data": f"cranfield ({args.data_dir / 'cranfield'}), judged queries split by seed {SPLIT_SEED} into "
-                f"{counts}; STS-B test ({args.data_dir / 'stsb' / 'test.jsonl'})",
+        "data": f"cranfield ({shared / 'cranfield'}), judged queries split by seed {SPLIT_SEED} into "
+                f"{counts}; STS-B test ({shared / 'stsb' / 'test.jsonl'})",
         "model": DEFAULT_MODEL,
         "train_pairs": pairs,
         "steps": steps,
