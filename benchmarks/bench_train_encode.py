@@ -249,6 +249,7 @@ def run_st_trainer(
             disable_tqdm=True,
             seed=settings.seed,
             bf16=bf16,
+            use_cpu=True,  # a CPU benchmark; older transformers refuse bf16 on the CPU without it
         )
         dataset = Dataset.from_dict({"anchor": anchors, "positive": positives})
         trainer = SentenceTransformerTrainer(
@@ -590,7 +591,7 @@ def machine_info() -> dict[str, Any]:
         cpu_bf16_flags=sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile"}),
         auto_precision_resolves_to=str(resolve_precision("auto", "cpu")).removeprefix("torch."),
         model=embedkit.DEFAULT_MODEL,
-        model_path=model_path(),
+        model_offline_copy=model_path() != embedkit.DEFAULT_MODEL,
     )
 
 
@@ -845,6 +846,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "settings": {
             **asdict(settings),
+            # named as a reader finds them, not by this machine's paths
+            "data_dir": os.path.relpath(settings.data_dir, REPO_ROOT),
+            "work_dir": "a temporary folder",
             "st_scale": settings.st_scale,
             "train_data": "(anchor, positive) = consecutive wiki sentences (2i, 2i + 1)",
             "encode_max_seq_length": "as loaded (256) for both libraries",
