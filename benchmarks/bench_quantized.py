@@ -58,9 +58,10 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,8 +131,10 @@ class SyntheticEncoder:
     dim = DIM
     max_seq_length = 0
     device = torch.device("cpu")
+    prompts: Mapping[str, str] = MappingProxyType({})
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32, normalize: bool = False, show_progress=None):
+    def encode(self, texts: Sequence[str], batch_size: int = 32, normalize: bool = False, show_progress=None, *,
+               prompt=None):
         raise RuntimeError("this benchmark searches with vectors")
 
 
