@@ -89,11 +89,14 @@ class Encoder(PrecisionMixin, nn.Module):
 
     Args:
         model: the wrapped sentence-transformers model.
-        name: the name or path it was loaded from (recorded in saved models and index manifests).
+        name: the model's name: the hub id or path it was first loaded from, kept through fine-tuning (recorded in
+            saved models, whose cards name it as the base model).
         mlp_head: a training-only projection, or ``None``.
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``; see :mod:`embedkit.precision`.
         runner: where :meth:`encode` runs when not in torch: an :class:`OpenVINORunner` (``backend`` says which).
         truncate_dim: keep this many leading dimensions (Matryoshka embeddings); ``None`` keeps them all.
+        source: where these weights were loaded from (a hub id, or a folder's absolute path), which an index
+            records so that it loads them again; default ``name``.
     """
 
     model: SentenceTransformer
@@ -106,10 +109,12 @@ class Encoder(PrecisionMixin, nn.Module):
         precision: str = "auto",
         runner: OpenVINORunner | None = None,
         truncate_dim: int | None = None,
+        source: str | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.name = name
+        self.source = name if source is None else source
         self.mlp_head = mlp_head
         self.precision = precision
         self.runner = runner
@@ -327,8 +332,16 @@ def load_encoder(
         if int8_folder is not None:
             check_int8_matches(int8_folder, model)
         runner = OpenVINORunner(int8_folder)
+    # a fine-tuned model keeps its base model's name, so an index must record where these weights are instead
+    source = str(Path(name).resolve()) if Path(name).is_dir() else name
     return Encoder(
-        model, name=recorded_name, mlp_head=head, precision=precision, runner=runner, truncate_dim=truncate_dim
+        model,
+        name=recorded_name,
+        mlp_head=head,
+        precision=precision,
+        runner=runner,
+        truncate_dim=truncate_dim,
+        source=source,
     )
 
 

@@ -89,6 +89,10 @@ class TruncatedEncoder:
         return self.encoder.name
 
     @property
+    def source(self) -> str:
+        return getattr(self.encoder, "source", self.encoder.name)
+
+    @property
     def precision(self) -> str:
         return self.encoder.precision
 

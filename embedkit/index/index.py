@@ -731,7 +731,8 @@ def empty_index(
         metric=metric,
         normalize=metric == "cosine",
         dimension=dim,
-        model_name="" if model is None else model.name,
+        # where the weights can be loaded again (a fine-tuned Encoder keeps its base model's name)
+        model_name="" if model is None else getattr(model, "source", model.name),
         model_fingerprint="" if model is None else model_fingerprint(model.model),
         embedkit_version=__version__,
         created=now(),

@@ -203,6 +203,31 @@ def build(capsys, tiny_model_path, corpus) -> object:
     return index
 
 
+def test_an_index_of_a_fine_tuned_model_searches_with_that_model(capsys, tiny_model_path, corpus, monkeypatch) -> None:
+    """A saved fine-tuned model keeps its base model's name; the index records where its weights are, so that
+    `search` without --model loads them (the README's quickstart path), from any working directory."""
+    import torch
+
+    from embedkit.encoders import load_encoder
+
+    tuned = load_encoder(tiny_model_path, precision="fp32")
+    with torch.no_grad():
+        next(tuned.model.parameters()).add_(0.5)  # other weights, as training gives
+    tuned.save(corpus / "runs" / "best")
+    assert load_encoder(corpus / "runs" / "best").name == str(tiny_model_path)  # the base model's name
+    monkeypatch.chdir(corpus)
+    code, _, _ = run(capsys, "index", "build", "--model", "runs/best", "--corpus", "corpus.jsonl", "--out", "idx",
+                     "--precision", "fp32")
+    assert code == 0
+    monkeypatch.chdir(corpus / "runs")
+    code, out, err = run(capsys, "search", corpus / "idx", "the cat sat on the mat", "-k", "1", "--precision", "fp32",
+                         "--json")
+    assert code == 0, err
+    assert json.loads(out)[0]["id"] == "a"
+    code, out, _ = run(capsys, "index", "info", corpus / "idx", "--json")
+    assert json.loads(out)["model"]["name"] == str((corpus / "runs" / "best").resolve())
+
+
 def test_concurrent_adds_lose_nothing(capsys, tiny_model_path, corpus) -> None:
     """Two `index add` runs at once (threads here: the lock is per open file, so they exclude each other as two
     processes would; tests/unit/index/test_index_concurrency.py runs processes)."""
