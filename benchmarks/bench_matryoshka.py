@@ -19,6 +19,7 @@ test queries, never used in training, and STS-B test Spearman x100. Writes ``ben
 (after every run) and ``matryoshka.png``.
 
     python benchmarks/bench_matryoshka.py [--seeds 0 1 2] [--epochs 2] [--data-dir ../shared/data]
+    python benchmarks/bench_matryoshka.py --resume   # trains only the seeds the results file lacks
     python benchmarks/bench_matryoshka.py --smoke   # a few steps and queries, to a temporary folder; numbers mean nothing
 """
 
@@ -48,6 +49,7 @@ SPLITS = {"train": 0.6, "dev": 0.1, "test": 0.3}
 DIMS = (384, 256, 128, 64, 32)
 TEMPERATURE = 0.05
 TRAIN = ADAPT_RECIPE["train"]  # batch size, learning rate and warmup of `embedkit adapt`, for both variants
+VARIANTS = ("infonce", "matryoshka")
 SMOKE = {"steps": 2, "test_queries": 8, "other_documents": 40, "sts_pairs": 40}
 
 log = _common.setup_logging("bench_matryoshka")
@@ -145,6 +147,9 @@ def main() -> None:
                         "temporary folder unless --output says otherwise: checks that the script runs")
     parser.add_argument("--output", type=Path, default=None,
                         help="the results file (default benchmarks/results/matryoshka.json); the plot goes beside it")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs of the results file (its settings must be these) and train only the "
+                        "seeds it lacks")
     args = parser.parse_args()
     seeds = args.seeds[:1] if args.smoke else args.seeds
 
@@ -164,18 +169,26 @@ def main() -> None:
         sts = STSEvaluator(sts_file)
 
         runs: dict[str, list[dict]] = {}
+        finished: list[int] = []  # seeds that both trained variants have run
+        if args.resume and output.exists():
+            runs, finished, seconds_before = earlier_runs(output, args)
+            started -= seconds_before
+            log(f"resuming {output}: seeds {finished} already measured")
 
         def record(variant: str, result: dict, seed: int | None = None) -> None:
             runs.setdefault(variant, []).append(result)
+            if variant == VARIANTS[-1]:
+                finished.append(seed)
             log(f"{variant}{'' if seed is None else f' seed {seed}'}: " + "; ".join(
                 f"{metric} " + " ".join(f"{dim}:{value:.2f}" for dim, value in by_dim.items())
                 for metric, by_dim in result.items()))
             # written after every run, so that an interrupted benchmark still leaves what it measured
-            write_results(output, args, seeds, runs, counts, len(pairs), steps, time.perf_counter() - started)
+            write_results(output, args, finished, runs, counts, len(pairs), steps, time.perf_counter() - started)
 
-        record("start", curves(load_encoder(DEFAULT_MODEL), retrieval, sts, DIMS))
-        for seed in seeds:
-            for variant in ("infonce", "matryoshka"):
+        if "start" not in runs:
+            record("start", curves(load_encoder(DEFAULT_MODEL), retrieval, sts, DIMS))
+        for seed in [seed for seed in seeds if seed not in finished]:
+            for variant in VARIANTS:
                 encoder = train(variant, pairs, work / f"{variant}-{seed}", seed, steps, args.train_max_seq_length)
                 record(variant, curves(encoder, retrieval, sts, DIMS), seed)
         plot(summarize(runs), output.with_suffix(".png"))
@@ -186,7 +199,24 @@ def main() -> None:
             log("smoke run passed (its files go with the temporary folder)")
 
 
-def write_results(output: Path, args: argparse.Namespace, seeds: list[int], runs: dict[str, list[dict]],
+def earlier_runs(output: Path, args: argparse.Namespace) -> tuple[dict[str, list[dict]], list[int], float]:
+    """The runs, finished seeds and seconds of an earlier results file, for ``--resume``.
+
+    Rows of a seed that did not finish for every variant are dropped, so that the seed runs again.
+    """
+    document = json.loads(output.read_text())
+    settings = document["settings"]
+    if (settings["epochs"], settings["train_max_seq_length"]) != (args.epochs, args.train_max_seq_length):
+        raise SystemExit(f"{output} was measured with epochs {settings['epochs']} and train_max_seq_length "
+                         f"{settings['train_max_seq_length']}; resume with the same settings")
+    finished = list(settings["seeds"])
+    runs = {variant: [{metric: {int(dim): value for dim, value in by_dim.items()} for metric, by_dim in row.items()}
+                      for row in rows[:1 if variant == "start" else len(finished)]]
+            for variant, rows in document["runs"].items()}
+    return runs, finished, float(document["seconds"])
+
+
+def write_results(output: Path, args: argparse.Namespace, finished: list[int], runs: dict[str, list[dict]],
                   counts: dict[str, int], pairs: int, steps: int, seconds: float) -> None:
     shared = Path(os.path.relpath(args.data_dir, REPO))  # ../shared/data, not this machine's path
     document = {
@@ -199,7 +229,7 @@ def write_results(output: Path, args: argparse.Namespace, seeds: list[int], runs
         "settings": {"loss": f"infonce, temperature {TEMPERATURE}", "matryoshka_dims": list(DIMS),
                      "matryoshka_weights": [1.0] * len(DIMS), "batch_size": TRAIN["batch_size"], "lr": TRAIN["lr"],
                      "warmup_ratio": TRAIN["warmup_ratio"], "epochs": args.epochs,
-                     "train_max_seq_length": args.train_max_seq_length, "seeds": seeds,
+                     "train_max_seq_length": args.train_max_seq_length, "seeds": finished,
                      "model_scored": "the final model of each run (no selection)"},
         "metrics": "by dimensions kept: test ndcg@10 (linear gain) and recall@100, x100; stsb: STS-B test Spearman "
                    "x100 of cosine; embeddings cut to their first dimensions and normalised again",
