@@ -10,10 +10,11 @@ converts it anew at the next ``encode``. OpenVINO's IR files (XML + weights) are
 Precision is OpenVINO's ``INFERENCE_PRECISION_HINT``: bf16 runs on the CPU's AMX or AVX-512 BF16 units, f32
 otherwise, as :func:`embedkit.precision.resolve_precision` decides for the torch path.
 
-int8 (:func:`quantize`) is a separate, opt-in model: post-training static quantization with NNCF, calibrated on
-the user's own texts, written into a model folder beside the sentence-transformers files
-(``openvino/model-int8.xml``) together with the fingerprint of the weights it came from, and run with
-``backend="openvino-int8"``.
+Batches run in OpenVINO's throughput mode: the model is compiled with ``PERFORMANCE_HINT: THROUGHPUT`` (several
+inference streams, each on its own cores) and fed through one asynchronous request per stream, so that the next
+batch is tokenized in Python while earlier ones run. sentence-transformers' OpenVINO backend (optimum-intel) runs
+one synchronous request in latency mode; ``benchmarks/README.md`` has the two side by side. The embeddings are the
+same either way: each text's numbers do not depend on the stream that ran it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -154,7 +155,6 @@ class OpenVINORunner:
         self.int8_folder = int8_folder
         self.backend = "openvino" if int8_folder is None else "openvino-int8"
         self._compiled: openvino.CompiledModel | None = None
-        self._request: openvino.InferRequest | None = None
         self._key: tuple[str, torch.dtype] | None = None
 
     def __deepcopy__(self, memo: dict[int, object]) -> OpenVINORunner:
@@ -166,7 +166,7 @@ class OpenVINORunner:
         check_int8_matches(self.int8_folder, model)
         return self.int8_folder / INT8_DIR / INT8_XML
 
-    def _compile(self, model: SentenceTransformer, dtype: torch.dtype) -> openvino.InferRequest:
+    def _compile(self, model: SentenceTransformer, dtype: torch.dtype) -> openvino.CompiledModel:
         import openvino
 
         if dtype not in _PRECISION_HINTS:
@@ -174,22 +174,65 @@ class OpenVINORunner:
                 f"the {self.backend} backend runs in fp32 or bf16, not {str(dtype).removeprefix('torch.')}"
             )
         key = (model_fingerprint(model), dtype)
-        if self._request is None or key != self._key:
+        if self._compiled is None or key != self._key:
             core = openvino.Core()
             # OpenVINO keeps the compiled form of each model here, which makes a second load several times faster.
             core.set_property({"CACHE_DIR": str(cache_root() / "openvino" / "compiled")})
-            config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINTS[dtype], "PERFORMANCE_HINT": "LATENCY"}
+            config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINTS[dtype], "PERFORMANCE_HINT": "THROUGHPUT"}
             self._compiled = core.compile_model(str(self._model_file(model)), "CPU", config)
-            self._request = self._compiled.create_infer_request()
             self._key = key
-        return self._request
+        return self._compiled
 
-    def embed(self, model: SentenceTransformer, features: Mapping[str, Tensor], dtype: torch.dtype) -> np.ndarray:
-        """``features`` of ``n`` texts (``model.preprocess``) -> their ``[n, D]`` float32 sentence embeddings,
-        computed in ``dtype`` (``torch.float32`` or ``torch.bfloat16``)."""
-        request = self._compile(model, dtype)
-        inputs = {port.any_name: features[port.any_name].numpy() for port in self._compiled.inputs}
-        return np.array(request.infer(inputs)[0], dtype=np.float32)
+    def embed_into(
+        self,
+        model: SentenceTransformer,
+        batches: Iterable[tuple[list[int], Mapping[str, Tensor]]],
+        dtype: torch.dtype,
+        out: np.ndarray,
+    ) -> Iterator[int]:
+        """Run every batch and write its sentence embeddings into ``out``, computed in ``dtype``.
+
+        Args:
+            batches: ``(positions, features)``: the rows of ``out`` a batch fills and its ``model.preprocess``
+                features; consumed (tokenized) while earlier batches run.
+            dtype: ``torch.float32`` or ``torch.bfloat16``.
+            out: float32 ``[n, D]``; each batch's ``[len(positions), D]`` embeddings go to ``out[positions]``.
+
+        Yields:
+            The number of texts of each batch as it is written (for a progress bar); all rows are written when the
+            iterator is exhausted.
+        """
+        compiled = self._compile(model, dtype)
+        names = [port.any_name for port in compiled.inputs]
+        # A ring of requests, one per stream, waited on from this thread: no Python callback runs on OpenVINO's
+        # threads, which would need the GIL while a compiled model is being released (a deadlock).
+        ring = [
+            compiled.create_infer_request() for _ in range(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        ]
+        running: list[list[int] | None] = [None] * len(ring)
+
+        def collect(slot: int) -> int:
+            positions = running[slot]
+            ring[slot].wait()
+            out[positions] = ring[slot].get_output_tensor(0).data
+            running[slot] = None
+            return len(positions)
+
+        slot = 0
+        try:
+            for positions, features in batches:
+                if running[slot] is not None:
+                    yield collect(slot)
+                ring[slot].start_async({name: features[name].numpy() for name in names})
+                running[slot] = positions
+                slot = (slot + 1) % len(ring)
+            for _ in range(len(ring)):  # the rest, oldest first
+                if running[slot] is not None:
+                    yield collect(slot)
+                slot = (slot + 1) % len(ring)
+        finally:
+            for request in ring:  # on an error, no request may still be running once it is raised
+                request.wait()
 
 
 # -- int8 -------------------------------------------------------------------------------------------------------

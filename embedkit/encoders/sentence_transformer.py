@@ -11,7 +11,7 @@ import importlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -214,10 +214,9 @@ class Encoder(PrecisionMixin, nn.Module):
         was_training = self.training
         bar = progress_bar("encode", len(texts), show=show_progress)
         try:
-            # one call per batch, so that the bar moves per batch (sentence-transformers' own is unlabelled)
-            for positions in longest_first(texts, batch_size):
-                vectors[positions] = self._encode_batch([texts[i] for i in positions], normalize, prompt)
-                bar.update(len(positions))
+            # the bar moves per batch (sentence-transformers' own is unlabelled)
+            for count in self._encode_into(vectors, texts, longest_first(texts, batch_size), normalize, prompt):
+                bar.update(count)
         finally:
             bar.close()
             self.train(was_training)
@@ -225,18 +224,24 @@ class Encoder(PrecisionMixin, nn.Module):
             return vectors
         return truncated(vectors, self.truncate_dim, normalize or self.normalizes)
 
-    def _encode_batch(self, texts: list[str], normalize: bool, prompt: str | None) -> np.ndarray:
-        """One batch of ``n`` texts -> ``[n, full_dim]`` float32, in torch or through :attr:`runner`."""
+    def _encode_into(
+        self, out: np.ndarray, texts: list[str], batches: list[list[int]], normalize: bool, prompt: str | None
+    ) -> Iterator[int]:
+        """Embed the ``batches`` (positions in ``texts``) into the rows of ``out`` (float32 ``[n, full_dim]``), in
+        torch or through :attr:`runner`; yields each batch's size as it finishes."""
         if self.runner is None:
-            with autocast(self.compute_dtype(), self.device):
-                return self.model.encode(
-                    texts,
-                    batch_size=len(texts),
-                    normalize_embeddings=normalize,
-                    show_progress_bar=False,
-                    convert_to_numpy=True,
-                    prompt=prompt,
-                )
+            for positions in batches:
+                with autocast(self.compute_dtype(), self.device):
+                    out[positions] = self.model.encode(
+                        [texts[i] for i in positions],
+                        batch_size=len(positions),
+                        normalize_embeddings=normalize,
+                        show_progress_bar=False,
+                        convert_to_numpy=True,
+                        prompt=prompt,
+                    )
+                yield len(positions)
+            return
         # OpenVINO runs in its own precision; torch autocast would reach into the tracing of the first conversion
         if prompt is None and self.model.default_prompt_name is not None:
             prompt = self.prompts.get(self.model.default_prompt_name)  # as sentence-transformers' encode chooses
@@ -245,8 +250,12 @@ class Encoder(PrecisionMixin, nn.Module):
                 f"the {self.backend} backend pools every token, but this model leaves its prompt out of pooling; "
                 "encode it with backend torch"
             )
-        embeddings = self.runner.embed(self.model, self.model.preprocess(texts, prompt=prompt), self.compute_dtype())
-        return torch.nn.functional.normalize(torch.from_numpy(embeddings), dim=1).numpy() if normalize else embeddings
+        features = (
+            (positions, self.model.preprocess([texts[i] for i in positions], prompt=prompt)) for positions in batches
+        )
+        yield from self.runner.embed_into(self.model, features, self.compute_dtype(), out)
+        if normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)  # torch's F.normalize
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a sentence-transformers folder (plus the training heads beside it), atomically."""

@@ -57,6 +57,21 @@ def test_fp32_gives_the_torch_embeddings_in_input_order(tiny_model_path) -> None
     assert encoder.encode([]).shape == (0, encoder.dim)
 
 
+def test_a_failing_batch_stream_raises_and_leaves_the_runner_usable(tiny_model_path) -> None:
+    reference = load_encoder(tiny_model_path, precision="fp32").encode(TEXTS)
+    encoder = load_encoder(tiny_model_path, precision="fp32", backend="openvino")
+    out = np.zeros((len(TEXTS), encoder.dim), np.float32)
+
+    def batches():
+        for start in range(0, 4, 2):  # two batches in flight when the third fails to tokenize
+            yield list(range(start, start + 2)), encoder.model.preprocess(TEXTS[start : start + 2])
+        raise RuntimeError("tokenizer failed")
+
+    with pytest.raises(RuntimeError, match="tokenizer failed"):
+        list(encoder.runner.embed_into(encoder.model, batches(), torch.float32, out))
+    np.testing.assert_allclose(encoder.encode(TEXTS, batch_size=2), reference, atol=1e-5)
+
+
 def test_bf16_is_within_the_stated_bound(tiny_model_path) -> None:
     reference = load_encoder(tiny_model_path, precision="fp32").encode(TEXTS)
     embeddings = load_encoder(tiny_model_path, precision="bf16", backend="openvino").encode(TEXTS)
@@ -99,7 +114,7 @@ def test_the_backend_option_is_validated(tiny_model_path, monkeypatch) -> None:
         load_encoder(tiny_model_path, backend="openvino", device="cuda")
     with pytest.raises(ConfigError, match=r"runs in fp32 or bf16, not float16"):
         encoder = load_encoder(tiny_model_path, backend="openvino", device="cpu")
-        encoder.runner.embed(encoder.model, encoder.model.preprocess(TEXTS), torch.float16)
+        list(encoder.runner.embed_into(encoder.model, [], torch.float16, np.empty((0, encoder.dim), np.float32)))
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'embedkit\[openvino\]'"):
         load_encoder(tiny_model_path, backend="openvino")
