@@ -19,7 +19,8 @@ from embedkit.errors import ConfigError
 from embedkit.losses import build_loss
 from embedkit.losses.objective import Objective
 from embedkit.training.fit import FitSettings, fit, linear_schedule
-from embedkit.types import Example
+from embedkit.data.collate import collate
+from embedkit.types import Example, Kind
 
 
 def settings(tmp_path, **changes) -> FitSettings:
@@ -66,6 +67,30 @@ def test_best_model_is_the_best_evaluation(tiny_model_path, tmp_path) -> None:
                  evaluator=CountingEvaluator())
     best = load_encoder(tmp_path / "best", precision="fp32")
     assert CountingEvaluator()(best)["score"] == pytest.approx(result.best_score, rel=1e-6)
+
+
+def test_a_step_applies_adamw_with_clipping_as_torchs_reference_loop(tiny_model_path, tmp_path) -> None:
+    """fit runs torch's fused AdamW; one step must give the weights of the plain per-parameter implementation."""
+    examples = [Example(anchor=text, positive=text.upper()) for text in SENTENCES[:8]]
+    trained = load_encoder(tiny_model_path, precision="fp32")
+    reference = load_encoder(tiny_model_path, precision="fp32")
+    for encoder in (trained, reference):
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0  # the same forward pass in both, whatever the random state
+    loss = build_loss("infonce", temperature=0.05)
+    fit(trained, examples, loss, settings(tmp_path, batch_size=8, max_steps=1, warmup_ratio=0.0, weight_decay=0.01,
+                                            max_grad_norm=0.5), kind=Kind.PAIRS)
+
+    params = [p for p in reference.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, foreach=False, fused=False)
+    reference.train()
+    embedded = embed_batch(reference, collate(examples, Kind.PAIRS))
+    loss(embedded).backward()  # a batch of all rows: InfoNCE's mean does not depend on their order
+    torch.nn.utils.clip_grad_norm_(params, 0.5)
+    optimizer.step()
+    for name, expected in weights(reference).items():
+        torch.testing.assert_close(weights(trained)[name], expected, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tiny_model_path, tmp_path) -> None:
