@@ -15,6 +15,11 @@ inference streams, each on its own cores) and fed through one asynchronous reque
 batch is tokenized in Python while earlier ones run. sentence-transformers' OpenVINO backend (optimum-intel) runs
 one synchronous request in latency mode; ``benchmarks/README.md`` has the two side by side. The embeddings are the
 same either way: each text's numbers do not depend on the stream that ran it.
+
+int8 (:func:`quantize`) is a separate, opt-in model: post-training static quantization with NNCF, calibrated on
+the user's own texts, written into a model folder beside the sentence-transformers files
+(``openvino/model-int8.xml``) together with the fingerprint of the weights it came from, and run with
+``backend="openvino-int8"``.
 """
 
 from __future__ import annotations
