@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import math
@@ -92,6 +93,17 @@ def machine_info(packages: Sequence[str] = DEFAULT_PACKAGES, **extra: object) ->
 
 
 # -- progress --------------------------------------------------------------------------------------------------
+def missing_package(module: str | None, install: str | None) -> str | None:
+    """Why a peer that needs ``module`` (installed by ``pip install install``) cannot run here; ``None``: it can."""
+    if module is None:
+        return None
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package (optimum of optimum.intel) is missing
+        found = False
+    return None if found else f"not installed: pip install '{install}'"
+
+
 def setup_logging(name: str) -> Callable[[str], None]:
     """A ``log(message)`` for progress: ``[name HH:MM:SS] message`` on stderr, flushed at once.
 

@@ -30,7 +30,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -56,18 +55,6 @@ NEEDS = {
 }
 
 log = _common.setup_logging("bench_pipeline_speed")
-
-
-def missing(side: str) -> str | None:
-    """What a side needs that this environment lacks (``None``: it can run)."""
-    module, install = NEEDS.get(side, (None, None))
-    if module is None:
-        return None
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        found = False
-    return None if found else f"not installed: pip install '{install}'"
 
 
 # -- (a) index build, in a child process ---------------------------------------------------------------------
@@ -99,8 +86,9 @@ def build_child(side: str, data_dir: Path, count: int) -> dict[str, object]:
         import faiss
         import numpy as np
         import torch
-        from embedkit.encoders import resolve_model_path
         from sentence_transformers import SentenceTransformer
+
+        from embedkit.encoders import resolve_model_path
 
         options = {"model_kwargs": {"torch_dtype": torch.bfloat16}} if side == ST_BF16 else {"backend": "openvino"}
         model = SentenceTransformer(resolve_model_path(MODEL), device="cpu", **options)
@@ -122,19 +110,17 @@ def build_child(side: str, data_dir: Path, count: int) -> dict[str, object]:
 
 # -- (b) eval retrieval, as whole processes ------------------------------------------------------------------
 
-ST_EVAL_SCRIPT = (
-    """
-import json, sys, time
-start = time.perf_counter()
+ST_EVAL_SCRIPT = """
+import json, sys
 from pathlib import Path
 import torch
 from embedkit.encoders import resolve_model_path
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
-folder, side = Path(sys.argv[1]), sys.argv[2]
+folder, side, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 options = {"model_kwargs": {"torch_dtype": torch.bfloat16}} if side == "bf16" else {"backend": "openvino"}
-model = SentenceTransformer(resolve_model_path("%s"), device="cpu", **options)
-rows = lambda name: [json.loads(line) for line in (folder / name).open(encoding="utf-8") if line.strip()]
+model = SentenceTransformer(resolve_model_path(name), device="cpu", **options)
+rows = lambda file: [json.loads(line) for line in (folder / file).open(encoding="utf-8") if line.strip()]
 corpus = {row["_id"]: (row.get("title", "") + " " + row["text"]).strip() for row in rows("corpus.jsonl")}
 queries = {row["_id"]: row["text"] for row in rows("queries.jsonl")}
 relevant = {}
@@ -146,8 +132,6 @@ evaluator = InformationRetrievalEvaluator({q: queries[q] for q in relevant}, cor
 scores = evaluator(model)
 print(json.dumps({"ndcg@10": 100 * scores[evaluator.primary_metric]}))
 """
-    % MODEL
-)
 
 
 def eval_command(side: str, data: Path, scratch: Path) -> list[str]:
@@ -169,7 +153,7 @@ def eval_command(side: str, data: Path, scratch: Path) -> list[str]:
         ]
     script = scratch / "st_eval.py"
     script.write_text(ST_EVAL_SCRIPT)
-    return [sys.executable, str(script), str(data), "bf16" if side == ST_BF16 else "openvino"]
+    return [sys.executable, str(script), str(data), "bf16" if side == ST_BF16 else "openvino", MODEL]
 
 
 def time_eval(side: str, data: Path, scratch: Path) -> dict[str, object]:
@@ -270,7 +254,7 @@ def main() -> None:
         }
         runnable = []
         for side in args.sides:
-            reason = missing(side)
+            reason = _common.missing_package(*NEEDS.get(side, (None, None)))
             if reason:
                 document["index_build"][side] = document["eval_retrieval"][side] = {"skipped": reason}
                 log(f"{side}: skipped ({reason})")

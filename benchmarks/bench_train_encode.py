@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.util
 import itertools
 import os
 import statistics
@@ -596,18 +595,6 @@ def machine_info() -> dict[str, Any]:
     )
 
 
-def missing_package(side: str) -> str | None:
-    """What a peer needs that is not installed (``None``: it can run)."""
-    module, install = NEEDS.get(side, (None, None))
-    if module is None:
-        return None
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # the parent package (optimum) is missing
-        found = False
-    return None if found else f"not installed: pip install '{install}'"
-
-
 def encode_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """One peer's encode rounds as one entry: the first round's details, the median throughput, every round's."""
     speeds = [result["sentences_per_s"] for result in rounds]
@@ -813,7 +800,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # Interleaved by library within each section (and each encode round, in alternating order), so that a change
     # in background load hits all sides alike.
-    skipped = {side: reason for side in ENCODE_SIDES if (reason := missing_package(side)) is not None}
+    skipped = {
+        side: reason
+        for side in ENCODE_SIDES
+        if (reason := _common.missing_package(*NEEDS.get(side, (None, None)))) is not None
+    }
     # the ratios are taken against these, in every run
     asked = {*args.sides, *REQUIRED_SIDES}
     skipped |= {side: "not asked for (--sides)" for side in ENCODE_SIDES if side not in asked}
