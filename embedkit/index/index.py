@@ -83,6 +83,9 @@ if TYPE_CHECKING:
 
 CHUNK_SIZE = 16384
 """Documents embedded and added at a time: the corpus's embeddings are never all in memory at once."""
+BATCHES_PER_CALL = 16
+"""Batches per encode call while building: the OpenVINO backend keeps one batch per stream in flight, so a call
+of one batch would run on one core."""
 SEARCH_BATCH = 4096
 """Queries embedded and searched at a time."""
 
@@ -242,11 +245,11 @@ class Index:
         )
 
     def _embed_batches(self, texts: list[str], batch_size: int, progress: tqdm) -> np.ndarray:
-        """Documents through :meth:`_embed` after the recorded document prompt, one batch per call so that
-        ``progress`` moves per batch. Texts are batched longest first, as the encoder batches one call's texts, so
-        that each batch pads as little as before."""
+        """Documents through :meth:`_embed` after the recorded document prompt, :data:`BATCHES_PER_CALL` batches
+        per call so that ``progress`` moves as they finish. Texts are taken longest first, as the encoder batches
+        one call's texts, so that each batch pads as little as in one call for all."""
         vectors = np.empty((len(texts), self.manifest.dimension), dtype=np.float32)
-        for positions in longest_first(texts, batch_size):
+        for positions in longest_first(texts, batch_size * BATCHES_PER_CALL):
             vectors[positions] = self._embed([texts[i] for i in positions], batch_size, self.manifest.document_prompt)
             progress.update(len(positions))
         return vectors

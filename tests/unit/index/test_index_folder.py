@@ -194,8 +194,9 @@ def test_working_copies_stay_private(encoder) -> None:
     assert stat.S_IMODE(Path(index.store.path).parent.stat().st_mode) == 0o700  # they hold the corpus's texts
 
 
-def test_progress_moves_per_encoded_batch(encoder, monkeypatch) -> None:
+def test_progress_moves_per_encode_call_of_several_batches(encoder, monkeypatch) -> None:
     updates: list[int] = []
+    calls: list[tuple[int, int]] = []
 
     class Recording(tqdm.auto.tqdm):
         def update(self, n: float | None = 1) -> bool | None:
@@ -203,11 +204,20 @@ def test_progress_moves_per_encoded_batch(encoder, monkeypatch) -> None:
                 updates.append(int(n or 0))
             return super().update(n)
 
+    encode = encoder.encode
+
+    def recording_encode(texts, batch_size=32, **options):
+        calls.append((len(texts), batch_size))
+        return encode(texts, batch_size=batch_size, **options)
+
     monkeypatch.setattr(tqdm.auto, "tqdm", Recording)  # embedkit.progress draws every bar from it
+    monkeypatch.setattr(encoder, "encode", recording_encode)
     texts = [f"the cat sat on the mat {'again ' * (i % 5)}" for i in range(100)]
-    index = build_index(encoder, texts, batch_size=16, show_progress=True)
-    assert updates == [16] * 6 + [4]
+    index = build_index(encoder, texts, batch_size=2, show_progress=True)
+    # BATCHES_PER_CALL (16) batches of 2 per call, so that a backend with several streams keeps them all busy
+    assert calls == [(32, 2)] * 3 + [(4, 2)]
+    assert updates == [32] * 3 + [4]
     # batched by length, as one encode call batches: the same vectors as embedding all at once
-    expected = encoder.encode(texts, batch_size=16, normalize=True)
+    expected = encode(texts, batch_size=2, normalize=True)
     np.testing.assert_allclose(index.search(expected[:3], k=1).scores[:, 0], 1.0, atol=1e-5)
     assert index.search(expected[:3], k=1).ids[:, 0].tolist() == [0, 1, 2]
