@@ -13,13 +13,13 @@ from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
 from embedkit.data import ColumnPrompts
+from embedkit.data.collate import collate
 from embedkit.encoders import load_encoder
 from embedkit.encoders.batching import embed_batch
 from embedkit.errors import ConfigError
 from embedkit.losses import build_loss
 from embedkit.losses.objective import Objective
 from embedkit.training.fit import FitSettings, fit, linear_schedule
-from embedkit.data.collate import collate
 from embedkit.types import Example, Kind
 
 
@@ -89,8 +89,9 @@ def test_a_step_applies_adamw_with_clipping_as_torchs_reference_loop(tiny_model_
     loss(embedded).backward()  # a batch of all rows: InfoNCE's mean does not depend on their order
     torch.nn.utils.clip_grad_norm_(params, 0.5)
     optimizer.step()
+    actual = weights(trained)
     for name, expected in weights(reference).items():
-        torch.testing.assert_close(weights(trained)[name], expected, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(actual[name], expected, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tiny_model_path, tmp_path) -> None:
