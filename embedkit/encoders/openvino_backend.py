@@ -31,6 +31,7 @@ import logging
 import os
 import sys
 import warnings
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -209,34 +210,31 @@ class OpenVINORunner:
         """
         compiled = self._compile(model, dtype)
         names = [port.any_name for port in compiled.inputs]
-        # A ring of requests, one per stream, waited on from this thread: no Python callback runs on OpenVINO's
-        # threads, which would need the GIL while a compiled model is being released (a deadlock).
-        ring = [
+        # One request per stream, waited on from this thread: no Python callback runs on OpenVINO's threads, which
+        # would need the GIL while a compiled model is being released (a deadlock).
+        idle = [
             compiled.create_infer_request() for _ in range(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         ]
-        running: list[list[int] | None] = [None] * len(ring)
+        running: deque[tuple[openvino.InferRequest, list[int]]] = deque()  # oldest first
 
-        def collect(slot: int) -> int:
-            positions = running[slot]
-            ring[slot].wait()
-            out[positions] = ring[slot].get_output_tensor(0).data
-            running[slot] = None
+        def collect() -> int:
+            request, positions = running.popleft()
+            request.wait()
+            out[positions] = request.get_output_tensor(0).data
+            idle.append(request)
             return len(positions)
 
-        slot = 0
         try:
             for positions, features in batches:
-                if running[slot] is not None:
-                    yield collect(slot)
-                ring[slot].start_async({name: features[name].numpy() for name in names})
-                running[slot] = positions
-                slot = (slot + 1) % len(ring)
-            for _ in range(len(ring)):  # the rest, oldest first
-                if running[slot] is not None:
-                    yield collect(slot)
-                slot = (slot + 1) % len(ring)
+                if not idle:
+                    yield collect()
+                request = idle.pop()
+                request.start_async({name: features[name].numpy() for name in names})
+                running.append((request, positions))
+            while running:
+                yield collect()
         finally:
-            for request in ring:  # on an error, no request may still be running once it is raised
+            for request, _ in running:  # on an error, no request may still be running once it is raised
                 request.wait()
 
 
