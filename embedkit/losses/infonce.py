@@ -75,7 +75,8 @@ class InfoNCELoss(nn.Module):
     views, as in unsupervised SimCSE) or preference rows (rejected = hard negative).
 
     Each anchor's positive must score above every other candidate of the batch: the other rows' positives
-    and every hard negative. Candidates with the same text as the anchor or its positive are masked (see
+    and every hard negative. Candidates with the same text as the anchor or its positive, and the positives of
+    other rows with the same anchor (a query with several relevant documents), are masked (see
     :class:`~embedkit.losses.steps.MaskDuplicates`). With ``symmetric=True`` the loss is the mean of the
     anchor-to-candidate term and the positive-to-anchor term (as in CLIP).
 

@@ -68,10 +68,14 @@ def _table(scores: Scores, source: str) -> Tensor:
 
 
 class MaskDuplicates:
-    """Never use a candidate that has the same text as the row's anchor or positive as a negative.
+    """Never use as a negative a candidate that has the same text as the row's anchor or positive, or that is the
+    positive of another row with the same anchor.
 
     In a batch of unsupervised sentences the same sentence may occur twice; without this step the second copy
-    would be a negative of the first, pushing apart two identical texts. Needs the group ids that
+    would be a negative of the first, pushing apart two identical texts. In a batch of (query, relevant
+    document) pairs a query judged relevant to several documents may occur in several rows; each of its
+    documents is a positive of every such row, never a negative (sentence-transformers avoids both with a
+    no-duplicates batch sampler, which defers such rows to a later batch instead). Needs the group ids that
     :func:`embedkit.data.collate` assigns (one id per distinct text).
     """
 
@@ -79,9 +83,12 @@ class MaskDuplicates:
         if scores.anchor_groups is None or scores.candidate_groups is None:
             raise ConfigError("MaskDuplicates needs anchor_groups and candidate_groups in the score table")
         positive_groups = scores.candidate_groups[scores.targets]  # [B]
-        candidates = scores.candidate_groups[None, :]  # [1, C]
-        same_text = (candidates == scores.anchor_groups[:, None]) | (candidates == positive_groups[:, None])
-        return _negatives_only(scores, same_text)
+        same_anchor = scores.anchor_groups[:, None] == scores.anchor_groups[None, :]  # [B, B], the row's own too
+        has_positive = positive_groups[:, None] == scores.candidate_groups[None, :]  # [B, C]: of row j, column c
+        # a matrix product rather than a [B, B, C] "any": a memory queue makes C large
+        positive_of_same_anchor = (same_anchor.float() @ has_positive.float()) > 0  # [B, C]
+        is_anchor = scores.candidate_groups[None, :] == scores.anchor_groups[:, None]  # [B, C]
+        return _negatives_only(scores, positive_of_same_anchor | is_anchor)
 
 
 class MarginFilter:

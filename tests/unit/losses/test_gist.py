@@ -82,7 +82,9 @@ def reference_gist(model, guide, temperature, margin, mode, contrast_anchors=Tru
             candidates += [(cos(p, model[1][j]), cos(gp, guide[1][j]), texts[1][j], False) for j in range(b)]
         g_pos = cos(ga, gp)
         limit = g_pos - margin if mode == "absolute" else g_pos * (1 - margin)
-        own = {group_of(texts[0][i]), group_of(texts[1][i])}
+        # the anchor's text, and the positive of every row with the same anchor (the row's own included)
+        own = {group_of(texts[0][i])} | {group_of(texts[1][j]) for j in range(b)
+                                         if group_of(texts[0][j]) == group_of(texts[0][i])}
         logits, target = [], None
         for score, guide_score, text, is_target in candidates:
             if is_target:
@@ -124,13 +126,16 @@ def test_score_table_layout() -> None:
 
 def test_duplicate_texts_are_masked_in_every_block(objective) -> None:
     model, guide = columns(4, 0, seed=3)
-    # Rows 0 and 2 share their anchor text; row 1's positive has the anchor text of row 3.
+    # Rows 0 and 2 share their anchor text (a query with two relevant documents); row 1's positive has the
+    # anchor text of row 3.
     groups = {(0, 0): 0, (0, 1): 1, (0, 2): 0, (0, 3): 3, (1, 0): 4, (1, 1): 3, (1, 2): 6, (1, 3): 7}
     batch = EmbeddedBatch(model[0], model[1], torch.tensor([0, 1, 0, 3]), torch.tensor([4, 3, 6, 7]))
     guided = EmbeddedBatch(guide[0], guide[1], batch.anchor_groups, batch.candidate_groups)
     loss = objective(temperature=0.1, margin=0.2)
     table = loss.scores(batch, guided)
     assert not table.valid[0, 4 + 2] and not table.valid[2, 4 + 0]  # the other copy of the anchor
+    assert not table.valid[0, 2] and not table.valid[2, 0]  # the positive of the other copy of the anchor
+    assert not table.valid[0, 8 + 2] and not table.valid[2, 8 + 0]  # the same, in the positive-positive block
     assert not table.valid[1, 4 + 3] and not table.valid[3, 1]  # anchor 3 = positive 1
     expected = reference_gist(model, guide, 0.1, 0.2, "absolute", group_of=groups.get)
     assert info_nce_from_scores(table, 0.1).item() == pytest.approx(expected, rel=1e-5)

@@ -25,14 +25,18 @@ def make_batch(b: int, n_neg: int, d: int = 8, seed: int = 0, groups: list[int] 
 
 
 def reference_infonce(anchors, candidates, anchor_ids, candidate_ids, temperature: float) -> float:
-    """Loop form of InfoNCE with duplicate masking: one softmax per anchor over its usable candidates."""
+    """Loop form of InfoNCE with duplicate masking: one softmax per anchor over its usable candidates.
+
+    A candidate is unusable as a negative when it has the anchor's text or the text of the positive of any row
+    whose anchor has the anchor's text (its own included)."""
     anchors = np.asarray(anchors, dtype=np.float64)
     candidates = np.asarray(candidates, dtype=np.float64)
     total = 0.0
     for i, a in enumerate(anchors):
+        positives = {candidate_ids[k] for k in range(len(anchors)) if anchor_ids[k] == anchor_ids[i]}
         logits = []
         for j, c in enumerate(candidates):
-            duplicate = candidate_ids[j] in (anchor_ids[i], candidate_ids[i])
+            duplicate = candidate_ids[j] == anchor_ids[i] or candidate_ids[j] in positives
             if j != i and duplicate:
                 continue
             cosine = a @ c / (np.linalg.norm(a) * np.linalg.norm(c))
@@ -65,6 +69,21 @@ def test_duplicate_texts_are_masked_like_the_reference() -> None:
     assert table.valid[0, 0] and table.valid[0, 1] and table.valid[0, 3]
     expected = reference_infonce(batch.anchors, batch.candidates, groups[:4], groups[4:], 0.1)
     assert loss(batch).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_query_with_several_relevant_documents_never_has_one_as_a_negative() -> None:
+    # Rows 0 and 2 hold the same query with two different relevant documents (5 and 7), each row with a mined
+    # hard negative; row 2's document is row 0's positive too, and the reverse. Row 1's negative has the text of
+    # row 2's document: also a known positive of rows 0 and 2, not of row 1.
+    groups = [0, 1, 0, 3, 4, 5, 6, 7, 8, 6, 10, 11]
+    batch = make_batch(4, 1, groups=groups)
+    table = InfoNCELoss(temperature=0.1).scores(batch)
+    assert not table.valid[0, 2] and not table.valid[2, 0]
+    assert not table.valid[0, 5] and not table.valid[2, 5]  # row 1's negative: document 6, a positive of query 0
+    assert table.valid[1, 5] and table.valid[1, 0] and table.valid[1, 2]
+    assert table.valid[0, 4] and table.valid[2, 6]  # each copy's own hard negative stays
+    expected = reference_infonce(batch.anchors, batch.candidates, groups[:4], groups[4:], 0.1)
+    assert InfoNCELoss(temperature=0.1)(batch).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_duplicate_masking_can_be_turned_off() -> None:
