@@ -72,7 +72,7 @@ def test_duplicate_texts_are_masked_like_the_reference() -> None:
 
 
 def test_a_query_with_several_relevant_documents_never_has_one_as_a_negative() -> None:
-    # Rows 0 and 2 hold the same query with two different relevant documents (5 and 7), each row with a mined
+    # Rows 0 and 2 hold the same query with two different relevant documents (4 and 6), each row with a mined
     # hard negative; row 2's document is row 0's positive too, and the reverse. Row 1's negative has the text of
     # row 2's document: also a known positive of rows 0 and 2, not of row 1.
     groups = [0, 1, 0, 3, 4, 5, 6, 7, 8, 6, 10, 11]
