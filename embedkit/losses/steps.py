@@ -83,10 +83,11 @@ class MaskDuplicates:
         if scores.anchor_groups is None or scores.candidate_groups is None:
             raise ConfigError("MaskDuplicates needs anchor_groups and candidate_groups in the score table")
         positive_groups = scores.candidate_groups[scores.targets]  # [B]
-        same_anchor = scores.anchor_groups[:, None] == scores.anchor_groups[None, :]  # [B, B], the row's own too
-        has_positive = positive_groups[:, None] == scores.candidate_groups[None, :]  # [B, C]: of row j, column c
-        # a matrix product rather than a [B, B, C] "any": a memory queue makes C large
-        positive_of_same_anchor = (same_anchor.float() @ has_positive.float()) > 0  # [B, C]
+        has_positive = scores.candidate_groups[None, :] == positive_groups[:, None]  # [B, C]: row's positive text
+        # pooled per distinct anchor and handed back to each of its rows: O(B C), where a memory queue makes C large
+        _, anchor_ids = torch.unique(scores.anchor_groups, return_inverse=True)  # [B], below B
+        pooled = torch.zeros_like(has_positive, dtype=torch.float32)  # [B, C]: a row per distinct anchor, at most B
+        positive_of_same_anchor = pooled.index_add_(0, anchor_ids, has_positive.float())[anchor_ids] > 0  # [B, C]
         is_anchor = scores.candidate_groups[None, :] == scores.anchor_groups[:, None]  # [B, C]
         return _negatives_only(scores, positive_of_same_anchor | is_anchor)
 
