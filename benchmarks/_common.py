@@ -92,7 +92,6 @@ def machine_info(packages: Sequence[str] = DEFAULT_PACKAGES, **extra: object) ->
     }
 
 
-# -- progress --------------------------------------------------------------------------------------------------
 def missing_package(module: str | None, install: str | None) -> str | None:
     """Why a peer that needs ``module`` (installed by ``pip install install``) cannot run here; ``None``: it can."""
     if module is None:
@@ -104,6 +103,7 @@ def missing_package(module: str | None, install: str | None) -> str | None:
     return None if found else f"not installed: pip install '{install}'"
 
 
+# -- progress --------------------------------------------------------------------------------------------------
 def setup_logging(name: str) -> Callable[[str], None]:
     """A ``log(message)`` for progress: ``[name HH:MM:SS] message`` on stderr, flushed at once.
 
