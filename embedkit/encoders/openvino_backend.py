@@ -2,7 +2,7 @@
 
 The torch module stays the model (training, saving, the index fingerprint); OpenVINO only runs
 ``input ids -> sentence embedding`` for :meth:`~embedkit.encoders.Encoder.encode`. Conversion
-(``openvino.convert_model`` on the torch module, offline) takes a minute or so, so the converted model is
+(``torch.export``, then ``openvino.convert_model``, offline) takes a minute or so, so the converted model is
 written once to the cache folder (:func:`cache_root`) under the fingerprint of the weights and the model's
 structure: loading the same model again reads it back, and training the encoder (new weights, new fingerprint)
 converts it anew at the next ``encode``. OpenVINO's IR files (XML + weights) are plain data, never pickle.
@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import sys
-import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -109,25 +108,25 @@ def export_key(model: SentenceTransformer) -> str:
 
 
 def convert(model: SentenceTransformer) -> openvino.Model:
-    """Trace ``model`` (on the CPU, in eval mode, without gradients) into an OpenVINO model with dynamic batch
-    size and length."""
+    """Export ``model`` (on the CPU, in eval mode, without gradients) with ``torch.export`` into an OpenVINO model
+    with dynamic batch size and length."""
     import openvino
 
     names = input_names(model)
     features = model.preprocess(["a short example", "a somewhat longer example sentence to trace"])
     example = tuple(features[name] for name in names)
+    # torch.export, not torch.jit.trace: tracing fails inside transformers' attention-mask code from 5.5 on.
+    dynamic = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},) * len(names)
     was_training = model.training
     model.eval()
     try:
-        # Tracing warns about every Python branch it fixes; these models' branches do not depend on the shapes.
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", message=".*torch.jit.trace", category=DeprecationWarning)
-            converted = openvino.convert_model(SentenceEmbedding(model, names), example_input=example)
+        with torch.no_grad():
+            exported = torch.export.export(SentenceEmbedding(model, names), example, dynamic_shapes=(dynamic,))
     finally:
         model.train(was_training)
+    converted = openvino.convert_model(exported)
     for port, name in zip(converted.inputs, names):
-        port.get_tensor().set_names({name})  # traced positionally; the runner feeds the tokenizer's names
+        port.get_tensor().set_names({name})  # exported positionally; the runner feeds the tokenizer's names
     return converted
 
 
