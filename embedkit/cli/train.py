@@ -61,7 +61,7 @@ def summary_lines(result: FitResult) -> list[str]:
     lines.append(f"models in {saved}" if models else f"no model was saved in {result.output_dir}")
     if result.metric is not None and result.first_eval is not None and result.last_eval is not None:
         chosen = (f"step {result.best_step}" if result.best_interpolation is None
-                  else f"interpolation {result.best_interpolation} of the start and final models")
+                  else f"interpolation {result.best_interpolation} of the start model and step {result.best_step}")
         lines.append(
             f"dev {result.metric}: {result.first_eval[result.metric]:.2f} before, "
             f"{result.last_eval[result.metric]:.2f} after (best {result.best_score:.2f} at {chosen})"

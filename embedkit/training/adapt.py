@@ -8,7 +8,7 @@
    negatives and hard negatives mined from the collection's own corpus with the model being trained, refreshed
    every epoch (:mod:`embedkit.training.negatives`);
 3. nDCG@10 on the dev queries picks the model: the start model, every epoch, and WiSE-FT interpolations between
-   the start and the final weights, so the model handed back is never below the start on dev;
+   the start and the best epoch's weights, so the model handed back is never below the start on dev;
 4. the test queries, never seen in training or selection, scored before and after.
 
 Queries and documents get the model's query and document prompts, or those ``data.prompts`` gives (anchor: the

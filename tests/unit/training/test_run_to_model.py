@@ -12,6 +12,7 @@ from conftest import sentence_examples
 from sentence_transformers import SentenceTransformer
 
 from embedkit.cli import main
+from embedkit.cli.train import summary_lines
 from embedkit.encoders import load_encoder
 from embedkit.errors import ConfigError
 from embedkit.losses import Objective, build_loss
@@ -45,7 +46,7 @@ class DistanceEvaluator:
 
     def __call__(self, encoder) -> dict[str, float]:
         value = distance(weights(encoder.model), self.start)
-        return {"distance": value if self.target is None else -abs(value - self.target)}
+        return {"distance": value if self.target is None else -abs(value - self.target), "from_start": value}
 
 
 def model_weights(path) -> dict[str, torch.Tensor]:
@@ -105,6 +106,48 @@ def test_a_wise_ft_interpolation_wins_when_the_dev_set_prefers_it(tiny_model_pat
     assert distance(weights(encoder.model), start) == pytest.approx(half_way, rel=1e-4)
     assert distance(model_weights(tmp_path / "wise" / "best"), start) == pytest.approx(half_way, rel=1e-4)
     assert "interpolation 0.5" in (tmp_path / "wise" / "best" / "README.md").read_text()
+    # no trained step beat the start (the last ties with it), so the final model, step 6, was mixed
+    assert result.best_step == 6 and summary_lines(result)[-1].endswith("at interpolation 0.5 of the start model and step 6)")
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at_step_5(step: int, metrics: dict) -> None:
+    if step == 5:
+        raise Crash
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_interpolation_mixes_the_start_with_the_best_trained_step_not_the_last(tiny_model_path, tmp_path,
+                                                                                interrupted) -> None:
+    examples = sentence_examples()
+    plain = load_encoder(tiny_model_path, precision="fp32")
+    start = weights(plain.model)
+    fit(plain, examples, build_loss("simcse-unsup"), settings(tmp_path / "plain", eval_steps=2),
+        evaluator=DistanceEvaluator(start))
+    log = [json.loads(line) for line in (tmp_path / "plain" / "log.jsonl").read_text().splitlines()]
+    step_two, last = (next(r["eval"]["from_start"] for r in log if r.get("step") == s and "eval" in r) for s in (2, 6))
+    assert last > step_two > 0
+
+    # the dev set prefers step 2's distance from the start: step 2 is the best trained model, the last is worse
+    wise = settings(tmp_path / "wise", eval_steps=2, save_steps=2, interpolation=(0.25, 0.5))
+    evaluator = DistanceEvaluator(start, target=step_two)
+    if interrupted:  # resumed at step 4: step 2's weights are then on disk only, in best/
+        with pytest.raises(Crash):
+            fit(load_encoder(tiny_model_path, precision="fp32"), examples, build_loss("simcse-unsup"), wise,
+                evaluator=evaluator, callbacks=[crash_at_step_5])
+    encoder = load_encoder(tiny_model_path, precision="fp32")
+    result = fit(encoder, examples, build_loss("simcse-unsup"), wise, evaluator=evaluator)
+    assert result.start_step == (4 if interrupted else 0)
+    log = [json.loads(line) for line in (tmp_path / "wise" / "log.jsonl").read_text().splitlines()]
+    mixed = {r["interpolation"]: r for r in log if "interpolation" in r}
+    assert set(mixed) == {0.25, 0.5} and all(r["of_step"] == 2 for r in mixed.values())
+    for weight, record in mixed.items():  # (1 - a) * start + a * step 2 lies a * |step 2 - start| from the start
+        assert record["eval"]["from_start"] == pytest.approx(weight * step_two, rel=1e-4)
+    assert result.best_step == 2 and result.best_interpolation is None
+    assert distance(weights(encoder.model), start) == pytest.approx(step_two, rel=1e-6)
 
 
 class LengthProbe(Objective):
