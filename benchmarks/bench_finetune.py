@@ -60,6 +60,7 @@ STS_FILES = {
     "sts12": "sts/sts12.test.jsonl",
     "sts13": "sts/sts13.test.jsonl",
 }
+Row = dict[str, float | str]  # one run's scores (x100), its seed, and for a chosen model what dev chose
 TRAIN = ADAPT_RECIPE["train"]  # batch size, learning rate and warmup: the same for every variant
 # name -> (overrides of the adaptation recipe, the model scored: best/ chosen on dev, or final/)
 EMBEDKIT_VARIANTS = {
@@ -134,12 +135,12 @@ def st_train(data: Path, out: Path, seed: int, steps: int, mined: bool, train_le
     return out / "model"
 
 
-def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+def summarize(runs: dict[str, list[Row]]) -> dict[str, dict[str, dict[str, float]]]:
     """Mean, spread and count over the seeds that measured each metric."""
     summary = {}
     for variant, rows in runs.items():
         summary[variant] = {}
-        for metric in (key for key in rows[0] if key != "seed"):
+        for metric in (key for key, value in rows[0].items() if key != "seed" and not isinstance(value, str)):
             values = [row[metric] for row in rows if metric in row]
             summary[variant][metric] = {
                 "mean": statistics.fmean(values),
@@ -199,9 +200,9 @@ def main() -> None:
             runs["start"] = [{"seed": 0, **scores(DEFAULT_MODEL, data)}]
             log(f"start: {runs['start'][0]}")
 
-        def record(variant: str, seed: int, result: dict[str, float], note: str = "") -> None:
+        def record(variant: str, seed: int, result: dict[str, float | str]) -> None:
             runs.setdefault(variant, []).append({"seed": seed, **result})
-            log(f"{variant} seed {seed}: {result} {note}")
+            log(f"{variant} seed {seed}: {result}")
             # written after every run, so that an interrupted benchmark still leaves what it measured
             write_results(args, runs, counts, pairs, steps, time.perf_counter() - started)
 
@@ -212,9 +213,13 @@ def main() -> None:
             outcome = adapt(data, work / f"{variant}-{seed}", seed=seed, show_progress=False,
                             overrides=[f"train.epochs={args.epochs}",
                                        f"train.max_seq_length={args.train_max_seq_length}", *overrides])
-            result = scores(outcome.run.output_dir / scored, data, with_sts=seed == min(args.seeds))
-            record(variant, seed, result,
-                   f"(chose step {outcome.run.best_step}, interpolation {outcome.run.best_interpolation})")
+            result: Row = {**scores(outcome.run.output_dir / scored, data, with_sts=seed == min(args.seeds))}
+            if scored == "best":  # what dev nDCG@10 chose, from the start, the epochs and the interpolations
+                run = outcome.run
+                result["chosen"] = f"step {run.best_step}" + (
+                    "" if run.best_interpolation is None else f", interpolation {run.best_interpolation}")
+                result["dev_ndcg@10"] = run.best_score
+            record(variant, seed, result)
 
         def run_main(seed: int) -> None:
             for variant, mined in (("st_mnrl_pairs", False), ("st_mnrl_mined", True)):
@@ -243,7 +248,7 @@ def settings(args: argparse.Namespace) -> dict[str, object]:
             "epochs": args.epochs, "train_max_seq_length": args.train_max_seq_length}
 
 
-def earlier_runs(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
+def earlier_runs(args: argparse.Namespace) -> dict[str, list[Row]]:
     """The runs of ``args.output`` when its settings and split are this run's; refuses a file that differs."""
     if not args.output.is_file():
         return {}
@@ -254,7 +259,7 @@ def earlier_runs(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
     return document["runs"]
 
 
-def write_results(args: argparse.Namespace, runs: dict[str, list[dict[str, float]]], counts: dict[str, int],
+def write_results(args: argparse.Namespace, runs: dict[str, list[Row]], counts: dict[str, int],
                   pairs: int, steps: int, seconds: float) -> None:
     document = {
         "benchmark": "finetune",
