@@ -624,7 +624,7 @@ def fit(
             chosen = f"step {step}" if interpolation is None else (
                 f"interpolation {interpolation} between the start model and step {step} (WiSE-FT)")
             card = ModelCard(
-                steps=run.step, dev_before=result.first_eval, dev_after=metrics, chosen=chosen, **card_base
+                steps=step, dev_before=result.first_eval, dev_after=metrics, chosen=chosen, **card_base
             )
             _save_model(encoder, loss, run.output_dir / "best", card)
         distributed.barrier()
