@@ -200,7 +200,7 @@ def main() -> None:
             runs["start"] = [{"seed": 0, **scores(DEFAULT_MODEL, data)}]
             log(f"start: {runs['start'][0]}")
 
-        def record(variant: str, seed: int, result: dict[str, float | str]) -> None:
+        def record(variant: str, seed: int, result: Row) -> None:
             runs.setdefault(variant, []).append({"seed": seed, **result})
             log(f"{variant} seed {seed}: {result}")
             # written after every run, so that an interrupted benchmark still leaves what it measured

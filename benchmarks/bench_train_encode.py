@@ -767,8 +767,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SIDE",
         help="the encode sides to measure (default: every one whose package is installed); the others are reported "
         f"as skipped; {', '.join(REQUIRED_SIDES)} always run. sentence-transformers' ONNX and OpenVINO backends "
-        "need an optimum that may pin transformers below what embedkit's environment has: measure them in an environment of their own, with "
-        "sentence-transformers as the common side",
+        "need an optimum that may pin transformers below what embedkit's environment has: measure them in an "
+        "environment of their own, with sentence-transformers as the common side",
     )
     parser.add_argument(
         "--output",

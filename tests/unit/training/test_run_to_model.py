@@ -107,7 +107,8 @@ def test_a_wise_ft_interpolation_wins_when_the_dev_set_prefers_it(tiny_model_pat
     assert distance(model_weights(tmp_path / "wise" / "best"), start) == pytest.approx(half_way, rel=1e-4)
     assert "interpolation 0.5" in (tmp_path / "wise" / "best" / "README.md").read_text()
     # no trained step beat the start (the last ties with it), so the final model, step 6, was mixed
-    assert result.best_step == 6 and summary_lines(result)[-1].endswith("at interpolation 0.5 of the start model and step 6)")
+    assert result.best_step == 6
+    assert summary_lines(result)[-1].endswith("at interpolation 0.5 of the start model and step 6)")
 
 
 class Crash(Exception):
