@@ -17,7 +17,7 @@ cores):
   the like-for-like peer of ``st_mnrl_pairs``;
 - ``embedkit_adapt``: ``embedkit.training.adapt`` (what ``embedkit adapt`` runs): symmetric InfoNCE, hard
   negatives mined from the corpus by the model being trained and refreshed every epoch, the best of the start,
-  each epoch and WiSE-FT interpolations by dev nDCG@10;
+  the model every third of an epoch and WiSE-FT interpolations by dev nDCG@10;
 - ``embedkit_no_refresh``, ``embedkit_no_interpolation``, ``embedkit_no_filters``, ``embedkit_one_way``: the
   same with one part off (negatives mined once before training; no interpolation; no margin filter or rank
   window; query-to-document InfoNCE only).

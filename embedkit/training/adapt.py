@@ -7,8 +7,9 @@
 2. training pairs from the train split (:func:`~embedkit.data.beir_pairs`), symmetric InfoNCE over in-batch
    negatives and hard negatives mined from the collection's own corpus with the model being trained, refreshed
    every epoch (:mod:`embedkit.training.negatives`);
-3. nDCG@10 on the dev queries picks the model: the start model, every epoch, and WiSE-FT interpolations between
-   the start and the best epoch's weights, so the model handed back is never below the start on dev;
+3. nDCG@10 on the dev queries picks the model: the start model, the model every third of an epoch, and WiSE-FT
+   interpolations between the start and the best of those, so the model handed back is never below the start on
+   dev;
 4. the test queries, never seen in training or selection, scored before and after.
 
 Queries and documents get the model's query and document prompts, or those ``data.prompts`` gives (anchor: the
@@ -47,8 +48,15 @@ ADAPT_RECIPE: dict[str, dict[str, Any]] = {
     "mining": {"negatives": 1},
     "eval": {"retrieval_split": "dev", "primary": "retrieval"},
 }
-"""The adaptation defaults; ``eval_steps``, ``save_steps`` and ``mining.refresh_steps`` are one epoch."""
+"""The adaptation defaults; ``eval_steps`` is a third of an epoch, ``save_steps`` and ``mining.refresh_steps`` one
+epoch."""
 
+# On small collections the best model comes early and dev falls after it (Cranfield's 135 train queries: best at
+# 20 of 60 steps, dev 1.5 points lower at step 30 and 5.7 at step 60, mean of seeds 0 and 1). Scored on one half of
+# the dev queries and chosen on the other, choosing every 10 steps gained 1.1 and 1.7 points over choosing every
+# epoch (30 steps) for those seeds; averaging checkpoints (a uniform soup of steps 10-30, 10-60 or 20-60) gained
+# nothing over choosing one.
+EVALS_PER_EPOCH = 3
 SPLIT_SHARES = {"train": 0.7, "dev": 0.1, "test": 0.2}
 DATA_DIR = "data"
 
@@ -88,8 +96,8 @@ def adaptation_splits(folder: str | os.PathLike[str], out: Path, seed: int = 0) 
 def adapt_config(
     data: Path, out: Path, model: str = DEFAULT_MODEL, overrides: list[str] | None = None
 ) -> RunConfig:
-    """The recipe :func:`adapt` runs: :data:`ADAPT_RECIPE` for ``data`` and ``out``, one epoch between
-    evaluations and refreshes, then ``overrides``."""
+    """The recipe :func:`adapt` runs: :data:`ADAPT_RECIPE` for ``data`` and ``out``, a third of an epoch between
+    evaluations and one between refreshes and checkpoints, then ``overrides``."""
     raw = {section: dict(values) for section, values in ADAPT_RECIPE.items()}
     raw["model"] = {"name": model}
     raw["data"] = {"path": str(data)}
@@ -97,7 +105,8 @@ def adapt_config(
     raw["eval"]["retrieval"] = str(data)
     raw = apply_overrides(raw, overrides or [])
     epoch = max(1, len(beir_pairs(data, "train")) // int(raw["train"]["batch_size"]))
-    for section, key in (("train", "eval_steps"), ("train", "save_steps"), ("mining", "refresh_steps")):
+    raw["train"].setdefault("eval_steps", max(1, epoch // EVALS_PER_EPOCH))
+    for section, key in (("train", "save_steps"), ("mining", "refresh_steps")):
         raw[section].setdefault(key, epoch)
     return config_from_dict(raw)
 

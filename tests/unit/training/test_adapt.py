@@ -43,10 +43,15 @@ def test_several_qrels_without_train_and_dev_are_refused(collection, tmp_path) -
         adaptation_splits(collection, tmp_path / "run")
 
 
-def test_the_recipe_evaluates_and_refreshes_every_epoch(collection, tmp_path) -> None:
+def test_the_recipe_evaluates_every_third_of_an_epoch_and_refreshes_every_epoch(collection, tmp_path) -> None:
     data = adaptation_splits(collection, tmp_path / "run")
     config = adapt_config(data, tmp_path / "run", "m", ["train.batch_size=4", "train.lr=1e-4"])
-    assert config.train.eval_steps == config.train.save_steps == config.mining.refresh_steps == 7  # 28 pairs / 4
+    assert config.train.save_steps == config.mining.refresh_steps == 7  # 28 pairs / 4
+    assert config.train.eval_steps == 2
+    one_step_an_epoch = adapt_config(data, tmp_path / "run", "m", ["train.batch_size=28"])
+    assert one_step_an_epoch.train.eval_steps == one_step_an_epoch.train.save_steps == 1  # never 0 steps
+    chosen = adapt_config(data, tmp_path / "run", "m", ["train.batch_size=4", "train.eval_steps=5"])
+    assert chosen.train.eval_steps == 5
     assert config.eval.primary == "retrieval" and config.eval.retrieval_split == "dev"
     assert config.mining.negatives == 1 and config.train.interpolation == (0.25, 0.5, 0.75)
     assert config.train.lr == 1e-4 and config.model.name == "m"
