@@ -239,7 +239,7 @@ def main() -> None:
         for seed in args.seeds[2:]:
             run_main(seed)
     plot(summarize(runs), args.output.with_suffix(".png"))
-    log(f"wrote {args.output.relative_to(REPO)} and its plot")
+    log(f"wrote {args.output.name} and its plot")  # --output may lie outside the repository
 
 
 def settings(args: argparse.Namespace) -> dict[str, object]:
