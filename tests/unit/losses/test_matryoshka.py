@@ -138,7 +138,11 @@ def test_equals_sentence_transformers_matryoshka_over_mnrl(no_dropout_model, wei
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
     mine = dict(encoder.model.named_parameters())
     for name, parameter in model.named_parameters():
-        torch.testing.assert_close(mine[name].grad, parameter.grad, rtol=1e-4, atol=1e-6, msg=name)
+        # sentence-transformers 6.3 normalizes each cut of the already normalized larger cut: in float64 both equal
+        # the plain sum to 1e-14; in float32 the rounding differs by up to 3e-6 of the gradient's largest entry.
+        scale = 0.0 if parameter.grad is None else parameter.grad.abs().max().item()
+        atol = 1e-5 * max(1.0, scale)
+        torch.testing.assert_close(mine[name].grad, parameter.grad, rtol=1e-4, atol=atol, msg=name)
 
 
 # -- where the cut goes -------------------------------------------------------------------------------------------
