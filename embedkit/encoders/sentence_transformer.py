@@ -20,6 +20,7 @@ from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
 from embedkit.data.collate import longest_first
+from embedkit.encoders.dropout import use_fast_dropout
 from embedkit.encoders.heads import has_head, read_head, write_head
 from embedkit.encoders.locate import BACKENDS, DEFAULT_MODEL, cache_only
 from embedkit.encoders.openvino_backend import OpenVINORunner, check_int8_matches, require_openvino
@@ -112,6 +113,7 @@ class Encoder(PrecisionMixin, nn.Module):
         source: str | None = None,
     ) -> None:
         super().__init__()
+        use_fast_dropout(model)  # training steps on the CPU draw their dropout masks faster; nothing else changes
         self.model = model
         self.name = name
         self.source = name if source is None else source
