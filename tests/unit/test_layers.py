@@ -17,7 +17,11 @@ PACKAGE = Path(__file__).resolve().parents[2] / "embedkit"
 # so are mining and eval.
 RANKS: dict[str, int] = {
     **dict.fromkeys(
-        ("types", "errors", "registry", "fsutil", "precision", "distributed", "version", "hub", "lazy", "progress"), 0
+        (
+            "types", "errors", "registry", "fsutil", "precision", "distributed", "version", "hub", "lazy", "progress",
+            "allocator",
+        ),
+        0,
     ),
     "data": 1,
     "encoders": 2,

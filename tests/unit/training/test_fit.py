@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -225,3 +226,12 @@ def test_prompts_with_a_pooling_that_leaves_them_out_are_refused(prompted_model_
         fit(encoder, pairs(), build_loss("infonce"), settings(tmp_path), kind="pairs")
     fit(encoder, pairs(), build_loss("infonce"), settings(tmp_path, max_steps=1), kind="pairs",
         prompts=ColumnPrompts("", "", ""))  # without prompts it trains
+
+
+def test_training_on_the_cpu_keeps_freed_memory_for_reuse(tiny_model_path, tmp_path, monkeypatch) -> None:
+    calls = []
+    # the module, not the package's fit() of the same name
+    monkeypatch.setattr(importlib.import_module("embedkit.training.fit"), "keep_freed_memory", lambda: calls.append(1))
+    encoder = load_encoder(tiny_model_path, device="cpu", precision="fp32")
+    fit(encoder, sentence_examples(), build_loss("simcse-unsup"), settings(tmp_path, epochs=1))
+    assert calls == [1]
