@@ -9,7 +9,7 @@ backward, costs under half of torch's dropout. The masks come from torch's defau
 
 Attention dropout is not a layer: transformers passes its probability to ``F.scaled_dot_product_attention``,
 which then takes its unfused path and torch's masks (another 6% of that step). Models that take their attention
-from transformers' ``AttentionInterface`` (BERT, MiniLM and most encoders in transformers 5) are switched to
+from transformers' ``AttentionInterface`` (BERT and MiniLM in transformers 5, for instance) are switched to
 :func:`attention`: the same scaled dot-product attention, with the probabilities dropped by :func:`fast_dropout`
 where it applies, and ``sdpa_attention_forward`` itself everywhere else (eval mode, other devices, causal or
 grouped-query attention, extra arguments such as a position bias).

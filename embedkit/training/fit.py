@@ -530,7 +530,7 @@ def fit(
     """
     _check_settings(settings, loss, evaluator)
     if encoder.device.type == "cpu":
-        keep_freed_memory()  # a fifth of a CPU step went to page faults of freed and reallocated tensors
+        keep_freed_memory()  # a sixth of a CPU step went to page faults of freed and reallocated tensors
     examples = as_examples(examples, kind)
     kind = Kind(kind) if kind is not None else getattr(examples, "kind", None)
     if kind is None:
