@@ -10,7 +10,8 @@ and sequence length:
     ``fp32``), OpenVINO (precision ``auto``) and OpenVINO int8 (NNCF, calibrated on other wiki sentences);
 (b) training throughput: InfoNCE steps (temperature 0.05) through ``embedkit.fit`` in ``auto`` and ``fp32``
     against MultipleNegativesRankingLoss (scale 20) through ``SentenceTransformerTrainer`` with its defaults
-    (fp32) and with ``bf16=True``;
+    (fp32), with ``bf16=True``, and with ``bf16=True`` in a process whose malloc keeps freed memory as
+    ``embedkit.fit`` sets it (``embedkit.allocator``);
 (c) the peak resident memory of each of those configurations;
 (d) STS-B test Spearman of the untrained model with embedkit in bf16 and in fp32;
 (e) the first-step loss of embedkit's InfoNCE and sentence-transformers' MNRL in fp32 on one identical batch.
@@ -420,9 +421,7 @@ def measure_train(settings: Settings, side: str) -> dict[str, Any]:
         loss.register_forward_hook(lambda module, inputs, output: losses.append(float(output.detach())))
         timer = StepTimer()
         before = memory_mib()
-        run_st_trainer(
-            model, anchors, positives, loss, settings.train_steps, settings, [timer], bf16=side != ST
-        )
+        run_st_trainer(model, anchors, positives, loss, settings.train_steps, settings, [timer], bf16=side != ST)
         result = step_times(timer.ends, settings.warmup_steps)
         # The compute alone (on_step_begin comes after the batch is fetched and collated), for reference.
         compute = [end - begin for begin, end in zip(timer.begins, timer.ends)][settings.warmup_steps :]
