@@ -12,7 +12,8 @@ which then takes its unfused path and torch's masks (another 6% of that step). M
 from transformers' ``AttentionInterface`` (BERT and MiniLM in transformers 5, for instance) are switched to
 :func:`attention`: the same scaled dot-product attention, with the probabilities dropped by :func:`fast_dropout`
 where it applies, and ``sdpa_attention_forward`` itself everywhere else (eval mode, other devices, causal or
-grouped-query attention, extra arguments such as a position bias).
+grouped-query attention, extra arguments such as a position bias). The same function attends within each text of a
+packed batch (:mod:`embedkit.encoders.packing`).
 
 The drop probability is rounded to a multiple of 1/65536 (0.1 becomes 0.1000061), and kept elements are scaled by
 one over the rounded keep probability, so that the layer's output keeps the input's expectation exactly. No
@@ -30,6 +31,8 @@ from torch import Tensor, nn
 from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
+
+from embedkit.encoders.packing import PACKED, PackedLayout
 
 ATTENTION = "embedkit_sdpa"  # the name under which transformers finds :func:`attention`
 LEVELS = 1 << 16  # one mask element per 16 random bits
@@ -81,10 +84,20 @@ def attention(
 ) -> tuple[Tensor, None]:
     """transformers' SDPA attention, with the attention probabilities dropped by :func:`fast_dropout` on the CPU.
 
-    ``query``, ``key``, ``value``: ``[B, H, L, D]``; ``attention_mask``: ``None`` or ``[B, 1, L, L]``, bool (True:
+    ``query``, ``key``, ``value``: ``[B, H, L, D]``; ``attention_mask``: ``None`` or ``[B, 1, L, L]`` (or ``[B, 1, 1, L]``), bool (True:
     attend) or additive. Returns ``[B, L, H, D]`` and no weights, as ``sdpa_attention_forward`` does, which it
     calls unless dropout applies to a plain bidirectional attention with no arguments beyond these.
+
+    With a :class:`~embedkit.encoders.packing.PackedLayout` under ``kwargs[PACKED]``, the inputs are one packed
+    row, ``[1, H, N, D]``, and so is the output, ``[1, N, H, D]``: each token attends to its own text's tokens, the
+    mask built from the layout (``attention_mask`` and the other arguments, such as position ids, are the padded
+    model's business and not read).
     """
+    layout: PackedLayout | None = kwargs.pop(PACKED, None)  # type: ignore[assignment]
+    if layout is not None:
+        padded = [layout.pad_heads(tensor) for tensor in (query, key, value)]
+        output, _ = attention(module, *padded, layout.key_mask(), dropout=dropout, scaling=scaling)
+        return layout.pack_heads(output), None
     plain = (
         dropout > 0.0
         and query.device.type == "cpu"

@@ -18,12 +18,14 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
+from transformers import PreTrainedModel
 
 from embedkit.data.collate import longest_first
-from embedkit.encoders.dropout import use_fast_dropout
+from embedkit.encoders.dropout import ATTENTION, use_fast_dropout
 from embedkit.encoders.heads import has_head, read_head, write_head
 from embedkit.encoders.locate import BACKENDS, DEFAULT_MODEL, cache_only
 from embedkit.encoders.openvino_backend import OpenVINORunner, check_int8_matches, require_openvino
+from embedkit.encoders.packing import packed_sentence_embeddings, packs_exactly
 from embedkit.encoders.prompts import named_prompt
 from embedkit.encoders.truncation import check_truncate_dim, ends_normalized, truncated
 from embedkit.errors import ConfigError, EmbedkitError
@@ -175,8 +177,16 @@ class Encoder(PrecisionMixin, nn.Module):
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in features.items()}
 
     def forward(self, texts: Sequence[str]) -> Tensor:
-        """``n`` texts -> ``[n, D]`` embeddings with gradients (and the MLP head while training)."""
-        embeddings = self.model(self.tokenize(texts))["sentence_embedding"]
+        """``n`` texts -> ``[n, D]`` embeddings with gradients (and the MLP head while training).
+
+        On the CPU a BERT model runs unpadded (:mod:`embedkit.encoders.packing`): the same embeddings, less work.
+        """
+        features = self.tokenize(texts)
+        transformer = packed_transformer(self.model)
+        if transformer is None:
+            embeddings = self.model(features)["sentence_embedding"]
+        else:
+            embeddings = packed_sentence_embeddings(self.model, transformer, features)
         if self.mlp_head is not None and self.training:
             embeddings = self.mlp_head(embeddings)
         if self.truncate_dim is None:
@@ -268,6 +278,19 @@ class Encoder(PrecisionMixin, nn.Module):
                 write_head(tmp, MLP_HEAD, self.mlp_head.state_dict(), {"dim": self.dim})
             (tmp / ENCODER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         return Path(path)
+
+
+def packed_transformer(model: SentenceTransformer) -> PreTrainedModel | None:
+    """The transformers model at the head of ``model`` when :meth:`Encoder.forward` runs it packed: one that
+    computes the same function packed (:func:`~embedkit.encoders.packing.packs_exactly`), on the CPU, with embedkit's
+    attention, which reads the packed layout; else ``None``. On a GPU the padded batch runs SDPA's fused kernels,
+    and the packed path is not measured there."""
+    transformer = getattr(model[0], "auto_model", None) if len(model) else None
+    if not isinstance(transformer, PreTrainedModel):
+        return None
+    config = transformer.config
+    packed = packs_exactly(config) and config._attn_implementation == ATTENTION and transformer.device.type == "cpu"
+    return transformer if packed else None
 
 
 def _pooling_module(model: SentenceTransformer) -> nn.Module:
