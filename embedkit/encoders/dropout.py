@@ -84,9 +84,10 @@ def attention(
 ) -> tuple[Tensor, None]:
     """transformers' SDPA attention, with the attention probabilities dropped by :func:`fast_dropout` on the CPU.
 
-    ``query``, ``key``, ``value``: ``[B, H, L, D]``; ``attention_mask``: ``None`` or ``[B, 1, L, L]`` (or ``[B, 1, 1, L]``), bool (True:
-    attend) or additive. Returns ``[B, L, H, D]`` and no weights, as ``sdpa_attention_forward`` does, which it
-    calls unless dropout applies to a plain bidirectional attention with no arguments beyond these.
+    ``query``, ``key``, ``value``: ``[B, H, L, D]``; ``attention_mask``: ``None`` or ``[B, 1, L, L]`` (or
+    ``[B, 1, 1, L]``), bool (True: attend) or additive. Returns ``[B, L, H, D]`` and no weights, as
+    ``sdpa_attention_forward`` does, which it calls unless dropout applies to a plain bidirectional attention with no
+    arguments beyond these.
 
     With a :class:`~embedkit.encoders.packing.PackedLayout` under ``kwargs[PACKED]``, the inputs are one packed
     row, ``[1, H, N, D]``, and so is the output, ``[1, N, H, D]``: each token attends to its own text's tokens, the

@@ -3,6 +3,8 @@ packed embeddings and gradients are the padded forward's."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from conftest import TINY_TEXTS
@@ -74,7 +76,7 @@ def test_an_encoder_forward_runs_packed_with_the_padded_embeddings_and_gradients
     assert transformer is not None
     lengths = encoder.tokenize(TINY_TEXTS)["attention_mask"].sum(1)
     assert lengths.min() < lengths.max()  # the batch pads
-    shapes = []
+    shapes: list[tuple[int, ...]] = []
     monkeypatch.setattr(transformer, "forward", _recording(transformer.forward, shapes))
     packed = encoder(TINY_TEXTS)
     assert shapes == [(1, int(lengths.sum()))]
@@ -89,8 +91,10 @@ def test_an_encoder_forward_runs_packed_with_the_padded_embeddings_and_gradients
             torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-4)
 
 
-def _recording(forward, shapes: list[tuple[int, ...]]):
-    def recorded(*args, **kwargs):
+def _recording(forward: Callable[..., object], shapes: list[tuple[int, ...]]) -> Callable[..., object]:
+    """``forward``, recording the shape of the input ids of every call."""
+
+    def recorded(*args: object, **kwargs: torch.Tensor) -> object:
         shapes.append(tuple(kwargs["input_ids"].shape))
         return forward(*args, **kwargs)
 
