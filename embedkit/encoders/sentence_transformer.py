@@ -285,7 +285,7 @@ def packed_transformer(model: SentenceTransformer) -> PreTrainedModel | None:
     computes the same function packed (:func:`~embedkit.encoders.packing.packs_exactly`), on the CPU, with embedkit's
     attention, which reads the packed layout; else ``None``. On a GPU the padded batch runs SDPA's fused kernels,
     and the packed path is not measured there."""
-    transformer = getattr(model[0], "auto_model", None) if len(model) else None
+    transformer = getattr(model[0], "auto_model", None)
     if not isinstance(transformer, PreTrainedModel):
         return None
     config = transformer.config

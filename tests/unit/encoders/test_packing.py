@@ -102,10 +102,12 @@ def _recording(forward: Callable[..., object], shapes: list[tuple[int, ...]]) ->
 
 
 @pytest.mark.parametrize("change", ["eager attention", "decoder", "hidden states"])
-def test_models_it_cannot_pack_run_padded(tiny_model_path, change: str) -> None:
+def test_models_it_cannot_pack_run_padded(tiny_model_path, monkeypatch, change: str) -> None:
     encoder = load_encoder(tiny_model_path, device="cpu", precision="fp32")
     encoder.eval()
     transformer = encoder.model[0].auto_model
+    shapes: list[tuple[int, ...]] = []
+    monkeypatch.setattr(transformer, "forward", _recording(transformer.forward, shapes))
     if change == "eager attention":
         transformer.set_attn_implementation("eager")
     elif change == "decoder":
@@ -113,4 +115,7 @@ def test_models_it_cannot_pack_run_padded(tiny_model_path, change: str) -> None:
     else:
         transformer.config.output_hidden_states = True
     assert packed_transformer(encoder.model) is None
-    torch.testing.assert_close(encoder(TINY_TEXTS), _padded_embeddings(encoder, TINY_TEXTS))
+    ours = encoder(TINY_TEXTS)
+    padded_shape = tuple(encoder.tokenize(TINY_TEXTS)["input_ids"].shape)
+    assert shapes == [padded_shape]  # the forward ran the padded batch
+    torch.testing.assert_close(ours, _padded_embeddings(encoder, TINY_TEXTS))
