@@ -215,10 +215,13 @@ def step_times(stamps: list[float], warmup_steps: int) -> dict[str, Any]:
 
 
 def disable_dropout(model: nn.Module) -> None:
-    """Dropout probability 0 everywhere (BERT's attention dropout reads ``nn.Dropout.p`` too)."""
+    """Dropout probability 0 everywhere: every ``nn.Dropout`` (BERT's attention reads its ``p`` in transformers 5),
+    and the ``dropout_prob`` that transformers 4's ``BertSdpaSelfAttention`` passes to SDPA instead."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+        if isinstance(getattr(module, "dropout_prob", None), float):
+            module.dropout_prob = 0.0
 
 
 def mnrl_loss(model: Any, settings: Settings) -> nn.Module:
