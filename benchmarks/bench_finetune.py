@@ -79,7 +79,7 @@ log = _common.setup_logging("bench_finetune")
 def scores(model_path: str | Path, data: Path, with_sts: bool = True) -> dict[str, float]:
     """Test nDCG@10 and recall@100 of a model on ``data``, and (``with_sts``) its STS Spearman on each file and
     their mean."""
-    encoder = load_encoder(model_path)
+    encoder = load_encoder(model_path, backend="torch")  # as adapt scores dev and test
     retrieval = RetrievalEvaluator(data, split="test", gain="linear")(encoder)
     result = {"ndcg@10": retrieval["ndcg@10"], "recall@100": retrieval["recall@100"]}
     if not with_sts:

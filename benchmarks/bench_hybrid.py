@@ -114,7 +114,7 @@ def main() -> None:
         counts = split_queries(args.data_dir / "cranfield", data, SPLITS, seed=SPLIT_SEED)
         log(f"queries: {counts}; model {args.model}")
         machine = _common.machine_info(("embedkit", "torch", "numpy", "faiss-cpu", "bm25s", "sentence-transformers"))
-        rows = run(data, CachedEncoder(load_encoder(args.model)))
+        rows = run(data, CachedEncoder(load_encoder(args.model, backend="torch")))
     machine["load_average_after"] = _common.load_average()
     results[args.label] = {
         "model": str(args.model),

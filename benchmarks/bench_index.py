@@ -374,7 +374,8 @@ def bench_mining(data_dir: Path) -> dict[str, Any]:
 
     st_model = SentenceTransformer(resolve_model_path(DEFAULT_MODEL), device="cpu")
     encoders = {
-        precision: load_encoder(DEFAULT_MODEL, device="cpu", precision=precision) for precision in ("auto", "fp32")
+        precision: load_encoder(DEFAULT_MODEL, device="cpu", precision=precision, backend="torch")
+        for precision in ("auto", "fp32")
     }
     start, end = MINING["range"]
     results = {}
@@ -578,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     phases: dict[str, float] = {}
-    encoder = load_encoder(DEFAULT_MODEL, device="cpu")
+    encoder = load_encoder(DEFAULT_MODEL, device="cpu", backend="torch")
     corpus_texts, query_texts, counts = read_texts(args.data_dir, args.queries, args.seed)
     log(f"encoding {len(corpus_texts)} corpus texts and {len(query_texts)} queries ({encoder.precision})")
     base, base_seconds = embed(encoder, corpus_texts, args.cache, "corpus")

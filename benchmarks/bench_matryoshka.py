@@ -93,7 +93,7 @@ def train(variant: str, pairs: list, out: Path, seed: int, steps: int, train_len
     loss = build_loss("infonce", temperature=TEMPERATURE)
     if variant == "matryoshka":
         loss = matryoshka(loss, DIMS)
-    encoder = load_encoder(DEFAULT_MODEL)
+    encoder = load_encoder(DEFAULT_MODEL, backend="torch")
     settings = FitSettings(
         output_dir=out, batch_size=int(TRAIN["batch_size"]), lr=float(TRAIN["lr"]),
         warmup_ratio=float(TRAIN["warmup_ratio"]), max_steps=steps, max_seq_length=train_length, seed=seed,
@@ -186,7 +186,7 @@ def main() -> None:
             write_results(output, args, finished, runs, counts, len(pairs), steps, time.perf_counter() - started)
 
         if "start" not in runs:
-            record("start", curves(load_encoder(DEFAULT_MODEL), retrieval, sts, DIMS))
+            record("start", curves(load_encoder(DEFAULT_MODEL, backend="torch"), retrieval, sts, DIMS))
         for seed in [seed for seed in seeds if seed not in finished]:
             for variant in VARIANTS:
                 encoder = train(variant, pairs, work / f"{variant}-{seed}", seed, steps, args.train_max_seq_length)

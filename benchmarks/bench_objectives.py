@@ -192,7 +192,7 @@ def training_examples(task: str, data_dir: Path, limit: int | None) -> tuple[lis
 def fresh_encoder(max_seq_length: int, seed: int) -> Encoder:
     """The starting model, reloaded for each method so no run sees another's weights."""
     torch.manual_seed(seed)
-    return embedkit.load_encoder(precision="auto", max_seq_length=max_seq_length)
+    return embedkit.load_encoder(precision="auto", max_seq_length=max_seq_length, backend="torch")
 
 
 def read_curve(log_path: Path) -> dict[str, list]:
@@ -218,7 +218,7 @@ def train_embedkit(
     if dev is None:
         return encoder
     log(f"  best dev {result.best_score:.2f} at step {result.best_step}")
-    best = embedkit.load_encoder(Path(settings.output_dir) / "best", precision="auto")
+    best = embedkit.load_encoder(Path(settings.output_dir) / "best", precision="auto", backend="torch")
     best.max_seq_length = encoder.max_seq_length
     return best
 

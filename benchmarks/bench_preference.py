@@ -146,7 +146,7 @@ def fine_tune(
     contrastive_weight: float, args: argparse.Namespace, steps: int,
 ) -> dict:
     """Fine-tune the encoder and head with ``reward-bt`` and score the test set in reward mode."""
-    encoder = load_encoder(max_seq_length=args.max_length, precision=args.precision)
+    encoder = load_encoder(max_seq_length=args.max_length, precision=args.precision, backend="torch")
     objective = RewardModelObjective(contrastive_weight=contrastive_weight, temperature=args.temperature,
                                      dim=encoder.dim)
     objective.head.load_state_dict(start_head.state_dict())
@@ -188,7 +188,7 @@ def main() -> None:
               f"{results[name]['accuracy_high']:.2f}]  {results[name]['seconds']:7.1f} s", flush=True)
 
     # 1. zero-shot similarity, in fp32 as the DESIGN.md reference was measured
-    fp32 = load_encoder(precision="fp32")
+    fp32 = load_encoder(precision="fp32", backend="torch")
     for name, truncation in (("zero-shot", "right"), ("zero-shot-left-truncated", "left")):
         t = time.perf_counter()
         report = PreferenceEvaluator(test_path, prompt_truncation=truncation, limit=test_limit).report(fp32)
@@ -205,7 +205,7 @@ def main() -> None:
 
     # 2b. the same on the rendered pairs the fine-tuned models read; its head starts variants 3 and 4
     t = time.perf_counter()
-    frozen = load_encoder(max_seq_length=args.max_length, precision=args.precision)
+    frozen = load_encoder(max_seq_length=args.max_length, precision=args.precision, backend="torch")
     start_head, report, l2, cv = frozen_linear(frozen, train, test, render_for, args.seed)
     results["frozen-linear-rendered"] = summary(report, time.perf_counter() - t, text="render_pair(prompt, response)",
                                                 max_length=args.max_length, l2=l2, cv_log_loss=cv)

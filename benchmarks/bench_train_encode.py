@@ -477,7 +477,7 @@ def measure_sts(settings: Settings) -> dict[str, Any]:
     evaluator = embedkit.STSEvaluator(Path(settings.data_dir) / STSB_TEST)
     result: dict[str, Any] = {"file": str(STSB_TEST), "pairs": sum(len(rows) for rows in evaluator.sets.values())}
     for precision in ("bf16", "fp32"):
-        encoder = embedkit.load_encoder(device="cpu", precision=precision)
+        encoder = embedkit.load_encoder(device="cpu", precision=precision, backend="torch")
         start = time.perf_counter()
         # STSEvaluator leaves the progress bar to Encoder.encode, which shows one for 2,048 texts or more.
         with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):

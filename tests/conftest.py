@@ -25,6 +25,18 @@ def shared_data() -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True, scope="session")
+def torch_backend_and_own_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Models encode in torch unless a test names another backend or unsets ``EMBEDKIT_BACKEND``: the default
+    (``auto``) would convert every tiny model a test trains to OpenVINO, seconds each; the OpenVINO tests check
+    that backend against torch and what ``auto`` chooses. embedkit's cache goes to the session's temporary folder,
+    not the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EMBEDKIT_BACKEND", "torch")
+        patch.setenv("EMBEDKIT_CACHE", str(tmp_path_factory.mktemp("embedkit-cache")))
+        yield
+
+
 @pytest.fixture
 def one_faiss_thread() -> Iterator[None]:
     """faiss on one thread for the test (``pytestmark = pytest.mark.usefixtures("one_faiss_thread")``): tiny

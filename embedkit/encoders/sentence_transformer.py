@@ -7,6 +7,7 @@ model in ``embedkit_heads/`` (:mod:`embedkit.encoders.heads`) and never take par
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -23,8 +24,13 @@ from transformers import PreTrainedModel
 from embedkit.data.collate import longest_first
 from embedkit.encoders.dropout import ATTENTION, use_fast_dropout
 from embedkit.encoders.heads import has_head, read_head, write_head
-from embedkit.encoders.locate import BACKENDS, DEFAULT_MODEL, cache_only
-from embedkit.encoders.openvino_backend import OpenVINORunner, check_int8_matches, require_openvino
+from embedkit.encoders.locate import BACKEND_VARIABLE, BACKENDS, DEFAULT_MODEL, cache_only, default_backend
+from embedkit.encoders.openvino_backend import (
+    OpenVINORunner,
+    automatic_backend,
+    check_int8_matches,
+    require_openvino,
+)
 from embedkit.encoders.packing import packed_sentence_embeddings, packs_exactly
 from embedkit.encoders.prompts import named_prompt
 from embedkit.encoders.truncation import check_truncate_dim, ends_normalized, truncated
@@ -127,8 +133,18 @@ class Encoder(PrecisionMixin, nn.Module):
 
     @property
     def backend(self) -> str:
-        """What runs :meth:`encode`: one of :data:`BACKENDS`."""
+        """What runs :meth:`encode`: ``"torch"``, ``"openvino"`` or ``"openvino-int8"``."""
         return "torch" if self.runner is None else self.runner.backend
+
+    @contextlib.contextmanager
+    def torch_backend(self) -> Iterator[None]:
+        """:meth:`encode` runs the torch module inside the block, whatever :attr:`backend` is: training evaluates
+        and mines with weights that change between calls, which OpenVINO would convert anew every time."""
+        runner, self.runner = self.runner, None
+        try:
+            yield
+        finally:
+            self.runner = runner
 
     @property
     def dim(self) -> int:
@@ -241,6 +257,8 @@ class Encoder(PrecisionMixin, nn.Module):
     ) -> Iterator[int]:
         """Embed the ``batches`` (positions in ``texts``) into the rows of ``out`` (float32 ``[n, full_dim]``), in
         torch or through :attr:`runner`; yields each batch's size as it finishes."""
+        if self.runner is not None and not self.runner.runs(self.model, self.compute_dtype()):
+            self.runner = None  # backend auto, and OpenVINO cannot run this model: torch runs it from now on
         if self.runner is None:
             for positions in batches:
                 with autocast(self.compute_dtype(), self.device):
@@ -257,7 +275,7 @@ class Encoder(PrecisionMixin, nn.Module):
         # OpenVINO runs in its own precision; torch autocast would reach into the tracing of the first conversion
         if prompt is None and self.model.default_prompt_name is not None:
             prompt = self.prompts.get(self.model.default_prompt_name)  # as sentence-transformers' encode chooses
-        if prompt and not getattr(_pooling_module(self.model), "include_prompt", True):
+        if prompt and not _pools_prompt(self.model):
             raise ConfigError(
                 f"the {self.backend} backend pools every token, but this model leaves its prompt out of pooling; "
                 "encode it with backend torch"
@@ -293,6 +311,11 @@ def packed_transformer(model: SentenceTransformer) -> PreTrainedModel | None:
     return transformer if packed else None
 
 
+def _pools_prompt(model: SentenceTransformer) -> bool:
+    """Whether the model's pooling takes in the prompt's tokens, as OpenVINO's compiled model always does."""
+    return all(getattr(module, "include_prompt", True) for module in model)
+
+
 def _pooling_module(model: SentenceTransformer) -> nn.Module:
     for module in model:
         if hasattr(module, "pooling_mode"):
@@ -308,7 +331,7 @@ def load_encoder(
     max_seq_length: int | None = None,
     device: str | torch.device | None = None,
     precision: str = "auto",
-    backend: str = "torch",
+    backend: str | None = None,
     truncate_dim: int | None = None,
 ) -> Encoder:
     """Load a sentence-transformers model by hub name or local path.
@@ -320,17 +343,27 @@ def load_encoder(
         max_seq_length: truncate inputs to this many tokens.
         device: ``"cpu"``, ``"cuda"``, ...; default: CUDA when available.
         precision: ``"auto"`` (bf16 autocast where the hardware has bf16 units), ``"fp32"``, ``"bf16"``, ``"fp16"``.
-        backend: what runs :meth:`Encoder.encode`: ``"torch"``; ``"openvino"`` (the CPU, converted once and
-            cached; bf16 on AMX); ``"openvino-int8"`` (the int8 model ``embedkit quantize`` wrote into the folder).
-            Training always runs in torch.
+        backend: what runs :meth:`Encoder.encode` (``None``: ``$EMBEDKIT_BACKEND`` when set, else ``"auto"``):
+            ``"auto"`` (OpenVINO on the CPU where the ``openvino`` extra
+            is installed, torch elsewhere or where the model does not convert; see :func:`~embedkit.encoders.openvino_backend.automatic_backend`); ``"torch"``;
+            ``"openvino"`` (the CPU, converted once per weights and cached; bf16 on AMX or AVX-512 BF16);
+            ``"openvino-int8"`` (the int8 model ``embedkit quantize`` wrote into the folder). Training always runs
+            in torch (:func:`embedkit.fit` encodes in torch whatever the backend).
         truncate_dim: give the first this many dimensions of each embedding (a Matryoshka model's smaller
             embeddings), normalised again when the model normalises; ``None`` gives them whole.
     """
     name = str(name_or_path)
     if pooling is not None and pooling not in POOLING_MODES:
         raise ConfigError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLING_MODES)}")
+    if backend is None:
+        backend = default_backend()
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r} in ${BACKEND_VARIABLE}; valid: {', '.join(BACKENDS)}")
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    automatic = backend == "auto"
+    if automatic:
+        backend = automatic_backend(device)
     if backend != "torch":
         if device is not None and torch.device(device).type != "cpu":
             raise ConfigError(f"the {backend} backend runs on the CPU, not {device}; use backend torch there")
@@ -360,12 +393,14 @@ def load_encoder(
         if has_head(path, MLP_HEAD):
             head.load_state_dict(read_head(path, MLP_HEAD)[0])
         head.to(device)
+    if automatic and not _pools_prompt(model):
+        backend = "torch"  # OpenVINO's compiled model would pool the prompt tokens this model leaves out
     runner = None
     if backend != "torch":
         int8_folder = Path(path) if backend == "openvino-int8" else None
         if int8_folder is not None:
             check_int8_matches(int8_folder, model)
-        runner = OpenVINORunner(int8_folder)
+        runner = OpenVINORunner(int8_folder, fall_back=automatic)
     # a fine-tuned model keeps its base model's name, so an index must record where these weights are instead
     source = str(Path(name).resolve()) if Path(name).is_dir() else name
     return Encoder(

@@ -134,8 +134,9 @@ def adapt(
         return AdaptResult(run=result, data=data, test_before=None, test_after=None)
     test = RetrievalEvaluator(data, split="test")
     precision, device = config.model.precision, config.model.device
-    start = load_encoder(config.model.name, precision=precision, device=device)
+    # both scored as dev was in training: in torch, in the run's precision
+    start = load_encoder(config.model.name, precision=precision, device=device, backend="torch")
     column_prompts(start, ColumnPrompts(**config.data.prompts))  # the start model is scored as it is trained
     before = test(start)
-    after = test(load_encoder(out / "best", precision=precision, device=device))
+    after = test(load_encoder(out / "best", precision=precision, device=device, backend="torch"))
     return AdaptResult(run=result, data=data, test_before=before, test_after=after)

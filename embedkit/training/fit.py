@@ -507,7 +507,8 @@ def fit(
 
     Args:
         encoder: the model to train, in place. With an evaluator it ends holding the best model's weights (the
-            start model's if nothing beat it), else the final weights.
+            start model's if nothing beat it), else the final weights. Its :meth:`~embedkit.encoders.Encoder.encode`
+            runs in torch during the run, whatever its backend.
         examples: training rows (see :func:`embedkit.read_examples`), all of kind ``kind``; or an in-memory
             table (a list of dicts, a ``datasets.Dataset``, a pandas ``DataFrame``) read as ``read_examples`` does.
         loss: a loss from :mod:`embedkit.losses` (``EmbeddedBatch -> scalar``), or an
@@ -528,6 +529,25 @@ def fit(
     Returns:
         A :class:`FitResult`; the models are in ``settings.output_dir`` (``best/`` and ``final/``).
     """
+    with encoder.torch_backend():  # evaluation and mining see the weights being trained, step by step
+        return _fit(encoder, examples, loss, settings, kind=kind, evaluator=evaluator, callbacks=callbacks,
+                    source=source, negatives=negatives, prompts=prompts)
+
+
+def _fit(
+    encoder: Encoder,
+    examples: Sequence[Example] | Table,
+    loss: nn.Module,
+    settings: FitSettings,
+    *,
+    kind: Kind | str | None,
+    evaluator: Evaluator | None,
+    callbacks: Sequence[StepCallback],
+    source: str | None,
+    negatives: NegativeMiner | None,
+    prompts: ColumnPrompts | None,
+) -> FitResult:
+    """:func:`fit`, with ``encoder`` encoding in torch."""
     _check_settings(settings, loss, evaluator)
     if encoder.device.type == "cpu":
         keep_freed_memory()  # a sixth of a CPU step went to page faults of freed and reallocated tensors

@@ -612,6 +612,7 @@ def run_training(config: RunConfig, show_progress: bool = True, overwrite: bool 
         max_seq_length=config.model.max_seq_length,
         device=config.model.device,
         precision=config.model.precision,
+        backend="torch",  # the model is trained: fit encodes in torch, and nothing here runs it otherwise
     )
     dims = config.loss.matryoshka_dims
     if dims is not None and max(dims) > encoder.dim:

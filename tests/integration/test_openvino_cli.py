@@ -44,6 +44,24 @@ def test_encode_with_openvino_gives_the_torch_embeddings(capsys, tiny_model_path
     np.testing.assert_allclose(openvino_embeddings, torch_embeddings, atol=1e-5)
 
 
+def test_encode_runs_auto_unless_embedkit_backend_names_one(capsys, tiny_model_path, tmp_path, monkeypatch) -> None:
+    (tmp_path / "s.txt").write_text("\n".join(TINY_TEXTS) + "\n")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EMBEDKIT_CACHE", str(cache))
+    monkeypatch.setenv("EMBEDKIT_BACKEND", "torch")
+    torch_embeddings = encode(capsys, tiny_model_path, tmp_path / "s.txt", tmp_path / "t.npy")
+    assert not (cache / "openvino").exists()
+    monkeypatch.delenv("EMBEDKIT_BACKEND")
+    auto_embeddings = encode(capsys, tiny_model_path, tmp_path / "s.txt", tmp_path / "a.npy")
+    assert len(list((cache / "openvino").glob("*/model.xml"))) == 1  # auto converted the model: OpenVINO ran it
+    np.testing.assert_allclose(auto_embeddings, torch_embeddings, atol=1e-5)
+    monkeypatch.setenv("EMBEDKIT_BACKEND", "onnx")
+    code, _, err = run(capsys, "encode", "--model", str(tiny_model_path), "--input", str(tmp_path / "s.txt"),
+                       "--output", str(tmp_path / "e.npy"))
+    assert code == 2
+    assert "unknown backend 'onnx' in $EMBEDKIT_BACKEND; valid: auto, torch, openvino, openvino-int8" in one_line_error(err)
+
+
 def test_quantize_writes_a_model_for_the_int8_backend_and_reports_the_sts_drop(capsys, tiny_model_path, tmp_path):
     pytest.importorskip("nncf")
     (tmp_path / "s.txt").write_text("\n".join(TINY_TEXTS) + "\n")

@@ -9,6 +9,7 @@ int8 >= 0.99 on the real model (post-training quantization calibrated on a handf
 from __future__ import annotations
 
 import copy
+import logging
 import sys
 
 import numpy as np
@@ -45,7 +46,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPa
 
 
 def test_fp32_gives_the_torch_embeddings_in_input_order(tiny_model_path) -> None:
-    reference = load_encoder(tiny_model_path, precision="fp32").encode(TEXTS)
+    reference = load_encoder(tiny_model_path, precision="fp32", backend="torch").encode(TEXTS)
     encoder = load_encoder(tiny_model_path, precision="fp32", backend="openvino")
     assert encoder.backend == "openvino"
     embeddings = encoder.encode(TEXTS, batch_size=2)
@@ -58,7 +59,7 @@ def test_fp32_gives_the_torch_embeddings_in_input_order(tiny_model_path) -> None
 
 
 def test_a_failing_batch_stream_raises_and_leaves_the_runner_usable(tiny_model_path) -> None:
-    reference = load_encoder(tiny_model_path, precision="fp32").encode(TEXTS)
+    reference = load_encoder(tiny_model_path, precision="fp32", backend="torch").encode(TEXTS)
     encoder = load_encoder(tiny_model_path, precision="fp32", backend="openvino")
     out = np.zeros((len(TEXTS), encoder.dim), np.float32)
 
@@ -73,7 +74,7 @@ def test_a_failing_batch_stream_raises_and_leaves_the_runner_usable(tiny_model_p
 
 
 def test_bf16_is_within_the_stated_bound(tiny_model_path) -> None:
-    reference = load_encoder(tiny_model_path, precision="fp32").encode(TEXTS)
+    reference = load_encoder(tiny_model_path, precision="fp32", backend="torch").encode(TEXTS)
     embeddings = load_encoder(tiny_model_path, precision="bf16", backend="openvino").encode(TEXTS)
     assert cosines(embeddings, reference).min() >= 0.999
 
@@ -108,7 +109,7 @@ def test_a_copied_encoder_compiles_its_own(tiny_model_path) -> None:
 
 
 def test_the_backend_option_is_validated(tiny_model_path, monkeypatch) -> None:
-    with pytest.raises(ConfigError, match=r"^unknown backend 'onnx'; valid: torch, openvino, openvino-int8$"):
+    with pytest.raises(ConfigError, match=r"^unknown backend 'onnx'; valid: auto, torch, openvino, openvino-int8$"):
         load_encoder(tiny_model_path, backend="onnx")
     with pytest.raises(ConfigError, match=r"^the openvino backend runs on the CPU, not cuda; use backend torch there$"):
         load_encoder(tiny_model_path, backend="openvino", device="cuda")
@@ -120,11 +121,61 @@ def test_the_backend_option_is_validated(tiny_model_path, monkeypatch) -> None:
         load_encoder(tiny_model_path, backend="openvino")
 
 
+def test_auto_takes_openvino_on_the_cpu_where_it_is_installed(monkeypatch) -> None:
+    choose = openvino_backend.automatic_backend
+    assert (choose("cpu"), choose(torch.device("cpu")), choose("cuda:1")) == ("openvino", "openvino", "torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert (choose(None), choose("cpu")) == ("torch", "openvino")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose(None) == "openvino"
+    monkeypatch.setitem(sys.modules, "openvino", None)  # a plain install: no openvino extra
+    assert choose("cpu") == "torch"
+
+
+def test_load_encoder_defaults_to_auto_or_embedkit_backend(tiny_model_path, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("EMBEDKIT_BACKEND", "openvino-int8")
+    with pytest.raises(ConfigError, match=r"holds no int8 model"):  # the variable names the backend
+        load_encoder(tiny_model_path)
+    monkeypatch.setenv("EMBEDKIT_BACKEND", "onnx")
+    with pytest.raises(ConfigError, match=r"^unknown backend 'onnx' in \$EMBEDKIT_BACKEND; valid: auto, torch,"):
+        load_encoder(tiny_model_path)
+    assert load_encoder(tiny_model_path, backend="torch").backend == "torch"  # an argument wins
+    monkeypatch.delenv("EMBEDKIT_BACKEND")
+    assert load_encoder(tiny_model_path, device="cpu").backend == "openvino"
+    # a model that pools without its prompt tokens, which OpenVINO's compiled model would pool
+    encoder = load_encoder(tiny_model_path, backend="torch")
+    encoder.model[1].include_prompt = False
+    encoder.save(tmp_path / "no-prompt-pooling")
+    assert load_encoder(tmp_path / "no-prompt-pooling", device="cpu").backend == "torch"
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert load_encoder(tiny_model_path, device="cpu").backend == "torch"  # no MissingDependencyError
+
+
+def test_auto_encodes_in_torch_a_model_openvino_cannot_convert(tiny_model_path, tmp_path, monkeypatch,
+                                                                 caplog) -> None:
+    monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path))  # nothing converted yet
+    reference = load_encoder(tiny_model_path, precision="fp32", backend="torch").encode(TEXTS)
+
+    def fail(model):
+        raise RuntimeError("unsupported operator aten::foo\nat line 3")
+
+    monkeypatch.setattr(openvino_backend, "convert", fail)
+    encoder = load_encoder(tiny_model_path, precision="fp32", backend="auto")
+    assert encoder.backend == "openvino"
+    with caplog.at_level(logging.WARNING, logger=openvino_backend.__name__):
+        np.testing.assert_array_equal(encoder.encode(TEXTS), reference)
+    assert "OpenVINO cannot run this model (unsupported operator aten::foo); encoding it in torch" in caplog.text
+    assert encoder.backend == "torch" and not list(tmp_path.rglob("*.xml")) and not list(tmp_path.rglob("*.tmp*"))
+    chosen = load_encoder(tiny_model_path, precision="fp32", backend="openvino")  # asked for: no fallback
+    with pytest.raises(RuntimeError, match="unsupported operator"):
+        chosen.encode(TEXTS)
+
+
 def test_int8_needs_a_quantized_model_of_the_same_weights(tiny_model_path, tmp_path) -> None:
     pytest.importorskip("nncf")
     with pytest.raises(ConfigError, match=r"holds no int8 model; write one with: embedkit quantize"):
         load_encoder(tiny_model_path, backend="openvino-int8")
-    encoder = load_encoder(tiny_model_path, precision="fp32")
+    encoder = load_encoder(tiny_model_path, precision="fp32", backend="torch")
     folder = tmp_path / "model"
     encoder.save(folder)
     openvino_backend.quantize(encoder.model, TEXTS * 4, folder)
@@ -143,7 +194,7 @@ def test_an_index_built_with_openvino_is_searched_with_torch(tiny_model_path, tm
     corpus = [(f"d{i}", text) for i, text in enumerate(TEXTS)]
     built = build_index(load_encoder(tiny_model_path, precision="fp32", backend="openvino"), corpus, spec="torch")
     built.save(tmp_path / "index")
-    index = Index.load(tmp_path / "index", encoder=load_encoder(tiny_model_path, precision="fp32"))
+    index = Index.load(tmp_path / "index", encoder=load_encoder(tiny_model_path, precision="fp32", backend="torch"))
     scores, ids = index.search(TEXTS, k=1)
     assert ids[:, 0].tolist() == [doc_id for doc_id, _ in corpus]
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
@@ -151,7 +202,7 @@ def test_an_index_built_with_openvino_is_searched_with_torch(tiny_model_path, tm
 
 @pytest.mark.slow
 def test_the_real_model_in_fp32_bf16_and_int8(tmp_path) -> None:
-    reference = load_encoder(DEFAULT_MODEL, precision="fp32", device="cpu")
+    reference = load_encoder(DEFAULT_MODEL, precision="fp32", device="cpu", backend="torch")
     expected = reference.encode(REAL_TEXTS)
     fp32 = load_encoder(DEFAULT_MODEL, precision="fp32", backend="openvino").encode(REAL_TEXTS)
     assert cosines(fp32, expected).min() >= 0.99999

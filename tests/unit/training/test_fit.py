@@ -45,6 +45,23 @@ def weights(encoder) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
 
 
+def test_fit_encodes_in_torch_whatever_the_backend(tiny_model_path, tmp_path) -> None:
+    pytest.importorskip("openvino")
+    encoder = load_encoder(tiny_model_path, precision="fp32", backend="openvino")
+    backends = []
+
+    class BackendEvaluator(CountingEvaluator):
+        def __call__(self, encoder) -> dict[str, float]:
+            backends.append(encoder.backend)
+            encoder.encode(SENTENCES[:2])
+            return super().__call__(encoder)
+
+    fit(encoder, sentence_examples(), build_loss("simcse-unsup"), settings(tmp_path, epochs=1),
+        evaluator=BackendEvaluator())
+    assert backends and set(backends) == {"torch"}
+    assert encoder.backend == "openvino"  # handed back for inference
+
+
 def test_fit_trains_logs_and_saves(tiny_model_path, tmp_path) -> None:
     encoder = load_encoder(tiny_model_path, precision="fp32", mlp_head=True)
     before = weights(encoder)
