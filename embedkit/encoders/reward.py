@@ -257,7 +257,8 @@ def load_reward_model(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     name = str(name_or_path)
     if has_reward_head(name):
-        encoder = load_encoder(name, pooling=pooling, max_seq_length=max_seq_length, device=device, precision=precision)
+        encoder = load_encoder(name, pooling=pooling, max_seq_length=max_seq_length, device=device, precision=precision,
+                               backend="torch")  # reward models run in torch, as sequence classifiers must
         tensors, config = read_head(name, REWARD_HEAD)
         dim = config.get("dim")
         if not isinstance(dim, int):

@@ -162,13 +162,15 @@ def test_fit_trains_encoder_and_head_and_saves_a_loadable_reward_model(tiny_mode
     np.testing.assert_allclose(from_run.score(prompts, replies), scores, rtol=1e-5, atol=1e-6)
 
 
-def test_save_heads_puts_the_head_beside_a_saved_encoder(tiny_model_path, tmp_path) -> None:
+def test_save_heads_puts_the_head_beside_a_saved_encoder(tiny_model_path, tmp_path, monkeypatch) -> None:
     encoder = load_encoder(tiny_model_path, precision="fp32")
     objective = RewardModelObjective(dim=encoder.dim)
     encoder.save(tmp_path / "m")
     objective.save_heads(tmp_path / "m")
+    monkeypatch.delenv("EMBEDKIT_BACKEND")  # the default backend, auto, would take OpenVINO for a plain encoder
     loaded = load_reward_model(tmp_path / "m", precision="fp32")
     torch.testing.assert_close(loaded.head.state_dict(), objective.head.state_dict())
+    assert loaded.encoder.backend == "torch"  # reward models run in torch
 
 
 def test_interrupted_reward_training_resumes_to_the_same_head(tiny_model_path, tmp_path) -> None:
