@@ -344,8 +344,8 @@ def load_encoder(
         device: ``"cpu"``, ``"cuda"``, ...; default: CUDA when available.
         precision: ``"auto"`` (bf16 autocast where the hardware has bf16 units), ``"fp32"``, ``"bf16"``, ``"fp16"``.
         backend: what runs :meth:`Encoder.encode` (``None``: ``$EMBEDKIT_BACKEND`` when set, else ``"auto"``):
-            ``"auto"`` (OpenVINO on the CPU where the ``openvino`` extra
-            is installed, torch elsewhere or where the model does not convert; see :func:`~embedkit.encoders.openvino_backend.automatic_backend`); ``"torch"``;
+            ``"auto"`` (OpenVINO on the CPU where the ``openvino`` extra is installed, torch elsewhere or where the
+            model does not convert; :func:`~embedkit.encoders.openvino_backend.automatic_backend`); ``"torch"``;
             ``"openvino"`` (the CPU, converted once per weights and cached; bf16 on AMX or AVX-512 BF16);
             ``"openvino-int8"`` (the int8 model ``embedkit quantize`` wrote into the folder). Training always runs
             in torch (:func:`embedkit.fit` encodes in torch whatever the backend).
@@ -355,12 +355,11 @@ def load_encoder(
     name = str(name_or_path)
     if pooling is not None and pooling not in POOLING_MODES:
         raise ConfigError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLING_MODES)}")
-    if backend is None:
-        backend = default_backend()
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {backend!r} in ${BACKEND_VARIABLE}; valid: {', '.join(BACKENDS)}")
+    named_by_variable = backend is None
+    backend = default_backend() if backend is None else backend
     if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        where = f" in ${BACKEND_VARIABLE}" if named_by_variable else ""
+        raise ConfigError(f"unknown backend {backend!r}{where}; valid: {', '.join(BACKENDS)}")
     automatic = backend == "auto"
     if automatic:
         backend = automatic_backend(device)

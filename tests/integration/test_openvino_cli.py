@@ -59,7 +59,8 @@ def test_encode_runs_auto_unless_embedkit_backend_names_one(capsys, tiny_model_p
     code, _, err = run(capsys, "encode", "--model", str(tiny_model_path), "--input", str(tmp_path / "s.txt"),
                        "--output", str(tmp_path / "e.npy"))
     assert code == 2
-    assert "unknown backend 'onnx' in $EMBEDKIT_BACKEND; valid: auto, torch, openvino, openvino-int8" in one_line_error(err)
+    expected = "unknown backend 'onnx' in $EMBEDKIT_BACKEND; valid: auto, torch, openvino, openvino-int8"
+    assert expected in one_line_error(err)
 
 
 def test_quantize_writes_a_model_for_the_int8_backend_and_reports_the_sts_drop(capsys, tiny_model_path, tmp_path):
